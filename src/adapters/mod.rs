@@ -1,0 +1,54 @@
+//! Adapters translate bytes into router requests and events into bytes.
+//! They hold no chat state of their own.
+//!
+//! - [`tcp`]: the netcat line protocol (a reader and a writer thread per client).
+//! - [`lines`]: bounded line reading shared by the TCP adapter.
+//! - [`http`]: the JSON API, Server-Sent Events and the web page.
+
+pub mod http;
+pub mod lines;
+pub mod tcp;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Counts open client connections across both adapters (`MAX_CONNECTIONS`).
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One counted connection; dropping it frees the place.
+pub struct ConnectionSlot {
+    limit: Arc<ConnectionLimit>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit { open: AtomicUsize::new(0), max })
+    }
+
+    /// Takes a place, or `None` when the server is full.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let mut open = self.open.load(Ordering::Relaxed);
+        loop {
+            if open >= self.max {
+                return None;
+            }
+            match self.open.compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(ConnectionSlot { limit: self.clone() }),
+                Err(now) => open = now,
+            }
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.limit.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,173 @@
+//! Slash commands: one enum, one table, one parser.
+//!
+//! Adapters turn a line of user input into an [`Input`]: either a chat
+//! message or a [`Command`]. The table below is also the text of `/help`, so
+//! the two cannot drift apart. Argument checks happen here, once; the router
+//! only sees well-formed commands.
+
+use crate::error::ChatError;
+
+/// A parsed slash command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/help`
+    Help,
+    /// `/nick <name>`
+    Nick(String),
+    /// `/list`
+    List,
+    /// `/quit`
+    Quit,
+    /// `/create <room>`
+    Create(String),
+    /// `/join <room>`
+    Join(String),
+    /// `/rooms`
+    Rooms,
+    /// `/leave`
+    Leave,
+    /// `/dm <user> <message>`
+    Dm { to: String, text: String },
+}
+
+/// One line of user input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Command(Command),
+    /// Plain text for the current room.
+    Message(String),
+}
+
+/// How a command is written and what it does; drives parsing and `/help`.
+struct CommandSpec {
+    name: &'static str,
+    usage: &'static str,
+    summary: &'static str,
+    parse: fn(&str) -> Option<Command>,
+}
+
+const COMMANDS: &[CommandSpec] = &[
+    CommandSpec { name: "help", usage: "/help", summary: "list the commands", parse: |a| a.is_empty().then_some(Command::Help) },
+    CommandSpec {
+        name: "nick",
+        usage: "/nick <name>",
+        summary: "change your nickname",
+        parse: |args| one_arg(args).map(Command::Nick),
+    },
+    CommandSpec {
+        name: "list",
+        usage: "/list",
+        summary: "users in your room (everyone online when in no room)",
+        parse: |a| a.is_empty().then_some(Command::List),
+    },
+    CommandSpec { name: "quit", usage: "/quit", summary: "say goodbye and disconnect", parse: |a| a.is_empty().then_some(Command::Quit) },
+    CommandSpec {
+        name: "create",
+        usage: "/create <room>",
+        summary: "create a room and join it",
+        parse: |args| one_arg(args).map(Command::Create),
+    },
+    CommandSpec {
+        name: "join",
+        usage: "/join <room>",
+        summary: "join a room and see its recent messages",
+        parse: |args| one_arg(args).map(Command::Join),
+    },
+    CommandSpec { name: "rooms", usage: "/rooms", summary: "every room with its member count", parse: |a| a.is_empty().then_some(Command::Rooms) },
+    CommandSpec { name: "leave", usage: "/leave", summary: "leave the current room", parse: |a| a.is_empty().then_some(Command::Leave) },
+    CommandSpec {
+        name: "dm",
+        usage: "/dm <user> <message>",
+        summary: "send a private message to an online user",
+        parse: |args| {
+            let (to, text) = args.split_once(char::is_whitespace)?;
+            let text = text.trim();
+            (!text.is_empty()).then(|| Command::Dm { to: to.to_string(), text: text.to_string() })
+        },
+    },
+];
+
+fn one_arg(args: &str) -> Option<String> {
+    (!args.is_empty() && !args.contains(char::is_whitespace)).then(|| args.to_string())
+}
+
+/// Parses one line of user input (without its line ending).
+pub fn parse_input(line: &str) -> Result<Input, ChatError> {
+    let Some(rest) = line.trim_start().strip_prefix('/') else {
+        return Ok(Input::Message(line.to_string()));
+    };
+    let (name, args) = match rest.split_once(char::is_whitespace) {
+        Some((name, args)) => (name, args.trim()),
+        None => (rest, ""),
+    };
+    let lower = name.to_ascii_lowercase();
+    let spec = COMMANDS
+        .iter()
+        .find(|spec| spec.name == lower)
+        .ok_or_else(|| ChatError::UnknownCommand(format!("/{}", crate::names::strip_controls(name))))?;
+    (spec.parse)(args).map(Input::Command).ok_or(ChatError::Usage(spec.usage))
+}
+
+/// The text of `/help`: every command with a one-line description.
+pub fn help_text() -> String {
+    let width = COMMANDS.iter().map(|c| c.usage.len()).max().unwrap_or(0);
+    let mut text = String::from("Available commands:");
+    for spec in COMMANDS {
+        text.push_str(&format!("\n  {:<width$}  {}", spec.usage, spec.summary));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(line: &str) -> Command {
+        match parse_input(line) {
+            Ok(Input::Command(c)) => c,
+            other => panic!("{line:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_command_parses() {
+        assert_eq!(cmd("/help"), Command::Help);
+        assert_eq!(cmd("/nick bob"), Command::Nick("bob".into()));
+        assert_eq!(cmd("/list"), Command::List);
+        assert_eq!(cmd("/quit"), Command::Quit);
+        assert_eq!(cmd("/create general"), Command::Create("general".into()));
+        assert_eq!(cmd("/join  general "), Command::Join("general".into()));
+        assert_eq!(cmd("/rooms"), Command::Rooms);
+        assert_eq!(cmd("/leave"), Command::Leave);
+        assert_eq!(cmd("/dm bob hi there"), Command::Dm { to: "bob".into(), text: "hi there".into() });
+        assert_eq!(cmd("/JOIN x"), Command::Join("x".into()));
+    }
+
+    #[test]
+    fn plain_text_is_a_message() {
+        assert_eq!(parse_input("hello /join").unwrap(), Input::Message("hello /join".into()));
+    }
+
+    #[test]
+    fn missing_or_extra_arguments_give_the_usage() {
+        assert_eq!(parse_input("/join"), Err(ChatError::Usage("/join <room>")));
+        assert_eq!(parse_input("/join a b"), Err(ChatError::Usage("/join <room>")));
+        assert_eq!(parse_input("/dm bob"), Err(ChatError::Usage("/dm <user> <message>")));
+        assert_eq!(parse_input("/help me"), Err(ChatError::Usage("/help")));
+        assert_eq!(parse_input("/nick"), Err(ChatError::Usage("/nick <name>")));
+    }
+
+    #[test]
+    fn unknown_commands_are_named() {
+        assert_eq!(parse_input("/dance now"), Err(ChatError::UnknownCommand("/dance".into())));
+        assert_eq!(parse_input("/"), Err(ChatError::UnknownCommand("/".into())));
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = help_text();
+        for spec in COMMANDS {
+            assert!(help.contains(spec.usage), "{} missing from help", spec.usage);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Start-up configuration, read once from environment variables.
+//!
+//! Every limit of the server lives here with its default, so the README's
+//! configuration table and this file tell the same story. A value that does
+//! not parse, or is out of range, is a start-up error naming the variable:
+//! never a silent fallback to the default.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Everything the server needs to know before it starts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Names this instance in logs, `/api/health` and cross-instance messages.
+    pub instance_id: String,
+    /// TCP line protocol port (0 picks a free port; tests use that).
+    pub tcp_port: u16,
+    /// HTTP API and web page port (0 picks a free port).
+    pub http_port: u16,
+    pub bind_addr: IpAddr,
+    /// `None` selects the embedded SQLite store under `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// `None` runs a single instance with in-process delivery only.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis channel and key this service uses.
+    pub redis_prefix: String,
+    pub log_level: log::LevelFilter,
+    /// Messages kept per room in memory and shown on join.
+    pub history_size: usize,
+    /// Joins and leaves are announced only in rooms with at most this many members.
+    pub announce_limit: usize,
+    pub limits: Limits,
+}
+
+/// Limits on what one client may do or cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest TCP line in bytes, without its line ending.
+    pub max_line_bytes: usize,
+    /// Longest chat message in characters (after control characters are removed).
+    pub max_message_chars: usize,
+    /// Time a new TCP connection has to choose a nickname.
+    pub nick_timeout: Duration,
+    /// Messages per second per session; 0 disables rate limiting.
+    pub msg_rate: u32,
+    /// Messages a session may send at once before the rate applies.
+    pub msg_burst: u32,
+    /// Open client connections (TCP and HTTP together) before new ones are refused.
+    pub max_connections: usize,
+    /// Events queued for one session before it counts as too slow and is dropped.
+    pub outbox_capacity: usize,
+    /// How long a write to a client may block before the client is given up.
+    pub write_timeout: Duration,
+    /// HTTP sessions with no stream and no request for this long are ended.
+    pub session_idle: Duration,
+    /// Stack size of each per-client thread.
+    pub client_stack_bytes: usize,
+    /// Largest HTTP request body.
+    pub max_body_bytes: usize,
+    /// Largest total size of HTTP request headers.
+    pub max_header_bytes: usize,
+    /// Most messages committed in one store transaction.
+    pub store_batch_max: usize,
+    /// Messages waiting for the store before new ones are refused as "busy".
+    pub store_queue_max: usize,
+}
+
+/// A configuration value that could not be used; names the variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    /// Reads the configuration from a variable map (the environment, or a test's).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let env = Env(vars);
+        let instance_id = env.string("INSTANCE_ID", "1");
+        if instance_id.is_empty()
+            || instance_id.len() > 32
+            || !instance_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(env.error("INSTANCE_ID", "use 1-32 letters, digits, '-' or '_'"));
+        }
+        let log_level = match env.string("LOG_LEVEL", "info").to_ascii_lowercase().as_str() {
+            "off" => log::LevelFilter::Off,
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => return Err(env.error("LOG_LEVEL", "use off, error, warn, info, debug or trace")),
+        };
+        let redis_prefix = env.string("REDIS_PREFIX", "baby-discord");
+        if redis_prefix.is_empty() || redis_prefix.contains(char::is_whitespace) {
+            return Err(env.error("REDIS_PREFIX", "must be non-empty and without spaces"));
+        }
+        let limits = Limits {
+            max_line_bytes: env.number("MAX_LINE_BYTES", 4096, 64, 1 << 20)?,
+            max_message_chars: env.number("MAX_MESSAGE_CHARS", 2000, 1, 100_000)?,
+            nick_timeout: Duration::from_secs(env.number("NICK_TIMEOUT_SECS", 60, 1, 86_400)?),
+            msg_rate: env.number("MSG_RATE", 5, 0, 1_000_000)?,
+            msg_burst: env.number("MSG_BURST", 10, 1, 1_000_000)?,
+            max_connections: env.number("MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
+            outbox_capacity: env.number("OUTBOX_CAPACITY", 1024, 8, 1_000_000)?,
+            write_timeout: Duration::from_secs(env.number("WRITE_TIMEOUT_SECS", 10, 1, 3600)?),
+            session_idle: Duration::from_secs(env.number("SESSION_IDLE_SECS", 300, 1, 86_400 * 7)?),
+            client_stack_bytes: env.number::<usize>("CLIENT_STACK_KB", 64, 32, 8192)? * 1024,
+            max_body_bytes: env.number("MAX_BODY_BYTES", 64 * 1024, 1024, 64 << 20)?,
+            max_header_bytes: env.number("MAX_HEADER_BYTES", 8 * 1024, 1024, 1 << 20)?,
+            store_batch_max: env.number("STORE_BATCH_MAX", 512, 1, 100_000)?,
+            store_queue_max: env.number("STORE_QUEUE_MAX", 50_000, 1, 10_000_000)?,
+        };
+        Ok(Config {
+            instance_id,
+            tcp_port: env.number("TCP_PORT", 9001, 0, 65535)?,
+            http_port: env.number("HTTP_PORT", 3001, 0, 65535)?,
+            bind_addr: env.parsed("BIND_ADDR", "127.0.0.1", "an IP address such as 127.0.0.1 or 0.0.0.0")?,
+            database_url: env.optional("DATABASE_URL"),
+            data_dir: PathBuf::from(env.string("DATA_DIR", "./data")),
+            redis_url: env.optional("REDIS_URL"),
+            redis_prefix,
+            log_level,
+            history_size: env.number("HISTORY_SIZE", 10, 1, 1000)?,
+            announce_limit: env.number("ANNOUNCE_LIMIT", 100, 0, 1_000_000)?,
+            limits,
+        })
+    }
+
+    /// A configuration for tests: ephemeral ports, no rate limit surprises.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        let mut config = Config::from_vars(&HashMap::new()).expect("defaults are valid");
+        config.tcp_port = 0;
+        config.http_port = 0;
+        config.data_dir = data_dir;
+        config
+    }
+}
+
+/// Typed access to a variable map, producing errors that name the variable.
+struct Env<'a>(&'a HashMap<String, String>);
+
+impl Env<'_> {
+    fn optional(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn error(&self, name: &str, problem: &str) -> ConfigError {
+        let value = self.0.get(name).map(String::as_str).unwrap_or("");
+        ConfigError { variable: name.to_string(), problem: format!("{problem} (got {value:?})") }
+    }
+
+    fn parsed<T: FromStr>(&self, name: &str, default: &str, expected: &str) -> Result<T, ConfigError> {
+        self.string(name, default).parse().map_err(|_| self.error(name, &format!("expected {expected}")))
+    }
+
+    fn number<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let Some(raw) = self.optional(name) else { return Ok(default) };
+        let value: T = raw
+            .parse()
+            .map_err(|_| self.error(name, &format!("expected a whole number from {min} to {max}")))?;
+        if value < min || value > max {
+            return Err(self.error(name, &format!("must be from {min} to {max}")));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!((c.tcp_port, c.http_port), (9001, 3001));
+        assert_eq!(c.history_size, 10);
+        assert_eq!(c.limits.max_line_bytes, 4096);
+        assert_eq!(c.limits.msg_rate, 5);
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert!(c.database_url.is_none() && c.redis_url.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::from_vars(&vars(&[("TCP_PORT", "ninety")])).unwrap_err();
+        assert_eq!(err.variable, "TCP_PORT");
+        let err = Config::from_vars(&vars(&[("HISTORY_SIZE", "0")])).unwrap_err();
+        assert_eq!(err.variable, "HISTORY_SIZE");
+        let err = Config::from_vars(&vars(&[("BIND_ADDR", "localhost:1")])).unwrap_err();
+        assert_eq!(err.variable, "BIND_ADDR");
+        let err = Config::from_vars(&vars(&[("LOG_LEVEL", "loud")])).unwrap_err();
+        assert!(err.to_string().contains("LOG_LEVEL"));
+    }
+}

@@ -1,0 +1,113 @@
+//! Every refusal a user can see, as one enum.
+//!
+//! The router and the adapters return these; each adapter renders them in
+//! one place (a TCP `Error: …` line, an HTTP status with a JSON `error`).
+//! The `Display` text is the sentence after `Error: `: it says what was
+//! wrong and what to do.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatError {
+    InvalidNickname(String),
+    NicknameTaken(String),
+    InvalidRoomName(String),
+    NoSuchRoom(String),
+    RoomExists(String),
+    AlreadyInRoom(String),
+    NotInRoom,
+    /// The message names a room other than the one the session is in.
+    WrongRoom { current: String, requested: String },
+    UserNotOnline(String),
+    DmToSelf,
+    EmptyMessage,
+    MessageTooLong { max: usize },
+    LineTooLong { max: usize },
+    InvalidUtf8,
+    UnknownCommand(String),
+    Usage(&'static str),
+    NoNickname,
+    AlreadyNamed,
+    RateLimited { per_second: u32 },
+    UnknownSession,
+    /// The store could not commit; nothing was delivered.
+    StoreUnavailable,
+    /// Too much is waiting for the store; try again shortly.
+    Busy,
+    ServerFull,
+    ShuttingDown,
+}
+
+impl ChatError {
+    /// The HTTP status this error maps to (SPEC §4).
+    pub fn http_status(&self) -> u16 {
+        use ChatError::*;
+        match self {
+            NicknameTaken(_) | RoomExists(_) => 409,
+            NoSuchRoom(_) | UnknownSession | UserNotOnline(_) => 404,
+            RateLimited { .. } => 429,
+            StoreUnavailable | Busy | ServerFull | ShuttingDown => 503,
+            MessageTooLong { .. } | LineTooLong { .. } => 400,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ChatError::*;
+        match self {
+            InvalidNickname(why) => write!(f, "invalid nickname: {why}"),
+            NicknameTaken(nick) => {
+                write!(f, "nickname '{nick}' is already taken. Choose another one.")
+            }
+            InvalidRoomName(why) => write!(f, "invalid room name: {why}"),
+            NoSuchRoom(room) => {
+                write!(f, "room '{room}' does not exist. Use /create {room} to create it.")
+            }
+            RoomExists(room) => {
+                write!(f, "room '{room}' already exists. Use /join {room} to join it.")
+            }
+            AlreadyInRoom(room) => write!(f, "you are already in room '{room}'."),
+            NotInRoom => {
+                write!(f, "you are not in a room. Use /join <room> or /create <room> first.")
+            }
+            WrongRoom { current, requested } => write!(
+                f,
+                "you are in room '{current}', not '{requested}'. Use /join {requested} first."
+            ),
+            UserNotOnline(nick) => write!(f, "user '{nick}' is not online. Use /list to see who is."),
+            DmToSelf => write!(f, "you cannot send a direct message to yourself."),
+            EmptyMessage => write!(f, "the message is empty."),
+            MessageTooLong { max } => {
+                write!(f, "message too long: at most {max} characters. Nothing was sent.")
+            }
+            LineTooLong { max } => {
+                write!(f, "line too long: at most {max} bytes. The line was discarded.")
+            }
+            InvalidUtf8 => write!(f, "invalid UTF-8: send text encoded as UTF-8. The line was discarded."),
+            UnknownCommand(name) => {
+                write!(f, "unknown command '{name}'. Type /help for available commands.")
+            }
+            Usage(usage) => write!(f, "usage: {usage}"),
+            NoNickname => write!(f, "choose a nickname first."),
+            AlreadyNamed => write!(f, "this session already has a nickname. Use /nick <name> to change it."),
+            RateLimited { per_second } => write!(
+                f,
+                "slow down: at most {per_second} messages per second. The message was not sent."
+            ),
+            UnknownSession => {
+                write!(f, "unknown or expired session. Connect again with POST /api/connect.")
+            }
+            StoreUnavailable => write!(
+                f,
+                "the message store is unavailable, so the message was not sent. Try again shortly."
+            ),
+            Busy => write!(f, "the server is busy, so the message was not sent. Try again shortly."),
+            ServerFull => write!(f, "server full, try again later."),
+            ShuttingDown => write!(f, "the server is shutting down."),
+        }
+    }
+}
+
+impl std::error::Error for ChatError {}

@@ -1,0 +1,282 @@
+//! What the router hands to sessions, and the outbox it hands it through.
+//!
+//! The router never touches a socket. Each session gives it a [`Sink`];
+//! the router pushes [`Event`]s into it without ever blocking. The usual sink
+//! is an [`Outbox`]: a queue with a capacity, read by the adapter's writer
+//! thread, which renders events into bytes for its protocol. Room messages
+//! and notices are shared (`Arc`) between all recipients and each protocol's
+//! rendering is cached on them, so a message is formatted once per protocol,
+//! not once per recipient.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::ChatError;
+
+/// Identifies a session inside this process. Allocated by adapters with
+/// [`SessionId::next`], owned by the router once registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    pub fn next() -> SessionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Which front door a session came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Http,
+}
+
+/// Per-protocol cache of an event's wire bytes, filled on first use.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    tcp: OnceLock<Box<[u8]>>,
+    sse: OnceLock<Box<[u8]>>,
+}
+
+/// The wire formats an event is rendered into.
+#[derive(Debug, Clone, Copy)]
+pub enum Wire {
+    Tcp,
+    Sse,
+}
+
+impl Rendered {
+    /// Returns the cached bytes for `wire`, rendering them the first time.
+    pub fn get_or_render(&self, wire: Wire, render: impl FnOnce() -> Vec<u8>) -> &[u8] {
+        let slot = match wire {
+            Wire::Tcp => &self.tcp,
+            Wire::Sse => &self.sse,
+        };
+        slot.get_or_init(|| render().into_boxed_slice())
+    }
+}
+
+/// A committed room message, as stored and delivered.
+#[derive(Debug)]
+pub struct ChatMessage {
+    /// Store-assigned id; increases with commit order within a room.
+    pub id: i64,
+    pub room_id: i64,
+    pub room: String,
+    pub user_id: i64,
+    pub nickname: String,
+    pub content: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    pub rendered: Rendered,
+}
+
+impl ChatMessage {
+    /// The text form every user sees: `[room] nick: text`.
+    pub fn line(&self) -> String {
+        format!("[{}] {}: {}", self.room, self.nickname, self.content)
+    }
+}
+
+/// A `[system]` line: joins, leaves, nick changes, disconnects.
+#[derive(Debug)]
+pub struct Notice {
+    /// The room it concerns; `None` for a notice to one session only.
+    pub room: Option<String>,
+    pub text: String,
+    pub at_ms: i64,
+    pub rendered: Rendered,
+}
+
+/// A private message between two users.
+#[derive(Debug)]
+pub struct DirectMessage {
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    pub at_ms: i64,
+}
+
+/// Why a session's output ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The user asked (`/quit`, `POST /api/disconnect`) or went away.
+    Normal,
+    /// The outbox overflowed: the client does not read fast enough.
+    TooSlow,
+    /// The server is stopping.
+    Shutdown,
+    /// A newer stream took over this session (SSE).
+    Replaced,
+    /// The session was idle too long (HTTP).
+    Expired,
+}
+
+/// Something a session should see.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Message(Arc<ChatMessage>),
+    Notice(Arc<Notice>),
+    /// A DM; `outgoing` is true in the sender's own copy.
+    Dm { dm: Arc<DirectMessage>, outgoing: bool },
+    /// Text shown as is, without a line ending (the nickname prompt).
+    Prompt(&'static str),
+    /// The reply to this session's own command, as the text a TCP user sees.
+    Reply(String),
+    /// A refusal of this session's own input.
+    Error(ChatError),
+    /// The session's room changed; carries the new room's recent messages.
+    RoomChanged { room: Option<String>, history: Vec<Arc<ChatMessage>> },
+    /// Last event of a session: the writer flushes what it has and closes.
+    Close(CloseReason),
+}
+
+/// The session queue is full; the session must be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Where the router delivers a session's events. Implementations never block.
+pub trait Sink: Send + Sync {
+    /// Queues an event. `Err(Overflow)` means the client is too slow: the
+    /// router then drops the session and calls [`Sink::close`].
+    fn deliver(&self, event: Event) -> Result<(), Overflow>;
+    /// Ends the session's output; later deliveries are ignored.
+    fn close(&self, reason: CloseReason);
+}
+
+/// A bounded queue of events for one session, read by one writer thread.
+///
+/// The channel itself is unbounded (it allocates lazily, so an idle session
+/// costs almost nothing) and the bound is checked on each delivery; the only
+/// producer is the router, so the check cannot race with another producer.
+pub struct Outbox {
+    tx: Sender<Event>,
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+/// The writer's end of an [`Outbox`]. `recv` returns `None` once the
+/// session is closed and everything before the close has been taken.
+pub struct OutboxReader {
+    rx: Receiver<Event>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> (Arc<Outbox>, OutboxReader) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Arc::new(Outbox { tx, capacity, closed: AtomicBool::new(false) }), OutboxReader { rx })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Sink for Outbox {
+    fn deliver(&self, event: Event) -> Result<(), Overflow> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        if self.tx.len() >= self.capacity {
+            return Err(Overflow);
+        }
+        // The reader only goes away after it has seen `Close`, or when its
+        // thread died; either way there is nobody left to deliver to.
+        let _ = self.tx.send(event);
+        Ok(())
+    }
+
+    fn close(&self, reason: CloseReason) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Event::Close(reason));
+        }
+    }
+}
+
+impl OutboxReader {
+    /// Blocks until at least one event is queued, then takes everything
+    /// queued (up to `max`) into `batch`, so the writer can send it in one
+    /// write. Returns the close reason once the session is closed.
+    pub fn recv_batch(&self, batch: &mut Vec<Event>, max: usize) -> Option<CloseReason> {
+        match self.rx.recv() {
+            Ok(event) => batch.push(event),
+            Err(_) => return Some(CloseReason::Normal),
+        }
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        batch.iter().find_map(|e| match e {
+            Event::Close(reason) => Some(*reason),
+            _ => None,
+        })
+    }
+
+    /// Like [`recv_batch`](Self::recv_batch) with a timeout; `Ok(None)` on timeout.
+    pub fn recv_batch_timeout(
+        &self,
+        batch: &mut Vec<Event>,
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Option<CloseReason>, ()> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(event) => batch.push(event),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Err(()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Ok(Some(CloseReason::Normal))
+            }
+        }
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        Ok(batch.iter().find_map(|e| match e {
+            Event::Close(reason) => Some(*reason),
+            _ => None,
+        }))
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC timestamp with second precision, e.g. `2026-01-01T12:00:00Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_overflows_at_capacity_and_closes_once() {
+        let (outbox, reader) = Outbox::new(2);
+        assert!(outbox.deliver(Event::Reply("a".into())).is_ok());
+        assert!(outbox.deliver(Event::Reply("b".into())).is_ok());
+        assert_eq!(outbox.deliver(Event::Reply("c".into())), Err(Overflow));
+        outbox.close(CloseReason::TooSlow);
+        outbox.close(CloseReason::Normal);
+        let mut batch = Vec::new();
+        assert_eq!(reader.recv_batch(&mut batch, 100), Some(CloseReason::TooSlow));
+        assert_eq!(batch.len(), 3);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(1_767_268_800_000), "2026-01-01T12:00:00Z");
+    }
+}

@@ -1,0 +1,411 @@
+//! What each request does to the chat state. Every handler starts with the
+//! grammar it serves; the replies are the exact texts of SPEC §3.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{PendingSend, Reply, Responder, RouterMsg, RouterState, StoreDone};
+use crate::command::{help_text, Command};
+use crate::error::ChatError;
+use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId, Sink};
+use crate::names::{clean_message, name_key, normalize_room, validate_nickname};
+use crate::store::{AppendResult, NewMessage, StoreError};
+
+impl RouterState {
+    /// First nickname of a session: reserve it, record the user in the
+    /// store, and answer once it is stored.
+    pub(super) fn login(&mut self, id: SessionId, nickname: String, reply: Responder) {
+        let named = self.sessions.get(&id).is_some_and(|s| s.nickname.is_some() || s.pending_nickname.is_some());
+        if named {
+            return self.respond_to(Some(id), reply, Err(ChatError::AlreadyNamed));
+        }
+        if let Err(e) = self.reserve_nickname(id, &nickname) {
+            return self.respond_to(Some(id), reply, Err(e));
+        }
+        self.record_user(id, nickname, false, reply);
+    }
+
+    /// Checks a nickname and reserves it for `id`.
+    fn reserve_nickname(&mut self, id: SessionId, nickname: &str) -> Result<(), ChatError> {
+        validate_nickname(nickname)?;
+        let key = name_key(nickname);
+        if self.nicknames.get(&key).is_some_and(|owner| *owner != id) {
+            return Err(ChatError::NicknameTaken(nickname.to_string()));
+        }
+        self.nicknames.insert(key, id);
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.pending_nickname = Some(nickname.to_string());
+        }
+        Ok(())
+    }
+
+    fn record_user(&mut self, session: SessionId, nickname: String, rename: bool, reply: Responder) {
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.upsert_user(&nickname, now_ms());
+            let done = StoreDone::UserRecorded { session, nickname, rename, result, reply };
+            let _ = inbox.send(RouterMsg::StoreDone(done));
+        });
+    }
+
+    pub(super) fn store_done(&mut self, done: StoreDone) {
+        match done {
+            StoreDone::UserRecorded { session, nickname, rename, result, reply } => {
+                self.user_recorded(session, nickname, rename, result, reply)
+            }
+            StoreDone::RoomCreated { session, name, result, reply } => self.room_created(session, name, result, reply),
+        }
+    }
+
+    fn user_recorded(
+        &mut self,
+        id: SessionId,
+        nickname: String,
+        rename: bool,
+        result: Result<i64, StoreError>,
+        reply: Responder,
+    ) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        session.pending_nickname = None;
+        let user_id = match result {
+            Ok(user_id) => user_id,
+            Err(e) => {
+                log::warn!("could not record user {nickname}: {e}");
+                let key = name_key(&nickname);
+                let still_ours = session.nickname.as_deref().map(name_key) != Some(key.clone());
+                if still_ours && self.nicknames.get(&key) == Some(&id) {
+                    self.nicknames.remove(&key);
+                }
+                return self.respond_to(Some(id), reply, Err(ChatError::StoreUnavailable));
+            }
+        };
+        let old = session.nickname.replace(nickname.clone());
+        session.user_id = user_id;
+        if !rename {
+            return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname }));
+        }
+        let old = old.unwrap_or_default();
+        if name_key(&old) != name_key(&nickname) && self.nicknames.get(&name_key(&old)) == Some(&id) {
+            self.nicknames.remove(&name_key(&old));
+        }
+        if let Some(room) = self.sessions[&id].room.clone() {
+            self.announce(&room, format!("{old} is now known as {nickname}"), Some(id));
+        }
+        self.respond_to(Some(id), reply, Ok(Reply::Text(format!("You are now known as {nickname}"))));
+    }
+
+    /// Runs a slash command for a named session.
+    pub(super) fn command(&mut self, id: SessionId, command: Command, reply: Responder) {
+        if self.sessions.get(&id).is_none_or(|s| s.nickname.is_none()) {
+            return self.respond_to(Some(id), reply, Err(ChatError::NoNickname));
+        }
+        let outcome = match command {
+            Command::Help => Ok(Reply::Text(help_text())),
+            Command::Nick(nick) => return self.change_nick(id, nick, reply),
+            Command::List => Ok(Reply::Text(self.list(id))),
+            Command::Quit => {
+                self.respond_to(Some(id), reply, Ok(Reply::Text("Goodbye!".into())));
+                return self.end_session(id, CloseReason::Normal);
+            }
+            Command::Create(name) => return self.create_room(id, name, reply),
+            Command::Join(name) => self.join(id, &name, "Joined room"),
+            Command::Rooms => Ok(Reply::Text(self.rooms_text())),
+            Command::Leave => self.leave(id),
+            Command::Dm { to, text } => self.dm(id, &to, &text),
+        };
+        self.respond_to(Some(id), reply, outcome);
+    }
+
+    /// `/nick <name>`
+    fn change_nick(&mut self, id: SessionId, nickname: String, reply: Responder) {
+        let session = &self.sessions[&id];
+        if session.pending_nickname.is_some() {
+            return self.respond_to(Some(id), reply, Err(ChatError::Usage("/nick <name> (one change at a time)")));
+        }
+        if session.nickname.as_deref() == Some(nickname.as_str()) {
+            return self.respond_to(Some(id), reply, Ok(Reply::Text(format!("You are already known as {nickname}"))));
+        }
+        if let Err(e) = self.reserve_nickname(id, &nickname) {
+            return self.respond_to(Some(id), reply, Err(e));
+        }
+        self.record_user(id, nickname, true, reply);
+    }
+
+    /// `/list`
+    fn list(&self, id: SessionId) -> String {
+        match &self.sessions[&id].room {
+            Some(room) => {
+                let members = self.room_members(room).unwrap_or_default();
+                format!("Users in {room} ({}): {}", members.len(), members.join(", "))
+            }
+            None => {
+                let mut nicks: Vec<&str> = self.sessions.values().filter_map(|s| s.nickname.as_deref()).collect();
+                nicks.sort_by_key(|n| n.to_ascii_lowercase());
+                format!("Online users ({}): {}", nicks.len(), nicks.join(", "))
+            }
+        }
+    }
+
+    /// `/rooms`
+    fn rooms_text(&self) -> String {
+        if self.rooms.is_empty() {
+            return "No rooms yet. Use /create <room> to create one.".into();
+        }
+        let mut text = format!("Rooms ({}):", self.rooms.len());
+        for room in self.rooms.values() {
+            let n = room.members.len();
+            text.push_str(&format!("\n  {} ({n} {})", room.name, if n == 1 { "member" } else { "members" }));
+        }
+        text
+    }
+
+    /// `/create <room>`: stored first, joined once stored.
+    fn create_room(&mut self, id: SessionId, name: String, reply: Responder) {
+        let name = match normalize_room(&name) {
+            Ok(name) => name,
+            Err(e) => return self.respond_to(Some(id), reply, Err(e)),
+        };
+        if self.rooms.contains_key(&name) || self.creating.contains(&name) {
+            return self.respond_to(Some(id), reply, Err(ChatError::RoomExists(name)));
+        }
+        self.creating.insert(name.clone());
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.create_room(&name, now_ms());
+            let _ = inbox.send(RouterMsg::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
+        });
+    }
+
+    fn room_created(
+        &mut self,
+        id: SessionId,
+        name: String,
+        result: Result<crate::store::RoomRecord, StoreError>,
+        reply: Responder,
+    ) {
+        self.creating.remove(&name);
+        let outcome = match result {
+            Ok(record) => {
+                log::info!("room {} created", record.name);
+                self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
+                if self.sessions.contains_key(&id) {
+                    self.join(id, &name, "Created and joined room")
+                } else {
+                    Ok(Reply::Done)
+                }
+            }
+            Err(StoreError::Conflict) => Err(ChatError::RoomExists(name)),
+            Err(e) => {
+                log::warn!("could not create room {name}: {e}");
+                Err(ChatError::StoreUnavailable)
+            }
+        };
+        self.respond_to(Some(id), reply, outcome);
+    }
+
+    /// `/join <room>` (and the second half of `/create`): leaves the current
+    /// room, joins, and answers with the room's recent messages.
+    pub(super) fn join(&mut self, id: SessionId, name: &str, verb: &str) -> Result<Reply, ChatError> {
+        let name = normalize_room(name)?;
+        if !self.rooms.contains_key(&name) {
+            return Err(ChatError::NoSuchRoom(name));
+        }
+        if self.sessions[&id].room.as_deref() == Some(name.as_str()) {
+            return Err(ChatError::AlreadyInRoom(name));
+        }
+        self.enter_room(id, &name, None);
+        let room = &self.rooms[&name];
+        let mut text = format!("{verb}: {name}\n--- Recent Messages ---\n");
+        if room.history.is_empty() {
+            text.push_str("No recent messages\n");
+        }
+        for message in &room.history {
+            text.push_str(&message.line());
+            text.push('\n');
+        }
+        text.push_str("---");
+        Ok(Reply::Text(text))
+    }
+
+    /// Moves a session into a room: leave notices, join notice, membership,
+    /// the stream's `RoomChanged` with the room's history.
+    /// `history` replaces the ring buffer for a stream that resumes.
+    fn enter_room(&mut self, id: SessionId, name: &str, history: Option<Vec<Arc<ChatMessage>>>) {
+        self.leave_room(id, |nick, room| format!("{nick} left {room}"));
+        let session = self.sessions.get_mut(&id).expect("caller checked");
+        session.room = Some(name.to_string());
+        let (nick, user_id) = (session.nick().to_string(), session.user_id);
+        let room = self.rooms.get_mut(name).expect("caller checked");
+        room.members.insert(id);
+        let room_id = room.id;
+        let history = history.unwrap_or_else(|| room.history.iter().cloned().collect());
+        if self.announces(name) {
+            self.announce(name, format!("{nick} joined {name}"), Some(id));
+        }
+        self.deliver_to(id, Event::RoomChanged { room: Some(name.to_string()), history });
+        self.store.run(move |store| {
+            if let Err(e) = store.record_join(room_id, user_id, now_ms()) {
+                log::debug!("could not record a join: {e}");
+            }
+        });
+    }
+
+    /// `/leave`
+    fn leave(&mut self, id: SessionId) -> Result<Reply, ChatError> {
+        let room = self.sessions[&id].room.clone().ok_or(ChatError::NotInRoom)?;
+        self.leave_room(id, |nick, room| format!("{nick} left {room}"));
+        self.deliver_to(id, Event::RoomChanged { room: None, history: Vec::new() });
+        Ok(Reply::Text(format!("Left room: {room}")))
+    }
+
+    /// `/dm <user> <message>`: shown to both ends as a DM event.
+    fn dm(&mut self, id: SessionId, to: &str, text: &str) -> Result<Reply, ChatError> {
+        let target = *self
+            .nicknames
+            .get(&name_key(to))
+            .filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()))
+            .ok_or_else(|| ChatError::UserNotOnline(to.to_string()))?;
+        if target == id {
+            return Err(ChatError::DmToSelf);
+        }
+        let text = clean_message(text, self.settings.max_message_chars)?;
+        self.take_rate_token(id)?;
+        let dm = Arc::new(DirectMessage {
+            from: self.sessions[&id].nick().to_string(),
+            to: self.sessions[&target].nick().to_string(),
+            text,
+            at_ms: now_ms(),
+        });
+        let shown = format!("[DM to {}] {}", dm.to, dm.text);
+        self.deliver_to(target, Event::Dm { dm: dm.clone(), outgoing: false });
+        self.deliver_to(id, Event::Dm { dm, outgoing: true });
+        Ok(Reply::Shown(shown))
+    }
+
+    fn take_rate_token(&mut self, id: SessionId) -> Result<(), ChatError> {
+        let per_second = self.settings.msg_rate;
+        let session = self.sessions.get_mut(&id).expect("caller checked");
+        if session.rate.try_take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(ChatError::RateLimited { per_second })
+        }
+    }
+
+    /// Plain text: checked here, committed by the storage thread, delivered
+    /// in [`committed`](Self::committed).
+    pub(super) fn say(&mut self, id: SessionId, text: String, room: Option<String>, reply: Responder) {
+        let outcome = self.accept_message(id, &text, room);
+        match outcome {
+            Ok(message) => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.pending_sends.insert(ticket, PendingSend { session: id, reply, accepted: Instant::now() });
+                self.store.append(ticket, message);
+            }
+            Err(e) => self.respond_to(Some(id), reply, Err(e)),
+        }
+    }
+
+    fn accept_message(&mut self, id: SessionId, text: &str, room: Option<String>) -> Result<NewMessage, ChatError> {
+        let session = &self.sessions[&id];
+        let nickname = session.nickname.clone().ok_or(ChatError::NoNickname)?;
+        let current = session.room.clone().ok_or(ChatError::NotInRoom)?;
+        if let Some(requested) = room {
+            if normalize_room(&requested).ok().as_deref() != Some(current.as_str()) {
+                return Err(ChatError::WrongRoom { current, requested });
+            }
+        }
+        let content = clean_message(text, self.settings.max_message_chars)?;
+        if self.pending_sends.len() >= self.settings.store_queue_max {
+            return Err(ChatError::Busy);
+        }
+        self.take_rate_token(id)?;
+        let session = &self.sessions[&id];
+        Ok(NewMessage {
+            room_id: self.rooms[&current].id,
+            room: current,
+            user_id: session.user_id,
+            nickname,
+            content,
+            created_at_ms: now_ms(),
+        })
+    }
+
+    /// A group commit finished: remember and deliver what was stored, in
+    /// order; refuse what was not.
+    pub(super) fn committed(&mut self, results: Vec<AppendResult>) {
+        for AppendResult { ticket, result } in results {
+            let Some(pending) = self.pending_sends.remove(&ticket) else { continue };
+            match result {
+                Ok(message) => {
+                    self.metrics.messages.fetch_add(1, Relaxed);
+                    let sent = Reply::Sent { id: message.id, room: message.room.clone(), created_at_ms: message.created_at_ms };
+                    self.publish(message);
+                    self.metrics.delivery_latency.observe(pending.accepted.elapsed());
+                    self.respond_to(Some(pending.session), pending.reply, Ok(sent));
+                }
+                Err(e) => {
+                    self.metrics.store_failures.fetch_add(1, Relaxed);
+                    log::debug!("message from {:?} refused: {e}", pending.session);
+                    self.respond_to(Some(pending.session), pending.reply, Err(ChatError::StoreUnavailable));
+                }
+            }
+        }
+    }
+
+    /// Puts a committed message in its room's ring buffer and fans it out.
+    fn publish(&mut self, message: Arc<ChatMessage>) {
+        let Some(room) = self.rooms.get_mut(&message.room) else { return };
+        room.remember(message.clone(), self.settings.history_size);
+        let name = message.room.clone();
+        self.deliver_to_room(&name, &Event::Message(message), None);
+    }
+
+    /// Attaches an HTTP session's event stream, joining `room` if needed.
+    /// Answers `Ok(false)` when `after` is older than the ring buffer holds:
+    /// the caller replays from the store and tries again with a newer id.
+    pub(super) fn attach_stream(
+        &mut self,
+        id: SessionId,
+        room: &str,
+        sink: Arc<dyn Sink>,
+        after: Option<i64>,
+    ) -> Result<bool, ChatError> {
+        if self.sessions[&id].nickname.is_none() {
+            return Err(ChatError::NoNickname);
+        }
+        let name = normalize_room(room)?;
+        let target = self.rooms.get(&name).ok_or_else(|| ChatError::NoSuchRoom(name.clone()))?;
+        let replay = match after {
+            Some(after) => match target.history_after(after) {
+                Some(messages) => Some(messages),
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        if let Some(old) = session.sink.replace(sink) {
+            old.close(CloseReason::Replaced);
+        }
+        if session.room.as_deref() != Some(name.as_str()) {
+            self.enter_room(id, &name, replay);
+        } else {
+            let history = replay.unwrap_or_else(|| self.rooms[&name].history.iter().cloned().collect());
+            self.deliver_to(id, Event::RoomChanged { room: Some(name.clone()), history });
+        }
+        Ok(true)
+    }
+
+    /// Detaches a stream that ended, if it is still the session's stream.
+    pub(crate) fn detach_stream(&mut self, id: SessionId, sink: &Arc<dyn Sink>) {
+        if let Some(session) = self.sessions.get_mut(&id) {
+            let same = |s: &Arc<dyn Sink>| Arc::as_ptr(s) as *const () == Arc::as_ptr(sink) as *const ();
+            if session.sink.as_ref().is_some_and(same) {
+                session.sink = None;
+                session.last_active = Instant::now();
+            }
+        }
+    }
+}

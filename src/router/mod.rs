@@ -1,0 +1,506 @@
+//! The router thread: the only code that changes chat state.
+//!
+//! It owns every session, nickname, room, membership and per-room ring
+//! buffer. Adapters, the storage thread and the timer reach it only through
+//! [`RouterMsg`]s on one channel; it answers through each request's
+//! [`Responder`] and pushes [`Event`]s into session sinks without ever
+//! blocking. It knows nothing about sockets, so the same core serves the
+//! TCP and HTTP adapters and is driven directly in unit tests.
+//!
+//! Messages are persisted before they are delivered: `Say` hands the message
+//! to the storage thread, and only the committed result (`Committed`) is
+//! put in the ring buffer and fanned out, echo to the sender included.
+
+mod commands;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use uuid::Uuid;
+
+use crate::command::Command;
+use crate::config::Config;
+use crate::error::ChatError;
+use crate::event::{now_ms, ChatMessage, CloseReason, Event, Notice, Protocol, SessionId, Sink};
+use crate::metrics::Metrics;
+use crate::store::{AppendResult, RoomRecord, StoreError, StoreHandle};
+
+pub use state::{RateLimiter, Room, Session};
+
+/// How a request names its session: by id (TCP, in-process) or by the HTTP
+/// `sessionId` token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRef {
+    Id(SessionId),
+    Token(Uuid),
+}
+
+/// A successful answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Text to show the user (a TCP user sees exactly this).
+    Text(String),
+    /// Text the session has already been shown as an event (a DM's echo);
+    /// sent to channel responders, not written to the session again.
+    Shown(String),
+    LoggedIn { session: SessionId, user_id: i64, nickname: String },
+    /// A message was committed under `id`.
+    Sent { id: i64, room: String, created_at_ms: i64 },
+    /// A stream was attached to its session.
+    Attached,
+    Done,
+}
+
+pub type Outcome = Result<Reply, ChatError>;
+
+/// Where the answer to a request goes.
+pub enum Responder {
+    /// Into the session's own event stream, in order with everything else it
+    /// sees (TCP commands: a reply must not overtake or trail room traffic).
+    Session,
+    /// Back to a waiting caller (HTTP requests, the TCP nickname prompt).
+    Channel(Sender<Outcome>),
+}
+
+/// Everything the router can be asked.
+pub enum RouterMsg {
+    /// A new connection or HTTP session, without a nickname yet.
+    Open { session: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>> },
+    /// Choose the session's first nickname.
+    Login { session: SessionRef, nickname: String, reply: Responder },
+    Command { session: SessionRef, command: Command, reply: Responder },
+    /// A chat message for the current room (`room`, if given, must match it).
+    Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
+    /// Attach an event stream to an HTTP session, joining `room` if needed.
+    /// With `after`, the stream starts with the room's messages after that id
+    /// instead of the recent history; the answer is `Ok(false)` when the ring
+    /// buffer no longer holds them all, and the caller must read the store.
+    AttachStream { session: SessionRef, room: String, sink: Arc<dyn Sink>, after: Option<i64>, reply: Sender<Result<bool, ChatError>> },
+    /// An event stream ended; the session stays (HTTP idle expiry applies).
+    DetachStream { session: SessionId, sink: Arc<dyn Sink> },
+    /// Input the adapter refused (too long, not UTF-8, unknown command),
+    /// answered through the session's stream in order with everything else.
+    Refuse { session: SessionId, error: ChatError },
+    /// The connection is gone (or `POST /api/disconnect`).
+    Close { session: SessionRef },
+    /// Runs a read-only look at the state on the router thread.
+    Inspect(Box<dyn FnOnce(&RouterState) + Send>),
+    /// Results of a group commit, in commit order.
+    Committed(Vec<AppendResult>),
+    /// A store call the router started has finished.
+    StoreDone(StoreDone),
+    /// Stop: finish pending commits, tell everyone, close every session.
+    Shutdown,
+}
+
+/// Completions of store calls the router made for itself.
+pub enum StoreDone {
+    UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<i64, StoreError>, reply: Responder },
+    RoomCreated { session: SessionId, name: String, result: Result<RoomRecord, StoreError>, reply: Responder },
+}
+
+/// A cloneable handle for sending requests to the router.
+#[derive(Clone)]
+pub struct RouterHandle {
+    tx: Sender<RouterMsg>,
+}
+
+/// The longest a caller waits for the router (it never should this long).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RouterHandle {
+    pub fn send(&self, msg: RouterMsg) {
+        let _ = self.tx.send(msg);
+    }
+
+    /// Sends a request built around a reply channel and waits for the answer.
+    pub fn call(&self, build: impl FnOnce(Responder) -> RouterMsg) -> Outcome {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(build(Responder::Channel(tx)));
+        rx.recv_timeout(CALL_TIMEOUT).unwrap_or(Err(ChatError::ShuttingDown))
+    }
+
+    /// Runs `look` on the router thread and returns its result.
+    pub fn inspect<T: Send + 'static>(&self, look: impl FnOnce(&RouterState) -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(RouterMsg::Inspect(Box::new(move |state| {
+            let _ = tx.send(look(state));
+        })));
+        rx.recv_timeout(CALL_TIMEOUT).ok()
+    }
+}
+
+/// Settings the router needs from [`Config`].
+#[derive(Clone)]
+pub struct RouterSettings {
+    pub history_size: usize,
+    pub announce_limit: usize,
+    pub max_message_chars: usize,
+    pub msg_rate: u32,
+    pub msg_burst: u32,
+    pub session_idle: Duration,
+    pub store_queue_max: usize,
+}
+
+impl RouterSettings {
+    pub fn from_config(config: &Config) -> RouterSettings {
+        RouterSettings {
+            history_size: config.history_size,
+            announce_limit: config.announce_limit,
+            max_message_chars: config.limits.max_message_chars,
+            msg_rate: config.limits.msg_rate,
+            msg_burst: config.limits.msg_burst,
+            session_idle: config.limits.session_idle,
+            store_queue_max: config.limits.store_queue_max,
+        }
+    }
+}
+
+/// A message waiting for its commit.
+struct PendingSend {
+    session: SessionId,
+    reply: Responder,
+    /// When the router accepted it, for the delivery latency metric.
+    accepted: Instant,
+}
+
+/// The chat state. Public fields are read by [`RouterMsg::Inspect`] closures.
+pub struct RouterState {
+    pub settings: RouterSettings,
+    pub sessions: HashMap<SessionId, Session>,
+    pub tokens: HashMap<Uuid, SessionId>,
+    /// Lower-case nickname → session, including nicknames reserved while
+    /// the store records them.
+    pub nicknames: HashMap<String, SessionId>,
+    /// Rooms by (lower-case) name, sorted for `/rooms`.
+    pub rooms: BTreeMap<String, Room>,
+    /// Room names whose creation is being stored.
+    creating: std::collections::HashSet<String>,
+    pending_sends: HashMap<u64, PendingSend>,
+    next_ticket: u64,
+    store: StoreHandle,
+    /// The router's own inbox, for store completions.
+    inbox: Sender<RouterMsg>,
+    pub metrics: Arc<Metrics>,
+    stopping: Option<Instant>,
+}
+
+/// The router thread's loop around [`RouterState`].
+pub struct Router {
+    state: RouterState,
+    rx: Receiver<RouterMsg>,
+}
+
+/// How long shutdown waits for messages already handed to the store.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Capacity of the router's inbox; producers wait when it is full.
+const INBOX_CAPACITY: usize = 65_536;
+
+impl Router {
+    /// Builds the router with the rooms and recent history read from the
+    /// store at start-up. Returns the router and the channel pair for the
+    /// storage thread's results (`inbox` must be given to the store worker).
+    pub fn new(
+        settings: RouterSettings,
+        store: StoreHandle,
+        metrics: Arc<Metrics>,
+        rooms: Vec<(RoomRecord, Vec<ChatMessage>)>,
+        channel: (Sender<RouterMsg>, Receiver<RouterMsg>),
+    ) -> Router {
+        let (inbox, rx) = channel;
+        let mut state = RouterState {
+            settings,
+            sessions: HashMap::new(),
+            tokens: HashMap::new(),
+            nicknames: HashMap::new(),
+            rooms: BTreeMap::new(),
+            creating: Default::default(),
+            pending_sends: HashMap::new(),
+            next_ticket: 1,
+            store,
+            inbox,
+            metrics,
+            stopping: None,
+        };
+        for (record, history) in rooms {
+            let mut room = Room::new(record.id, record.name.clone(), record.created_at_ms);
+            for message in history {
+                room.remember(Arc::new(message), state.settings.history_size);
+            }
+            state.rooms.insert(record.name, room);
+        }
+        Router { state, rx }
+    }
+
+    /// The router's inbox channel; create it before the store worker so the
+    /// worker can report commits into it.
+    pub fn channel() -> (Sender<RouterMsg>, Receiver<RouterMsg>) {
+        crossbeam_channel::bounded(INBOX_CAPACITY)
+    }
+
+    pub fn handle(&self) -> RouterHandle {
+        RouterHandle { tx: self.state.inbox.clone() }
+    }
+
+    pub fn spawn(self) -> JoinHandle<()> {
+        std::thread::Builder::new().name("router".into()).spawn(move || self.run()).expect("spawn router thread")
+    }
+
+    /// Handles messages until shutdown has finished.
+    pub fn run(mut self) {
+        let ticker = crossbeam_channel::tick(Duration::from_secs(1));
+        loop {
+            select! {
+                recv(self.rx) -> msg => match msg {
+                    Ok(msg) => self.state.handle(msg),
+                    Err(_) => break,
+                },
+                recv(ticker) -> _ => self.state.tick(Instant::now()),
+            }
+            if let Some(since) = self.state.stopping {
+                if self.state.pending_sends.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
+                    break;
+                }
+            }
+        }
+        self.state.close_everyone();
+        log::info!("router stopped");
+    }
+}
+
+impl RouterState {
+    /// Handles one message. Public so tests can drive the state directly.
+    pub fn handle(&mut self, msg: RouterMsg) {
+        match msg {
+            RouterMsg::Open { session, protocol, token, sink } => self.open(session, protocol, token, sink),
+            RouterMsg::Login { session, nickname, reply } => match self.resolve(session) {
+                Ok(id) => self.login(id, nickname, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Command { session, command, reply } => match self.resolve(session) {
+                Ok(id) => self.command(id, command, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Say { session, text, room, reply } => match self.resolve(session) {
+                Ok(id) => self.say(id, text, room, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::AttachStream { session, room, sink, after, reply } => {
+                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after));
+                let _ = reply.send(outcome);
+            }
+            RouterMsg::Refuse { session, error } => self.deliver_to(session, Event::Error(error)),
+            RouterMsg::DetachStream { session, sink } => self.detach_stream(session, &sink),
+            RouterMsg::Close { session } => {
+                if let Ok(id) = self.resolve(session) {
+                    self.end_session(id, CloseReason::Normal);
+                }
+            }
+            RouterMsg::Inspect(look) => look(self),
+            RouterMsg::Committed(results) => self.committed(results),
+            RouterMsg::StoreDone(done) => self.store_done(done),
+            RouterMsg::Shutdown => {
+                log::info!("router shutting down; {} messages still being committed", self.pending_sends.len());
+                self.stopping = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Finds a session, refreshing its idle timer.
+    fn resolve(&mut self, session: SessionRef) -> Result<SessionId, ChatError> {
+        let id = match session {
+            SessionRef::Id(id) => id,
+            SessionRef::Token(token) => *self.tokens.get(&token).ok_or(ChatError::UnknownSession)?,
+        };
+        let session = self.sessions.get_mut(&id).ok_or(ChatError::UnknownSession)?;
+        session.last_active = Instant::now();
+        if self.stopping.is_some() {
+            return Err(ChatError::ShuttingDown);
+        }
+        Ok(id)
+    }
+
+    fn open(&mut self, id: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>>) {
+        if self.stopping.is_some() {
+            if let Some(sink) = sink {
+                sink.close(CloseReason::Shutdown);
+            }
+            return;
+        }
+        let rate = RateLimiter::new(self.settings.msg_rate, self.settings.msg_burst);
+        if let Some(token) = token {
+            self.tokens.insert(token, id);
+            self.metrics.http_sessions.fetch_add(1, Relaxed);
+        }
+        self.sessions.insert(id, Session::new(id, protocol, token, sink, rate));
+    }
+
+    /// Sends an outcome where the request asked; `session` is needed only
+    /// for [`Responder::Session`].
+    fn respond_to(&mut self, session: Option<SessionId>, reply: Responder, outcome: Outcome) {
+        match reply {
+            Responder::Channel(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Responder::Session => {
+                let event = match outcome {
+                    Ok(Reply::Text(text)) => Event::Reply(text),
+                    Ok(_) => return,
+                    Err(error) => Event::Error(error),
+                };
+                if let Some(id) = session {
+                    self.deliver_to(id, event);
+                }
+            }
+        }
+    }
+
+    /// Queues an event for one session, dropping the session if it overflows.
+    fn deliver_to(&mut self, id: SessionId, event: Event) {
+        let overflow = match self.sessions.get(&id) {
+            Some(session) => session.deliver(event).is_err(),
+            None => false,
+        };
+        if overflow {
+            self.drop_slow(vec![id]);
+        }
+    }
+
+    /// Queues an event for every member of a room (optionally but one).
+    fn deliver_to_room(&mut self, room: &str, event: &Event, except: Option<SessionId>) {
+        let Some(members) = self.rooms.get(room).map(|r| &r.members) else { return };
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        for id in members {
+            if Some(*id) == except {
+                continue;
+            }
+            if let Some(session) = self.sessions.get(id) {
+                match session.deliver(event.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(_) => slow.push(*id),
+                }
+            }
+        }
+        self.metrics.deliveries.fetch_add(delivered, Relaxed);
+        if !slow.is_empty() {
+            self.drop_slow(slow);
+        }
+    }
+
+    /// Disconnects sessions whose queue overflowed.
+    fn drop_slow(&mut self, ids: Vec<SessionId>) {
+        for id in ids {
+            if self.sessions.contains_key(&id) {
+                log::info!("dropping session {:?}: its outbound queue is full", id);
+                self.metrics.dropped_slow.fetch_add(1, Relaxed);
+                self.end_session(id, CloseReason::TooSlow);
+            }
+        }
+    }
+
+    /// A `[system]` notice to a room's members.
+    fn announce(&mut self, room: &str, text: String, except: Option<SessionId>) {
+        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms: now_ms(), rendered: Default::default() }));
+        self.deliver_to_room(room, &notice, except);
+    }
+
+    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT).
+    fn announces(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.members.len() <= self.settings.announce_limit)
+    }
+
+    /// Removes a session from its room, telling the others why.
+    fn leave_room(&mut self, id: SessionId, notice: impl FnOnce(&str, &str) -> String) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(room_name) = session.room.take() else { return };
+        let nick = session.nick().to_string();
+        let announce = self.announces(&room_name);
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            room.members.remove(&id);
+        }
+        if announce {
+            self.announce(&room_name, notice(&nick, &room_name), None);
+        }
+    }
+
+    /// Ends a session: leaves its room, frees its nickname, closes its sink.
+    pub(crate) fn end_session(&mut self, id: SessionId, reason: CloseReason) {
+        let named = self.sessions.get(&id).is_some_and(|s| s.nickname.is_some());
+        if named {
+            self.leave_room(id, |nick, _| format!("{nick} disconnected"));
+        }
+        let Some(session) = self.sessions.remove(&id) else { return };
+        for nick in session.nickname.iter().chain(session.pending_nickname.iter()) {
+            let key = crate::names::name_key(nick);
+            if self.nicknames.get(&key) == Some(&id) {
+                self.nicknames.remove(&key);
+            }
+        }
+        if let Some(token) = session.token {
+            self.tokens.remove(&token);
+            self.metrics.http_sessions.fetch_sub(1, Relaxed);
+        }
+        if let Some(sink) = session.sink {
+            sink.close(reason);
+        }
+    }
+
+    /// Once a second: expire idle HTTP sessions.
+    fn tick(&mut self, now: Instant) {
+        let idle = self.settings.session_idle;
+        let expired: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.protocol == Protocol::Http && s.sink.is_none() && now.duration_since(s.last_active) > idle)
+            .map(|s| s.id)
+            .collect();
+        for id in expired {
+            log::info!("HTTP session {:?} expired after {:?} idle", id, idle);
+            self.end_session(id, CloseReason::Expired);
+        }
+    }
+
+    /// Shutdown: tell every session, then close them all.
+    fn close_everyone(&mut self) {
+        let notice = Event::Notice(Arc::new(Notice {
+            room: None,
+            text: "Server is shutting down. Goodbye!".into(),
+            at_ms: now_ms(),
+            rendered: Default::default(),
+        }));
+        for session in self.sessions.values() {
+            let _ = session.deliver(notice.clone());
+            if let Some(sink) = &session.sink {
+                sink.close(CloseReason::Shutdown);
+            }
+        }
+        self.sessions.clear();
+    }
+
+    /// Room names with member counts, sorted by name.
+    pub fn room_list(&self) -> Vec<(String, usize, i64)> {
+        self.rooms.values().map(|r| (r.name.clone(), r.members.len(), r.created_at_ms)).collect()
+    }
+
+    /// Nicknames in a room, sorted; `None` if the room does not exist.
+    pub fn room_members(&self, room: &str) -> Option<Vec<String>> {
+        let room = self.rooms.get(room)?;
+        let mut nicks: Vec<String> =
+            room.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
+        nicks.sort_by_key(|n| n.to_ascii_lowercase());
+        Some(nicks)
+    }
+
+    /// Open sessions by protocol (named or not).
+    pub fn session_count(&self, protocol: Protocol) -> usize {
+        self.sessions.values().filter(|s| s.protocol == protocol).count()
+    }
+}

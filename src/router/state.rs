@@ -1,0 +1,142 @@
+//! The chat state the router owns: sessions and rooms.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::event::{ChatMessage, Event, Overflow, Protocol, SessionId, Sink};
+
+/// One connected user (or a connection still choosing a nickname).
+pub struct Session {
+    pub id: SessionId,
+    pub protocol: Protocol,
+    /// The HTTP `sessionId`; `None` for TCP.
+    pub token: Option<Uuid>,
+    /// `None` until the nickname is chosen (and stored).
+    pub nickname: Option<String>,
+    /// Store id of the user; 0 until logged in.
+    pub user_id: i64,
+    /// A nickname reserved while the store records it (login or `/nick`).
+    pub pending_nickname: Option<String>,
+    pub room: Option<String>,
+    /// Where events go; `None` for an HTTP session with no open stream.
+    pub sink: Option<Arc<dyn Sink>>,
+    pub rate: RateLimiter,
+    /// Last request or stream activity, for HTTP idle expiry.
+    pub last_active: Instant,
+}
+
+impl Session {
+    pub fn new(id: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>>, rate: RateLimiter) -> Self {
+        Session {
+            id,
+            protocol,
+            token,
+            nickname: None,
+            user_id: 0,
+            pending_nickname: None,
+            room: None,
+            sink,
+            rate,
+            last_active: Instant::now(),
+        }
+    }
+
+    /// Queues an event for this session; sessions without a sink drop it.
+    pub fn deliver(&self, event: Event) -> Result<(), Overflow> {
+        match &self.sink {
+            Some(sink) => sink.deliver(event),
+            None => Ok(()),
+        }
+    }
+
+    pub fn nick(&self) -> &str {
+        self.nickname.as_deref().unwrap_or("?")
+    }
+}
+
+/// A room: its members here and its most recent messages.
+pub struct Room {
+    pub id: i64,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub members: HashSet<SessionId>,
+    /// The last `HISTORY_SIZE` messages, oldest first.
+    pub history: VecDeque<Arc<ChatMessage>>,
+    /// Id of the newest message pushed out of `history` (0: none yet), so a
+    /// replay knows whether `history` alone covers what a client missed.
+    pub evicted_up_to: i64,
+}
+
+impl Room {
+    pub fn new(id: i64, name: String, created_at_ms: i64) -> Room {
+        Room { id, name, created_at_ms, members: HashSet::new(), history: VecDeque::new(), evicted_up_to: 0 }
+    }
+
+    /// Appends a committed message to the ring buffer.
+    pub fn remember(&mut self, message: Arc<ChatMessage>, capacity: usize) {
+        while self.history.len() >= capacity {
+            if let Some(old) = self.history.pop_front() {
+                self.evicted_up_to = self.evicted_up_to.max(old.id);
+            }
+        }
+        self.history.push_back(message);
+    }
+
+    /// Messages after `after_id`, if the ring buffer still holds all of them.
+    pub fn history_after(&self, after_id: i64) -> Option<Vec<Arc<ChatMessage>>> {
+        (after_id >= self.evicted_up_to)
+            .then(|| self.history.iter().filter(|m| m.id > after_id).cloned().collect())
+    }
+}
+
+/// Token bucket: `rate` messages per second, bursts up to `burst`.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    /// `rate` 0 disables the limit.
+    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter { rate: rate as f64, burst: burst as f64, tokens: burst as f64, updated: Instant::now() }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(5, 10);
+        assert!((0..10).all(|_| limiter.try_take(start)));
+        assert!(!limiter.try_take(start));
+        assert!(limiter.try_take(start + Duration::from_millis(200)));
+        assert!(!limiter.try_take(start + Duration::from_millis(200)));
+        let mut off = RateLimiter::new(0, 1);
+        assert!((0..1000).all(|_| off.try_take(start)));
+    }
+}

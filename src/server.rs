@@ -1,0 +1,110 @@
+//! Wires the parts together: store, storage thread, router, listeners.
+//!
+//! [`Server::start`] is what `main` runs and what the integration tests run
+//! (on port 0, with a temporary `DATA_DIR`); [`Server::shutdown`] is the
+//! graceful stop of SPEC §7.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::adapters::tcp::{self, TcpContext};
+use crate::adapters::ConnectionLimit;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::{Router, RouterHandle, RouterMsg, RouterSettings};
+use crate::store::{self, worker, StoreHandle};
+
+/// A running server.
+pub struct Server {
+    pub tcp_addr: SocketAddr,
+    pub router: RouterHandle,
+    pub store: StoreHandle,
+    pub metrics: Arc<Metrics>,
+    pub connections: Arc<ConnectionLimit>,
+    stopping: Arc<AtomicBool>,
+    router_thread: JoinHandle<()>,
+    storage_thread: JoinHandle<()>,
+    listener_threads: Vec<(SocketAddr, JoinHandle<()>)>,
+}
+
+/// How long shutdown waits for client writers to flush their last lines.
+const CLIENT_FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Opens the store, rebuilds the ring buffers from it, starts the
+    /// threads and binds the listeners. Errors are one readable sentence.
+    pub fn start(config: &Config) -> Result<Server, String> {
+        let mut store = store::open(config)?;
+        log::info!("store: {}", store.describe());
+        let mut rooms = Vec::new();
+        for room in store.rooms().map_err(|e| format!("cannot read rooms from the store: {e}"))? {
+            let history = store
+                .messages_before(room.id, None, config.history_size)
+                .map_err(|e| format!("cannot read the history of room {}: {e}", room.name))?;
+            rooms.push((room, history));
+        }
+        log::info!("loaded {} rooms", rooms.len());
+
+        let metrics = Arc::new(Metrics::default());
+        let channel = Router::channel();
+        let committed = channel.0.clone();
+        let (store, storage_thread) =
+            worker::spawn(store, config.limits.store_batch_max, metrics.clone(), move |results| {
+                let _ = committed.send(RouterMsg::Committed(results));
+            });
+        let router = Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, channel);
+        let handle = router.handle();
+        let router_thread = router.spawn();
+
+        let connections = ConnectionLimit::new(config.limits.max_connections);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let tcp_listener = TcpListener::bind((config.bind_addr, config.tcp_port))
+            .map_err(|e| format!("cannot listen on TCP_PORT {} at BIND_ADDR {}: {e}", config.tcp_port, config.bind_addr))?;
+        let tcp_addr = tcp_listener.local_addr().map_err(|e| e.to_string())?;
+        let tcp_ctx = TcpContext {
+            router: handle.clone(),
+            limits: config.limits.clone(),
+            metrics: metrics.clone(),
+            connections: connections.clone(),
+            stopping: stopping.clone(),
+        };
+        let tcp_thread = tcp::spawn_listener(tcp_listener, tcp_ctx);
+        log::info!("TCP line protocol on {tcp_addr} (try: nc {} {})", tcp_addr.ip(), tcp_addr.port());
+
+        Ok(Server {
+            tcp_addr,
+            router: handle,
+            store,
+            metrics,
+            connections,
+            stopping,
+            router_thread,
+            storage_thread,
+            listener_threads: vec![(tcp_addr, tcp_thread)],
+        })
+    }
+
+    /// Graceful stop: no new connections, pending messages committed and
+    /// delivered, every client told, the store flushed and closed.
+    pub fn shutdown(self) {
+        log::info!("shutting down");
+        self.stopping.store(true, Ordering::Release);
+        for (addr, thread) in self.listener_threads {
+            // A blocked accept() only returns for a connection: make one.
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+            let _ = thread.join();
+        }
+        self.router.send(RouterMsg::Shutdown);
+        let _ = self.router_thread.join();
+        self.store.stop();
+        let _ = self.storage_thread.join();
+        let deadline = Instant::now() + CLIENT_FLUSH_GRACE;
+        while self.connections.open() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        log::info!("shutdown complete");
+    }
+}

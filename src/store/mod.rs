@@ -1,0 +1,121 @@
+//! Persistence: the [`Store`] interface, its two implementations, and the
+//! storage thread that owns the one open store.
+//!
+//! - [`sqlite`]: the embedded store (default), a file under `DATA_DIR`.
+//! - [`postgres`]: chosen when `DATABASE_URL` is set.
+//! - [`worker`]: the storage thread. It takes jobs from a channel, commits
+//!   appended messages in batches (group commit) and reports each batch back
+//!   to the router, which delivers only what was committed.
+//!
+//! Schemas are migration files under `sql/<backend>/`, compiled into the
+//! binary and applied in order at start-up, each once.
+
+pub mod postgres;
+pub mod sqlite;
+pub mod worker;
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::event::ChatMessage;
+
+pub use worker::{AppendResult, StoreHandle};
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: i64,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// A message accepted by the router and waiting to be committed.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room_id: i64,
+    pub room: String,
+    pub user_id: i64,
+    pub nickname: String,
+    pub content: String,
+    pub created_at_ms: i64,
+}
+
+impl NewMessage {
+    /// The message as committed under `id`.
+    pub fn committed(self, id: i64) -> ChatMessage {
+        ChatMessage {
+            id,
+            room_id: self.room_id,
+            room: self.room,
+            user_id: self.user_id,
+            nickname: self.nickname,
+            content: self.content,
+            created_at_ms: self.created_at_ms,
+            rendered: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The database cannot be reached or dropped the connection.
+    Unavailable(String),
+    /// A unique name is already taken (e.g. creating a room twice).
+    Conflict,
+    /// Anything else the database refused.
+    Failed(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            StoreError::Conflict => write!(f, "already exists"),
+            StoreError::Failed(why) => write!(f, "store error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Everything the server keeps. One implementation per database; the
+/// storage thread owns the only instance, so methods take `&mut self`.
+pub trait Store: Send {
+    /// Names the backend for logs (never includes a password).
+    fn describe(&self) -> String;
+    /// Every room, oldest first.
+    fn rooms(&mut self) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Creates a room; `Err(Conflict)` if the name exists.
+    fn create_room(&mut self, name: &str, at_ms: i64) -> Result<RoomRecord, StoreError>;
+    /// Records a user by nickname (case-insensitively), returning its id.
+    fn upsert_user(&mut self, nickname: &str, at_ms: i64) -> Result<i64, StoreError>;
+    /// Records that a user joined a room.
+    fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
+    /// Commits a batch of messages in one transaction, all or nothing, and
+    /// returns their ids in order.
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<i64>, StoreError>;
+    /// Up to `limit` messages of a room with ids below `before` (or the
+    /// newest, when `before` is `None`), oldest first.
+    fn messages_before(
+        &mut self,
+        room_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Up to `limit` messages of a room with ids above `after`, oldest first.
+    fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Checks the connection, reconnecting if it was lost.
+    fn ping(&mut self) -> Result<(), StoreError>;
+}
+
+/// Opens the store the configuration selects and applies its migrations.
+pub fn open(config: &Config) -> Result<Box<dyn Store>, String> {
+    match &config.database_url {
+        Some(url) => postgres::PostgresStore::open(url)
+            .map(|s| Box::new(s) as Box<dyn Store>)
+            .map_err(|e| format!("cannot use the PostgreSQL database in DATABASE_URL: {e}")),
+        None => sqlite::SqliteStore::open(&config.data_dir)
+            .map(|s| Box::new(s) as Box<dyn Store>)
+            .map_err(|e| format!("cannot open the embedded store in DATA_DIR ({}): {e}", config.data_dir.display())),
+    }
+}

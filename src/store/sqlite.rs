@@ -1,0 +1,181 @@
+//! The embedded store: one SQLite file, `DATA_DIR/baby-discord.db`.
+//!
+//! WAL journal with `synchronous=FULL`: a commit is on disk before the
+//! storage thread reports it, so an acknowledged message survives `kill -9`
+//! and power loss alike; group commit spreads the fsync over a whole batch.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+
+use super::{NewMessage, RoomRecord, Store, StoreError};
+use crate::event::{now_ms, ChatMessage};
+
+/// Migrations in the order they apply; names are recorded in `schema_migrations`.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql"))];
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database under `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Failed(e.to_string()))?;
+        let path = data_dir.join("baby-discord.db");
+        let conn = Connection::open(&path).map_err(failed)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(failed)?;
+        let mut store = SqliteStore { conn, path: path.display().to_string() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            [],
+        )
+        .map_err(failed)?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<String> = tx
+                .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0))
+                .optional()
+                .map_err(failed)?;
+            if done.is_none() {
+                log::info!("applying migration {version}");
+                tx.execute_batch(sql).map_err(failed)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                    params![version, now_ms()],
+                )
+                .map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)
+    }
+
+    fn query_messages(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(failed)?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(ChatMessage {
+                    id: r.get(0)?,
+                    room_id: r.get(1)?,
+                    room: r.get(2)?,
+                    user_id: r.get(3)?,
+                    nickname: r.get(4)?,
+                    content: r.get(5)?,
+                    created_at_ms: r.get(6)?,
+                    rendered: Default::default(),
+                })
+            })
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+}
+
+const MESSAGE_COLUMNS: &str =
+    "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at FROM messages m JOIN rooms r ON r.id = m.room_id";
+
+fn failed(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull | ErrorCode::CannotOpen) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Failed(e.to_string()),
+    }
+}
+
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("SQLite at {}", self.path)
+    }
+
+    fn rooms(&mut self) -> Result<Vec<RoomRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, name, created_at FROM rooms ORDER BY id").map_err(failed)?;
+        let rows = stmt
+            .query_map([], |r| Ok(RoomRecord { id: r.get(0)?, name: r.get(1)?, created_at_ms: r.get(2)? }))
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn create_room(&mut self, name: &str, at_ms: i64) -> Result<RoomRecord, StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO rooms (name, created_at) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![name, at_ms]))
+            .map_err(failed)?;
+        Ok(RoomRecord { id: self.conn.last_insert_rowid(), name: name.to_string(), created_at_ms: at_ms })
+    }
+
+    fn upsert_user(&mut self, nickname: &str, at_ms: i64) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO users (nickname, nickname_key, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (nickname_key) DO UPDATE SET nickname = excluded.nickname, last_seen_at = excluded.last_seen_at
+                 RETURNING id",
+            )
+            .and_then(|mut s| s.query_row(params![nickname, nickname.to_ascii_lowercase(), at_ms], |r| r.get(0)))
+            .map_err(failed)
+    }
+
+    fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO room_members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET joined_at = excluded.joined_at",
+            )
+            .and_then(|mut s| s.execute(params![room_id, user_id, at_ms]))
+            .map(drop)
+            .map_err(failed)
+    }
+
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        let mut ids = Vec::with_capacity(batch.len());
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(failed)?;
+            for m in batch {
+                stmt.execute(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms]).map_err(failed)?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit().map_err(failed)?;
+        Ok(ids)
+    }
+
+    fn messages_before(
+        &mut self,
+        room_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.id < ?2 ORDER BY m.id DESC LIMIT ?3) ORDER BY 1"
+        );
+        self.query_messages(&sql, params![room_id, before.unwrap_or(i64::MAX), limit as i64])
+    }
+
+    fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.id > ?2 ORDER BY m.id LIMIT ?3");
+        self.query_messages(&sql, params![room_id, after, limit as i64])
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(failed)
+    }
+}

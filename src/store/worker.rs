@@ -1,0 +1,202 @@
+//! The storage thread: sole owner of the open [`Store`].
+//!
+//! Others reach it through a [`StoreHandle`]. Appended messages are
+//! committed in batches: the thread takes everything queued (up to
+//! `STORE_BATCH_MAX` messages), commits it in one transaction, and hands the
+//! results, in order, to the `on_appended` callback (the router's inbox).
+//! Every other job is a closure run on the thread in arrival order.
+//!
+//! When the store fails, the thread marks itself unhealthy and pings it
+//! with backoff until it answers again; jobs keep being tried (and refused
+//! quickly) in the meantime, so nobody waits on an outage.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{NewMessage, Store, StoreError};
+use crate::event::ChatMessage;
+use crate::metrics::Metrics;
+
+/// A job for the storage thread.
+enum Job {
+    /// Commit a message; `ticket` comes back with the result.
+    Append { ticket: u64, message: NewMessage },
+    /// Run anything else against the store.
+    Run(Box<dyn FnOnce(&mut dyn Store) + Send>),
+    /// Commit what is queued and end the thread.
+    Stop,
+}
+
+/// The outcome of one appended message.
+pub struct AppendResult {
+    pub ticket: u64,
+    pub result: Result<Arc<ChatMessage>, StoreError>,
+}
+
+/// Cloneable access to the storage thread. When the last handle is dropped
+/// the thread commits what is queued and ends.
+#[derive(Clone)]
+pub struct StoreHandle {
+    jobs: Sender<Job>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl StoreHandle {
+    /// Queues a message for the next group commit.
+    pub fn append(&self, ticket: u64, message: NewMessage) {
+        let _ = self.jobs.send(Job::Append { ticket, message });
+    }
+
+    /// Runs `job` on the storage thread, after everything queued before it.
+    pub fn run(&self, job: impl FnOnce(&mut dyn Store) + Send + 'static) {
+        let _ = self.jobs.send(Job::Run(Box::new(job)));
+    }
+
+    /// Runs `query` on the storage thread and waits for its answer.
+    pub fn query<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.run(move |store| {
+            let _ = tx.send(query(store));
+        });
+        rx.recv().unwrap_or_else(|_| Err(StoreError::Unavailable("the storage thread has stopped".into())))
+    }
+
+    /// Asks the thread to commit what is queued and end.
+    pub fn stop(&self) {
+        let _ = self.jobs.send(Job::Stop);
+    }
+
+    /// Whether the last store operation succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the storage thread. `on_appended` receives each committed batch.
+pub fn spawn(
+    store: Box<dyn Store>,
+    batch_max: usize,
+    metrics: Arc<Metrics>,
+    on_appended: impl FnMut(Vec<AppendResult>) + Send + 'static,
+) -> (StoreHandle, JoinHandle<()>) {
+    let (jobs, rx) = crossbeam_channel::unbounded();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let worker = Worker { store, rx, healthy: healthy.clone(), batch_max, metrics, on_appended };
+    let thread = std::thread::Builder::new()
+        .name("storage".into())
+        .spawn(move || worker.run())
+        .expect("spawn storage thread");
+    (StoreHandle { jobs, healthy }, thread)
+}
+
+/// Messages waiting for the next commit, with their tickets.
+#[derive(Default)]
+struct Batch {
+    tickets: Vec<u64>,
+    messages: Vec<NewMessage>,
+}
+
+struct Worker<F> {
+    store: Box<dyn Store>,
+    rx: Receiver<Job>,
+    healthy: Arc<AtomicBool>,
+    batch_max: usize,
+    metrics: Arc<Metrics>,
+    on_appended: F,
+}
+
+/// How often an idle or failed store is pinged.
+const PING_HEALTHY: Duration = Duration::from_secs(5);
+const PING_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
+    fn run(mut self) {
+        log::info!("storage thread started: {}", self.store.describe());
+        let mut backoff = Duration::from_millis(100);
+        let mut appends = Batch::default();
+        'serve: loop {
+            let wait = if self.is_healthy() { PING_HEALTHY } else { backoff };
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    let ok = self.store.ping().is_ok();
+                    self.set_health(ok);
+                    backoff = if ok { Duration::from_millis(100) } else { (backoff * 2).min(PING_BACKOFF_MAX) };
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break 'serve,
+            };
+            // Take everything queued behind the first job, so one commit
+            // covers every message that arrived while the last one ran.
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append { ticket, message } => {
+                        appends.tickets.push(ticket);
+                        appends.messages.push(message);
+                    }
+                    Job::Run(run) => {
+                        self.commit(&mut appends);
+                        run(self.store.as_mut());
+                    }
+                    Job::Stop => break 'serve,
+                }
+                if appends.tickets.len() >= self.batch_max {
+                    self.commit(&mut appends);
+                }
+                next = self.rx.try_recv().ok();
+            }
+            self.commit(&mut appends);
+        }
+        self.commit(&mut appends);
+        log::info!("storage thread stopped; everything queued was committed");
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn set_health(&self, ok: bool) {
+        if self.healthy.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                log::info!("store is available again");
+            } else {
+                log::warn!("store is unavailable; messages are refused until it is back");
+            }
+        }
+    }
+
+    /// Commits the queued messages in one transaction and reports them.
+    fn commit(&mut self, appends: &mut Batch) {
+        if appends.tickets.is_empty() {
+            return;
+        }
+        let Batch { tickets, messages } = std::mem::take(appends);
+        let started = Instant::now();
+        let outcome = self.store.insert_messages(&messages);
+        self.metrics.record_commit(messages.len(), started.elapsed());
+        let results = match outcome {
+            Ok(ids) => {
+                self.set_health(true);
+                tickets
+                    .into_iter()
+                    .zip(messages.into_iter().zip(ids))
+                    .map(|(ticket, (message, id))| AppendResult { ticket, result: Ok(Arc::new(message.committed(id))) })
+                    .collect()
+            }
+            Err(error) => {
+                log::warn!("commit of {} messages failed: {error}", messages.len());
+                self.set_health(!matches!(error, StoreError::Unavailable(_)));
+                tickets.into_iter().map(|ticket| AppendResult { ticket, result: Err(error.clone()) }).collect()
+            }
+        };
+        (self.on_appended)(results);
+    }
+}
