@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    log::info!("Baby Discord instance {} ready", config.instance_id);
     if let Some(signal) = signals.forever().next() {
         log::info!("received signal {signal}");
     }

@@ -1,1 +1,164 @@
+//! The router driven through its channel, without sockets: each session is
+//! an [`Outbox`] whose events the test reads, the store is a real SQLite
+//! file in a temporary directory.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::event::{Outbox, OutboxReader};
+use crate::store::{sqlite::SqliteStore, worker};
+
+struct Harness {
+    router: RouterHandle,
+    _dir: tempfile::TempDir,
+}
+
+struct TestSession {
+    id: SessionId,
+    outbox: Arc<Outbox>,
+    events: OutboxReader,
+}
+
+fn settings() -> RouterSettings {
+    RouterSettings::from_config(&Config::for_tests(std::path::PathBuf::from("unused")))
+}
+
+fn start(settings: RouterSettings) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Box::new(SqliteStore::open(dir.path()).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let channel = Router::channel();
+    let committed = channel.0.clone();
+    let (store, _thread) = worker::spawn(store, 64, metrics.clone(), move |results| {
+        let _ = committed.send(RouterMsg::Committed(results));
+    });
+    let router = Router::new(settings, store, metrics, Vec::new(), channel);
+    let handle = router.handle();
+    router.spawn();
+    Harness { router: handle, _dir: dir }
+}
+
+impl Harness {
+    fn session(&self, nick: &str, capacity: usize) -> TestSession {
+        let id = SessionId::next();
+        let (outbox, events) = Outbox::new(capacity);
+        let sink: Arc<dyn Sink> = outbox.clone();
+        self.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink) });
+        let reply = self.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname: nick.into(), reply });
+        assert!(matches!(reply, Ok(Reply::LoggedIn { .. })), "{reply:?}");
+        TestSession { id, outbox, events }
+    }
+
+    fn command(&self, session: &TestSession, command: Command) -> Outcome {
+        self.router.call(|reply| RouterMsg::Command { session: SessionRef::Id(session.id), command, reply })
+    }
+
+    fn say(&self, session: &TestSession, text: &str) -> Outcome {
+        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, reply })
+    }
+}
+
+impl TestSession {
+    /// The next event, skipping room changes unless asked for.
+    fn next(&self) -> Event {
+        let mut batch = Vec::new();
+        self.events.recv_batch_timeout(&mut batch, 1, Duration::from_secs(5)).expect("an event");
+        batch.pop().unwrap()
+    }
+
+    fn next_message(&self) -> String {
+        loop {
+            match self.next() {
+                Event::Message(m) => return m.line(),
+                Event::RoomChanged { .. } | Event::Notice(_) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn messages_are_committed_then_fanned_out_to_every_member() {
+    let h = start(settings());
+    let alice = h.session("alice", 100);
+    let bob = h.session("bob", 100);
+    let created = h.command(&alice, Command::Create("general".into())).unwrap();
+    assert_eq!(created, Reply::Text("Created and joined room: general\n--- Recent Messages ---\nNo recent messages\n---".into()));
+    h.command(&bob, Command::Join("general".into())).unwrap();
+    match h.say(&alice, "hi").unwrap() {
+        Reply::Sent { id, room, .. } => assert!(id > 0 && room == "general"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(alice.next_message(), "[general] alice: hi");
+    assert_eq!(bob.next_message(), "[general] alice: hi");
+}
+
+#[test]
+fn nicknames_are_unique_ignoring_case() {
+    let h = start(settings());
+    let _alice = h.session("alice", 10);
+    let id = SessionId::next();
+    h.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: None });
+    let reply = h.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname: "ALICE".into(), reply });
+    assert_eq!(reply, Err(ChatError::NicknameTaken("ALICE".into())));
+}
+
+#[test]
+fn a_session_whose_outbox_overflows_is_dropped_and_closed() {
+    let h = start(RouterSettings { msg_rate: 0, ..settings() });
+    let sender = h.session("sender", 1000);
+    let slow = h.session("slow", 8);
+    h.command(&sender, Command::Create("room".into())).unwrap();
+    h.command(&slow, Command::Join("room".into())).unwrap();
+    for i in 0..20 {
+        h.say(&sender, &format!("m{i}")).unwrap();
+    }
+    assert!(slow.outbox.is_closed(), "the slow session was not closed");
+    let members = h.router.inspect(|state| state.room_members("room")).unwrap().unwrap();
+    assert_eq!(members, ["sender"]);
+    let mut batch = Vec::new();
+    assert_eq!(slow.events.recv_batch(&mut batch, 1000), Some(CloseReason::TooSlow));
+}
+
+#[test]
+fn direct_messages_reach_both_ends() {
+    let h = start(settings());
+    let alice = h.session("alice", 10);
+    let bob = h.session("bob", 10);
+    let reply = h.command(&alice, Command::Dm { to: "BOB".into(), text: "psst".into() });
+    assert_eq!(reply, Ok(Reply::Shown("[DM to bob] psst".into())));
+    assert!(matches!(bob.next(), Event::Dm { outgoing: false, dm } if dm.from == "alice" && dm.text == "psst"));
+    assert!(matches!(alice.next(), Event::Dm { outgoing: true, dm } if dm.to == "bob"));
+}
+
+#[test]
+fn the_ring_buffer_keeps_the_last_history_size_messages() {
+    let h = start(RouterSettings { msg_rate: 0, history_size: 3, ..settings() });
+    let alice = h.session("alice", 100);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    for i in 1..=5 {
+        h.say(&alice, &format!("m{i}")).unwrap();
+    }
+    let bob = h.session("bob", 100);
+    let Reply::Text(text) = h.command(&bob, Command::Join("r".into())).unwrap() else { panic!() };
+    assert_eq!(text, "Joined room: r\n--- Recent Messages ---\n[r] alice: m3\n[r] alice: m4\n[r] alice: m5\n---");
+}
+
+#[test]
+fn closing_a_session_frees_its_nickname_and_tells_the_room() {
+    let h = start(settings());
+    let alice = h.session("alice", 10);
+    let bob = h.session("bob", 10);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    h.command(&bob, Command::Join("r".into())).unwrap();
+    h.router.send(RouterMsg::Close { session: SessionRef::Id(bob.id) });
+    loop {
+        if let Event::Notice(n) = alice.next() {
+            if n.text == "bob disconnected" {
+                break;
+            }
+        }
+    }
+    let _bob_again = h.session("Bob", 10);
+}

@@ -1,44 +1,1110 @@
-//! PostgreSQL store, chosen when `DATABASE_URL` is set.
+//! The PostgreSQL store, chosen when `DATABASE_URL` is set.
+//!
+//! It owns one connection (the storage thread is its only user), the
+//! prepared statements cached on that connection, and the schema: the
+//! migration files under `sql/postgres/` are compiled in with `include_str!`
+//! and applied at [`PostgresStore::open`], in order, each once, recorded in
+//! `schema_migrations`. The migrate step runs in one transaction holding a
+//! transaction-level advisory lock (`pg_advisory_xact_lock(MIGRATION_LOCK)`),
+//! so instances starting together against an empty database take turns; the
+//! lock goes away with the commit, the rollback or the connection.
+//!
+//! **Group commit.** [`Store::insert_messages`] commits a whole batch in one
+//! transaction with one multi-row statement:
+//!
+//! ```sql
+//! BEGIN;
+//! SELECT pg_advisory_xact_lock(ROOM_LOCK_CLASS, room) FROM unnest($rooms);  -- sorted, distinct
+//! WITH new_ids AS (SELECT nextval('messages_id_seq') AS id FROM generate_series(1, n)),
+//!      numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM new_ids)
+//! INSERT INTO messages (id, room_id, user_id, nickname, content, created_at)
+//! SELECT n.id, t.* FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY t(..., ord)
+//! JOIN numbered n USING (ord) RETURNING id;
+//! COMMIT;
+//! ```
+//!
+//! The i-th smallest of the batch's fresh sequence values goes to the i-th
+//! message, so sorting the returned ids gives them in batch order; nothing
+//! relies on the order in which PostgreSQL evaluates or returns rows. The
+//! per-room advisory locks (taken in ascending room order, so two batches
+//! never deadlock) are held until the commit is durable and visible, so
+//! within a room ids also increase in commit order across every instance
+//! sharing the database: a reader that has seen id N never later finds a
+//! newly committed message below N in that room.
+//!
+//! **Outages and reconnect.** Every failure that means "the connection is
+//! gone or the server cannot serve" becomes [`StoreError::Unavailable`] and
+//! drops the connection (closing a dead connection happens on a helper
+//! thread, so it never holds up the storage thread). The next call, or
+//! [`Store::ping`], which the storage thread sends with backoff while the
+//! store is unhealthy, connects again once, bounded by the connect timeout,
+//! before running its statement; after a failed attempt, calls within the
+//! next second answer `Unavailable` at once instead of trying again. Before
+//! reusing a connection that has been idle for half a second or more, the
+//! store checks it with one round trip, so a session the server ended in
+//! the meantime (`pg_terminate_backend`, a restart) is replaced before a
+//! statement is sent on it. Reads and idempotent
+//! writes (`upsert_user`, `record_join`) that lose their connection mid-call
+//! are retried once on a fresh connection; `create_room` and
+//! `insert_messages` are not, since they might have been committed.
+//!
+//! Bounds on waiting: connect timeout 5 s, `statement_timeout` 5 s (server
+//! side), a dead peer is detected by TCP keepalive (idle 5 s, then 3 probes
+//! 2 s apart) and `TCP_USER_TIMEOUT` 10 s, and `ping` waits at most 3 s. An
+//! open transaction whose client vanished is ended by the server after
+//! `idle_in_transaction_session_timeout` (15 s), releasing its room locks.
+//!
+//! The password in `DATABASE_URL` is never logged or returned:
+//! [`Store::describe`] and every error name host, port and database only.
+
+use std::collections::{BTreeSet, HashMap};
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::{NewMessage, RoomRecord, Store, StoreError};
 use crate::event::ChatMessage;
+use crate::names::name_key;
+
+/// Migrations in the order they apply; names are recorded in `schema_migrations`.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../../sql/postgres/0001_initial.sql"))];
+
+/// Advisory lock key held (per transaction) while migrating: "babydisc".
+const MIGRATION_LOCK: i64 = 0x6261_6279_6469_7363;
+/// First key of the two-key advisory locks that order commits per room: "bdrm".
+/// (Two-key locks never collide with the one-key migration lock.)
+const ROOM_LOCK_CLASS: i32 = 0x6264_726d;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A session idle this long is checked with a round trip before it is reused.
+const IDLE_CHECK_AFTER: Duration = Duration::from_millis(500);
+/// After a failed connection attempt, how long calls fail at once instead of trying again.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// Session settings sent in the startup packet (so they survive reconnects).
+const SESSION_OPTIONS: &str = "-c statement_timeout=5s -c idle_in_transaction_session_timeout=15s";
+
+/// Converts a `$n::bigint` of milliseconds to TIMESTAMPTZ, exactly.
+macro_rules! ms_to_ts {
+    ($e:literal) => {
+        concat!("(TIMESTAMPTZ 'epoch' + ", $e, " * INTERVAL '1 millisecond')")
+    };
+}
+/// Converts a TIMESTAMPTZ column to BIGINT milliseconds, exactly.
+macro_rules! ts_to_ms {
+    ($e:literal) => {
+        concat!("(extract(epoch FROM ", $e, ") * 1000)::bigint")
+    };
+}
+
+const SQL_ROOMS: &str = concat!("SELECT id, name, ", ts_to_ms!("created_at"), " FROM rooms ORDER BY id");
+
+const SQL_CREATE_ROOM: &str =
+    concat!("INSERT INTO rooms (name, created_at) VALUES ($1, ", ms_to_ts!("$2::bigint"), ") RETURNING id");
+
+const SQL_UPSERT_USER: &str = concat!(
+    "INSERT INTO users (nickname, nickname_key, created_at, last_seen_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ", ",
+    ms_to_ts!("$3::bigint"),
+    ") ON CONFLICT (nickname_key) DO UPDATE SET nickname = EXCLUDED.nickname, last_seen_at = EXCLUDED.last_seen_at
+     RETURNING id"
+);
+
+const SQL_RECORD_JOIN: &str = concat!(
+    "INSERT INTO room_members (room_id, user_id, joined_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ") ON CONFLICT (room_id, user_id) DO UPDATE SET joined_at = EXCLUDED.joined_at"
+);
+
+/// Locks the batch's rooms, given as a sorted, de-duplicated array (unnest
+/// reads an array in order, so locks are always taken in ascending order).
+const SQL_LOCK_ROOMS: &str =
+    "SELECT pg_advisory_xact_lock($2::int, (r & 2147483647)::int) FROM unnest($1::bigint[]) AS r";
+
+/// The group-commit statement: one row per message, ids handed out in batch
+/// order (see the module documentation).
+const SQL_INSERT_MESSAGES: &str = concat!(
+    "WITH new_ids AS (
+         SELECT nextval('messages_id_seq') AS id FROM generate_series(1, cardinality($1::bigint[]))
+     ), numbered AS (
+         SELECT id, row_number() OVER (ORDER BY id) AS ord FROM new_ids
+     )
+     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at)
+     SELECT n.id, t.room_id, t.user_id, t.nickname, t.content, ",
+    ms_to_ts!("t.created_at"),
+    "
+     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
+          WITH ORDINALITY AS t(room_id, user_id, nickname, content, created_at, ord)
+     JOIN numbered n ON n.ord = t.ord
+     RETURNING id"
+);
+
+const SQL_MESSAGES_BEFORE: &str = concat!(
+    "SELECT * FROM (
+         SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
+    ts_to_ms!("m.created_at"),
+    " AS created_at_ms
+         FROM messages m JOIN rooms r ON r.id = m.room_id
+         WHERE m.room_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3
+     ) page ORDER BY id"
+);
+
+const SQL_MESSAGES_AFTER: &str = concat!(
+    "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
+    ts_to_ms!("m.created_at"),
+    "
+     FROM messages m JOIN rooms r ON r.id = m.room_id
+     WHERE m.room_id = $1 AND m.id > $2 ORDER BY m.id LIMIT $3"
+);
+
+/// One open connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+    /// When a statement last succeeded on this session.
+    last_used: Instant,
+}
+
+impl Conn {
+    /// The statement for `sql`, prepared once per connection.
+    fn prepare(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Whether this session is unusable. A session that has been idle for
+    /// a while is checked with a round trip first (bounded by the ping
+    /// timeout): the server may have ended it meanwhile (a restart,
+    /// `pg_terminate_backend`), and finding out before sending a statement
+    /// keeps that statement from failing for nothing.
+    fn is_lost(&mut self) -> bool {
+        if self.client.is_closed() {
+            return true;
+        }
+        if self.last_used.elapsed() >= IDLE_CHECK_AFTER {
+            if let Err(e) = self.client.is_valid(PING_TIMEOUT) {
+                log::debug!("idle PostgreSQL session failed its check: {}", error_text(&e));
+                return true;
+            }
+            self.last_used = Instant::now();
+        }
+        false
+    }
+}
 
 pub struct PostgresStore {
-    _url: String,
+    config: Config,
+    /// `host:port/dbname`, for logs and errors.
+    target: String,
+    /// `None` after the connection was lost, until the next call reconnects.
+    conn: Option<Conn>,
+    /// When the last connection attempt failed, and why.
+    last_failed_connect: Option<(Instant, StoreError)>,
 }
 
 impl PostgresStore {
-    pub fn open(_url: &str) -> Result<PostgresStore, StoreError> {
-        Err(StoreError::Failed("the PostgreSQL store is not built yet".into()))
+    /// Connects to the database in `url` (a `postgres://` URL or a
+    /// `key=value` string), applies pending migrations and returns the
+    /// store. Fails within the connect timeout if the server is unreachable.
+    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Failed(format!("not a valid PostgreSQL connection URL ({})", error_text(&e))))?;
+        tune(&mut config);
+        let target = target_of(&config);
+        let mut store = PostgresStore { config, target, conn: None, last_failed_connect: None };
+        store.conn = Some(store.connect()?);
+        store.migrate()?;
+        store.check_durability();
+        Ok(store)
     }
+
+    fn connect(&self) -> Result<Conn, StoreError> {
+        match self.config.connect(NoTls) {
+            Ok(client) => Ok(Conn { client, statements: HashMap::new(), last_used: Instant::now() }),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.target,
+                error_text(&e)
+            ))),
+        }
+    }
+
+    /// The open connection, reconnecting (once) if it was lost.
+    fn connection(&mut self) -> Result<&mut Conn, StoreError> {
+        if self.conn.as_mut().is_some_and(Conn::is_lost) {
+            log::warn!("the PostgreSQL connection to {} was closed by the server", self.target);
+            self.discard_connection();
+        }
+        if self.conn.is_none() {
+            if let Some((at, error)) = &self.last_failed_connect {
+                if at.elapsed() < RECONNECT_PAUSE {
+                    return Err(error.clone());
+                }
+            }
+            match self.connect() {
+                Ok(conn) => {
+                    log::info!("reconnected to PostgreSQL at {}", self.target);
+                    self.last_failed_connect = None;
+                    self.conn = Some(conn);
+                }
+                Err(error) => {
+                    self.last_failed_connect = Some((Instant::now(), error.clone()));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Drops the connection without waiting for it to close.
+    fn discard_connection(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Dropping a client says goodbye to the server and waits for the
+            // socket to close, which on a dead network can take until the
+            // TCP timeouts fire; do that off the storage thread.
+            let closer = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(conn));
+            if let Err(e) = closer {
+                log::warn!("cannot start a thread to close the old PostgreSQL connection: {e}");
+            }
+        }
+    }
+
+    /// Maps a driver error to a store error, dropping the connection when
+    /// the error means it is gone.
+    fn failure(&mut self, error: postgres::Error) -> StoreError {
+        let closed = self.conn.as_ref().map_or(true, |c| c.client.is_closed());
+        let (store_error, lost) = classify(&error, closed, &self.target);
+        if lost {
+            log::warn!("lost the PostgreSQL connection to {}: {}", self.target, error_text(&error));
+            self.discard_connection();
+        }
+        store_error
+    }
+
+    /// Runs `op` on the connection. With `retry`, an operation that lost a
+    /// connection it had reused runs once more on a fresh one; only for
+    /// operations that are harmless to repeat.
+    fn run<T>(
+        &mut self,
+        retry: bool,
+        mut op: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let reused = self.conn.is_some();
+        let outcome = op(self.connection()?);
+        match outcome {
+            Ok(value) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.last_used = Instant::now();
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                let error = self.failure(error);
+                if retry && reused && self.conn.is_none() {
+                    let outcome = op(self.connection()?);
+                    return outcome.map_err(|e| self.failure(e));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Applies pending migrations in one transaction under the migration lock.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let target = self.target.clone();
+        let conn = self.conn.as_mut().expect("open connects first");
+        let fail = |what: &str, e: postgres::Error, closed: bool| {
+            let (error, _) = classify(&e, closed, &target);
+            match error {
+                StoreError::Unavailable(why) => StoreError::Unavailable(format!("{what}: {why}")),
+                StoreError::Failed(why) => StoreError::Failed(format!("{what}: {why}")),
+                StoreError::Conflict => StoreError::Failed(format!("{what}: {}", error_text(&e))),
+            }
+        };
+        let mut tx = conn.client.transaction().map_err(|e| fail("cannot start the migration", e, false))?;
+        let mut step = || -> Result<(), (String, postgres::Error)> {
+            let setup = |e| ("cannot prepare the migrations".to_string(), e);
+            // Migrations may legitimately run long (index builds), and so may
+            // waiting for another instance's migration.
+            tx.batch_execute("SET LOCAL statement_timeout = '10min'").map_err(setup)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(setup)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version     TEXT        PRIMARY KEY,
+                     applied_at  TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .map_err(setup)?;
+            let applied: BTreeSet<String> = tx
+                .query("SELECT version FROM schema_migrations", &[])
+                .map_err(setup)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            for (version, sql) in MIGRATIONS {
+                if applied.contains(*version) {
+                    continue;
+                }
+                log::info!("applying migration {version}");
+                let failed = |e| (format!("migration {version} failed"), e);
+                tx.batch_execute(sql).map_err(failed)?;
+                tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).map_err(failed)?;
+            }
+            for version in applied.iter().filter(|v| !MIGRATIONS.iter().any(|(known, _)| known == v)) {
+                log::warn!("the database has migration {version}, which this build does not know (a newer version?)");
+            }
+            Ok(())
+        };
+        let outcome = step();
+        match outcome {
+            Ok(()) => tx.commit().map_err(|e| fail("cannot commit the migrations", e, false)),
+            Err((what, e)) => {
+                drop(tx); // rolls back and releases the lock
+                Err(fail(&what, e, conn.client.is_closed()))
+            }
+        }
+    }
+
+    /// Warns when the server would acknowledge commits before they are durable.
+    fn check_durability(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            if let Ok(row) = conn.client.query_one("SHOW synchronous_commit", &[]) {
+                let setting: String = row.get(0);
+                if setting == "off" {
+                    log::warn!(
+                        "PostgreSQL has synchronous_commit = off: a crash of the database server can lose acknowledged messages"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Adds the timeouts and session settings the store relies on, keeping any
+/// the URL already sets.
+fn tune(config: &mut Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    config.keepalives(true);
+    config.keepalives_idle(KEEPALIVE_IDLE);
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("baby-discord");
+    }
+    // Settings from the URL come last, so they win.
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{SESSION_OPTIONS} {own}"),
+        _ => SESSION_OPTIONS.to_string(),
+    };
+    config.options(&options);
+}
+
+/// `host:port/dbname` (never user or password).
+fn target_of(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = config.get_ports().get(i).or(config.get_ports().first()).copied().unwrap_or(5432);
+            match host {
+                postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() { "(no host)".to_string() } else { hosts.join(",") };
+    let dbname = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    format!("{hosts}/{dbname}")
+}
+
+/// A driver error with its cause (the driver's own message omits it).
+fn error_text(error: &postgres::Error) -> String {
+    match error.source() {
+        Some(cause) => format!("{error}: {}", cause.to_string().replace('\n', "; ")),
+        None => error.to_string(),
+    }
+}
+
+/// Maps a driver error to a store error and says whether the connection is
+/// lost. `closed` tells whether the client saw its connection close.
+fn classify(error: &postgres::Error, closed: bool, target: &str) -> (StoreError, bool) {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return (StoreError::Conflict, false);
+        }
+        let text = format!("PostgreSQL at {target}: {}", error_text(error));
+        let sqlstate = code.code();
+        // Class 08: connection exception; 57P01-57P05: the server is shutting
+        // down, crashed, starting up or ended an idle session; any FATAL or
+        // PANIC ends the session.
+        let session_over = closed
+            || sqlstate.starts_with("08")
+            || sqlstate.starts_with("57P")
+            || matches!(db.severity(), "FATAL" | "PANIC");
+        if session_over {
+            return (StoreError::Unavailable(text), true);
+        }
+        // Class 53: out of disk, memory or connections; 57014: a statement
+        // hit statement_timeout (a blocked or overloaded server); 25006: the
+        // server is a read-only standby; class 58: I/O error on the server.
+        let cannot_serve = sqlstate.starts_with("53")
+            || sqlstate.starts_with("58")
+            || *code == SqlState::QUERY_CANCELED
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
+        if cannot_serve {
+            return (StoreError::Unavailable(text), false);
+        }
+        return (StoreError::Failed(text), false);
+    }
+    // Not an answer from the server: the connection closed, an I/O error, a
+    // timeout or an unexpected message all mean the session is unusable.
+    // Anything else (a value that did not convert) is our own mistake.
+    let text = error_text(error);
+    let io = error.source().is_some_and(|cause| cause.is::<std::io::Error>());
+    let lost = closed
+        || io
+        || error.is_closed()
+        || text.starts_with("timeout")
+        || text.starts_with("unexpected message")
+        || text.starts_with("error communicating")
+        || text.starts_with("error connecting")
+        || text.starts_with("error parsing response");
+    if lost {
+        (StoreError::Unavailable(format!("PostgreSQL at {target}: {text}")), true)
+    } else {
+        (StoreError::Failed(format!("PostgreSQL at {target}: {text}")), false)
+    }
+}
+
+fn message_from(row: &Row) -> Result<ChatMessage, postgres::Error> {
+    Ok(ChatMessage {
+        id: row.try_get(0)?,
+        room_id: row.try_get(1)?,
+        room: row.try_get(2)?,
+        user_id: row.try_get(3)?,
+        nickname: row.try_get(4)?,
+        content: row.try_get(5)?,
+        created_at_ms: row.try_get(6)?,
+        rendered: Default::default(),
+    })
+}
+
+/// A page size as SQL `LIMIT`.
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 impl Store for PostgresStore {
     fn describe(&self) -> String {
-        "PostgreSQL".into()
+        format!("PostgreSQL at {}", self.target)
     }
+
     fn rooms(&mut self) -> Result<Vec<RoomRecord>, StoreError> {
-        unreachable!()
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_ROOMS)?;
+            conn.client
+                .query(&statement, &[])?
+                .iter()
+                .map(|row| Ok(RoomRecord { id: row.try_get(0)?, name: row.try_get(1)?, created_at_ms: row.try_get(2)? }))
+                .collect()
+        })
     }
-    fn create_room(&mut self, _: &str, _: i64) -> Result<RoomRecord, StoreError> {
-        unreachable!()
+
+    fn create_room(&mut self, name: &str, at_ms: i64) -> Result<RoomRecord, StoreError> {
+        // Not retried: a lost reply may hide a commit, and a retry would then
+        // report a conflict with ourselves.
+        let id: i64 = self.run(false, |conn| {
+            let statement = conn.prepare(SQL_CREATE_ROOM)?;
+            conn.client.query_one(&statement, &[&name, &at_ms])?.try_get(0)
+        })?;
+        Ok(RoomRecord { id, name: name.to_string(), created_at_ms: at_ms })
     }
-    fn upsert_user(&mut self, _: &str, _: i64) -> Result<i64, StoreError> {
-        unreachable!()
+
+    fn upsert_user(&mut self, nickname: &str, at_ms: i64) -> Result<i64, StoreError> {
+        let key = name_key(nickname);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_UPSERT_USER)?;
+            conn.client.query_one(&statement, &[&nickname, &key, &at_ms])?.try_get(0)
+        })
     }
-    fn record_join(&mut self, _: i64, _: i64, _: i64) -> Result<(), StoreError> {
-        unreachable!()
+
+    fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_RECORD_JOIN)?;
+            conn.client.execute(&statement, &[&room_id, &user_id, &at_ms]).map(drop)
+        })
     }
-    fn insert_messages(&mut self, _: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
-        unreachable!()
+
+    /// All or nothing: if this returns an error, the transaction was rolled
+    /// back (explicitly, or by the server when the session died) and no
+    /// message of the batch is stored. One case is ambiguous by nature: the
+    /// connection dies after COMMIT was sent but before its reply arrives.
+    /// The server may have committed, yet we report `Unavailable`, so the
+    /// batch can be stored but refused to its senders (they will see it in
+    /// history, never the reverse: nothing is reported committed unless the
+    /// server confirmed the COMMIT). The failed call is never retried here,
+    /// so no batch is stored twice.
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms: Vec<i64> = batch.iter().map(|m| m.room_id).collect::<BTreeSet<_>>().into_iter().collect();
+        let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id).collect();
+        let user_ids: Vec<i64> = batch.iter().map(|m| m.user_id).collect();
+        let nicknames: Vec<&str> = batch.iter().map(|m| m.nickname.as_str()).collect();
+        let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
+        let times: Vec<i64> = batch.iter().map(|m| m.created_at_ms).collect();
+        let outcome = self.run(false, |conn| {
+            let lock = conn.prepare(SQL_LOCK_ROOMS)?;
+            let insert = conn.prepare(SQL_INSERT_MESSAGES)?;
+            let mut tx = conn.client.transaction()?;
+            tx.execute(&lock, &[&rooms, &ROOM_LOCK_CLASS])?;
+            let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times])?;
+            let mut ids = rows.iter().map(|row| row.try_get::<_, i64>(0)).collect::<Result<Vec<_>, _>>()?;
+            if ids.len() != batch.len() {
+                // Cannot happen (one row per array element); never commit it.
+                return Ok(Err(StoreError::Failed(format!(
+                    "inserted {} rows for a batch of {}",
+                    ids.len(),
+                    batch.len()
+                ))));
+            }
+            tx.commit()?;
+            // The i-th smallest id belongs to the i-th message.
+            ids.sort_unstable();
+            Ok(Ok(ids))
+        });
+        outcome?
     }
-    fn messages_before(&mut self, _: i64, _: Option<i64>, _: usize) -> Result<Vec<ChatMessage>, StoreError> {
-        unreachable!()
+
+    fn messages_before(
+        &mut self,
+        room_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let before = before.unwrap_or(i64::MAX);
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_MESSAGES_BEFORE)?;
+            conn.client.query(&statement, &[&room_id, &before, &limit])?.iter().map(message_from).collect()
+        })
     }
-    fn messages_after(&mut self, _: i64, _: i64, _: usize) -> Result<Vec<ChatMessage>, StoreError> {
-        unreachable!()
+
+    fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_MESSAGES_AFTER)?;
+            conn.client.query(&statement, &[&room_id, &after, &limit])?.iter().map(message_from).collect()
+        })
     }
+
     fn ping(&mut self) -> Result<(), StoreError> {
-        unreachable!()
+        self.run(true, |conn| conn.client.is_valid(PING_TIMEOUT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Barrier, Mutex};
+    use std::thread::JoinHandle;
+
+    /// Where the tests find PostgreSQL (trust auth); override with `BD_TEST_PG`.
+    fn server() -> String {
+        std::env::var("BD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    }
+
+    fn admin() -> Result<Client, postgres::Error> {
+        Client::connect(&format!("{}/postgres", server()), NoTls)
+    }
+
+    /// A fresh, empty database, dropped (with its sessions) at the end.
+    struct TestDb {
+        name: String,
+    }
+
+    impl TestDb {
+        /// `None` (and a note on stderr) when no PostgreSQL is running here.
+        fn create() -> Option<TestDb> {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let mut admin = match admin() {
+                Ok(admin) => admin,
+                Err(e) => {
+                    eprintln!("SKIPPED: no PostgreSQL at {} ({})", server(), error_text(&e));
+                    return None;
+                }
+            };
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+            let name = format!("bd_test_{}_{}_{}", std::process::id(), nanos, NEXT.fetch_add(1, Ordering::Relaxed));
+            admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
+            Some(TestDb { name })
+        }
+
+        fn url(&self) -> String {
+            format!("{}/{}", server(), self.name)
+        }
+
+        fn open(&self) -> PostgresStore {
+            PostgresStore::open(&self.url()).expect("open store")
+        }
+
+        /// Ends every session on this database, as an administrator would.
+        fn terminate_sessions(&self) {
+            admin()
+                .unwrap()
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&self.name],
+                )
+                .unwrap();
+        }
+
+        fn session_count(&self) -> i64 {
+            admin()
+                .unwrap()
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", &[&self.name])
+                .unwrap()
+                .get(0)
+        }
+
+        fn client(&self) -> Client {
+            Client::connect(&self.url(), NoTls).unwrap()
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = admin() {
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            }
+        }
+    }
+
+    fn message(room_id: i64, user_id: i64, content: &str, at: i64) -> NewMessage {
+        NewMessage {
+            room_id,
+            room: String::new(),
+            user_id,
+            nickname: "Alice".into(),
+            content: content.into(),
+            created_at_ms: at,
+        }
+    }
+
+    fn count_messages(db: &TestDb) -> i64 {
+        db.client().query_one("SELECT count(*) FROM messages", &[]).unwrap().get(0)
+    }
+
+    #[test]
+    fn migrations_apply_once() {
+        let Some(db) = TestDb::create() else { return };
+        drop(db.open());
+        let mut store = db.open();
+        assert!(store.rooms().unwrap().is_empty());
+        let rows = db.client().query("SELECT version, count(*) FROM schema_migrations GROUP BY version", &[]).unwrap();
+        let versions: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let expected: Vec<(String, i64)> = MIGRATIONS.iter().map(|(v, _)| (v.to_string(), 1)).collect();
+        assert_eq!(versions, expected);
+    }
+
+    #[test]
+    fn three_instances_migrate_a_fresh_database_at_once() {
+        let Some(db) = TestDb::create() else { return };
+        let url = db.url();
+        let barrier = Arc::new(Barrier::new(3));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, barrier) = (url.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    PostgresStore::open(&url).map(drop)
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), Ok(()));
+        }
+        let applied: i64 = db.client().query_one("SELECT count(*) FROM schema_migrations", &[]).unwrap().get(0);
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn create_room_conflicts_on_an_existing_name() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let lobby = store.create_room("lobby", 1_700_000_000_123).unwrap();
+        assert_eq!(lobby.name, "lobby");
+        assert_eq!(store.create_room("lobby", 1_700_000_000_999), Err(StoreError::Conflict));
+        let games = store.create_room("games", 1_700_000_000_456).unwrap();
+        assert!(games.id > lobby.id);
+        assert_eq!(store.rooms().unwrap(), vec![lobby, games]);
+    }
+
+    #[test]
+    fn upsert_user_ignores_case() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let id = store.upsert_user("Alice", 1).unwrap();
+        assert_eq!(store.upsert_user("ALICE", 2).unwrap(), id);
+        assert_eq!(store.upsert_user("alice", 3).unwrap(), id);
+        assert_ne!(store.upsert_user("Bob", 4).unwrap(), id);
+        let row = db.client().query_one("SELECT nickname, count(*) OVER () FROM users WHERE id = $1", &[&id]).unwrap();
+        assert_eq!(row.get::<_, String>(0), "alice");
+        let room = store.create_room("lobby", 5).unwrap();
+        store.record_join(room.id, id, 6).unwrap();
+        store.record_join(room.id, id, 7).unwrap();
+    }
+
+    #[test]
+    fn insert_messages_keeps_batch_order_and_pages() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let lobby = store.create_room("lobby", 1).unwrap();
+        let other = store.create_room("other", 1).unwrap();
+        let alice = store.upsert_user("Alice", 1).unwrap();
+        assert_eq!(store.insert_messages(&[]).unwrap(), Vec::<i64>::new());
+
+        let base = 1_700_000_000_000;
+        let mut all = Vec::new();
+        for round in 0..5 {
+            let batch: Vec<NewMessage> = (0..50)
+                .map(|i| {
+                    let room = if i % 3 == 0 { other.id } else { lobby.id };
+                    message(room, alice, &format!("m{round}-{i}"), base + round * 1000 + i)
+                })
+                .collect();
+            let ids = store.insert_messages(&batch).unwrap();
+            assert_eq!(ids.len(), batch.len());
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend in batch order: {ids:?}");
+            // Each id really holds the message at its batch position.
+            let mut check = db.client();
+            for (id, m) in ids.iter().zip(&batch) {
+                let row = check.query_one("SELECT content, room_id FROM messages WHERE id = $1", &[id]).unwrap();
+                assert_eq!(row.get::<_, String>(0), m.content);
+                assert_eq!(row.get::<_, i64>(1), m.room_id);
+            }
+            all.extend(ids.into_iter().zip(batch).filter(|(_, m)| m.room_id == lobby.id));
+        }
+
+        // Newest page, then older pages, each oldest first.
+        let page = store.messages_before(lobby.id, None, 10).unwrap();
+        let expect: Vec<i64> = all[all.len() - 10..].iter().map(|(id, _)| *id).collect();
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), expect);
+        let last = page.last().unwrap();
+        let (_, sent) = all.last().unwrap();
+        assert_eq!(
+            (last.room.as_str(), last.nickname.as_str(), last.content.as_str(), last.created_at_ms),
+            ("lobby", "Alice", sent.content.as_str(), sent.created_at_ms)
+        );
+        assert_eq!(last.room_id, lobby.id);
+        assert_eq!(last.user_id, alice);
+
+        let mut seen: Vec<i64> = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.messages_before(lobby.id, before, 7).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.windows(2).all(|w| w[0].id < w[1].id));
+            assert!(page.iter().all(|m| m.room_id == lobby.id));
+            before = Some(page[0].id);
+            seen.splice(0..0, page.iter().map(|m| m.id));
+        }
+        assert_eq!(seen, all.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+
+        // Forward paging from the start.
+        let mut forward: Vec<i64> = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.messages_after(lobby.id, after, 9).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().unwrap().id;
+            forward.extend(page.iter().map(|m| m.id));
+        }
+        assert_eq!(forward, seen);
+        assert!(store.messages_before(lobby.id, None, 0).unwrap().is_empty());
+        assert!(store.messages_after(lobby.id, i64::MAX, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_stores_nothing() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let lobby = store.create_room("lobby", 1).unwrap();
+        let alice = store.upsert_user("Alice", 1).unwrap();
+        store.insert_messages(&[message(lobby.id, alice, "kept", 2)]).unwrap();
+        // The last message names a room that does not exist.
+        let batch = vec![message(lobby.id, alice, "a", 3), message(lobby.id, alice, "b", 4), message(999, alice, "c", 5)];
+        assert!(matches!(store.insert_messages(&batch), Err(StoreError::Failed(_))));
+        assert_eq!(count_messages(&db), 1);
+        // The connection is still good.
+        assert_eq!(store.insert_messages(&batch[..2]).unwrap().len(), 2);
+        assert_eq!(count_messages(&db), 3);
+    }
+
+    #[test]
+    fn batches_over_the_same_rooms_from_two_instances_do_not_deadlock() {
+        let Some(db) = TestDb::create() else { return };
+        let mut setup = db.open();
+        let a = setup.create_room("a", 1).unwrap().id;
+        let b = setup.create_room("b", 1).unwrap().id;
+        let user = setup.upsert_user("Alice", 1).unwrap();
+        let threads: Vec<JoinHandle<()>> = [(a, b), (b, a)]
+            .into_iter()
+            .map(|(first, second)| {
+                let url = db.url();
+                std::thread::spawn(move || {
+                    let mut store = PostgresStore::open(&url).unwrap();
+                    for i in 0..100 {
+                        let batch = vec![message(first, user, "x", i), message(second, user, "y", i)];
+                        store.insert_messages(&batch).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(count_messages(&db), 400);
+    }
+
+    #[test]
+    fn terminated_sessions_are_replaced() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let lobby = store.create_room("lobby", 1).unwrap();
+        let alice = store.upsert_user("Alice", 1).unwrap();
+
+        // Killed while idle, used at once: may fail (Unavailable), never panics.
+        db.terminate_sessions();
+        match store.insert_messages(&[message(lobby.id, alice, "maybe", 2)]) {
+            Ok(ids) => assert_eq!(ids.len(), 1),
+            Err(e) => assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}"),
+        }
+        let before = count_messages(&db);
+        assert_eq!(store.insert_messages(&[message(lobby.id, alice, "after", 3)]).unwrap().len(), 1);
+        assert_eq!(count_messages(&db), before + 1);
+
+        // Killed while idle, and the store is used again later: it checks
+        // the idle session before sending anything, so even a write succeeds.
+        for call in 0..4 {
+            db.terminate_sessions();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while db.session_count() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(IDLE_CHECK_AFTER);
+            match call {
+                0 => assert_eq!(store.insert_messages(&[message(lobby.id, alice, "x", 4)]).unwrap().len(), 1),
+                1 => assert_eq!(store.rooms().unwrap().len(), 1),
+                2 => assert_eq!(store.upsert_user("alice", 5).unwrap(), alice),
+                _ => store.ping().unwrap(),
+            }
+        }
+
+        // Killed while idle, then reads: retried on a fresh connection.
+        db.terminate_sessions();
+        let rooms = store.rooms();
+        assert!(matches!(rooms, Ok(_) | Err(StoreError::Unavailable(_))), "{rooms:?}");
+        assert_eq!(store.messages_before(lobby.id, None, 10).unwrap().len() as i64, count_messages(&db));
+    }
+
+    /// A TCP proxy in front of PostgreSQL that can be pulled out like a plug.
+    struct Proxy {
+        port: u16,
+        stop: Arc<AtomicBool>,
+        sockets: Arc<Mutex<Vec<TcpStream>>>,
+        accept: Option<JoinHandle<()>>,
+    }
+
+    impl Proxy {
+        fn start(port: u16) -> Proxy {
+            let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
+            let port = listener.local_addr().unwrap().port();
+            let upstream_addr = {
+                let config: Config = server().parse().unwrap();
+                target_of(&config).split('/').next().unwrap().to_string()
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let sockets = Arc::new(Mutex::new(Vec::new()));
+            let accept = {
+                let (stop, sockets) = (stop.clone(), sockets.clone());
+                std::thread::spawn(move || {
+                    for client in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let Ok(client) = client else { continue };
+                        let Ok(upstream) = TcpStream::connect(&upstream_addr) else { continue };
+                        let mut list = sockets.lock().unwrap();
+                        list.push(client.try_clone().unwrap());
+                        list.push(upstream.try_clone().unwrap());
+                        for (mut from, mut to) in
+                            [(client.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, client)]
+                        {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(Shutdown::Both);
+                                let _ = from.shutdown(Shutdown::Both);
+                            });
+                        }
+                    }
+                })
+            };
+            Proxy { port, stop, sockets, accept: Some(accept) }
+        }
+
+        /// Closes the listener and every connection: the "server" is down.
+        fn stop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Ok(mut wake) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = wake.write_all(b"");
+            }
+            if let Some(accept) = self.accept.take() {
+                accept.join().unwrap();
+            }
+            for socket in self.sockets.lock().unwrap().drain(..) {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    #[test]
+    fn a_server_outage_is_reported_promptly_and_survived() {
+        let Some(db) = TestDb::create() else { return };
+        let mut proxy = Proxy::start(0);
+        let port = proxy.port;
+        let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/{}", db.name);
+        let mut store = PostgresStore::open(&url).unwrap();
+        assert_eq!(store.describe(), format!("PostgreSQL at 127.0.0.1:{port}/{}", db.name));
+        let lobby = store.create_room("lobby", 1).unwrap();
+        let alice = store.upsert_user("Alice", 1).unwrap();
+        store.insert_messages(&[message(lobby.id, alice, "before", 2)]).unwrap();
+
+        proxy.stop();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        let batch = [message(lobby.id, alice, "during", 3), message(lobby.id, alice, "during", 4)];
+        for _ in 0..3 {
+            match store.insert_messages(&batch) {
+                Err(StoreError::Unavailable(why)) => assert!(!why.contains("s3cret"), "{why}"),
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+            assert!(matches!(store.rooms(), Err(StoreError::Unavailable(_))));
+            assert!(matches!(store.ping(), Err(StoreError::Unavailable(_))));
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert_eq!(count_messages(&db), 1, "nothing of a failed batch is stored");
+
+        // Back up on the same port: the store finds it by itself.
+        let _proxy = Proxy::start(port);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.ping().is_err() {
+            assert!(Instant::now() < deadline, "store did not reconnect");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(store.insert_messages(&batch).unwrap().len(), 2);
+        assert_eq!(store.messages_before(lobby.id, None, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_unreachable_server_fails_fast_without_the_password() {
+        let started = Instant::now();
+        let error = PostgresStore::open("postgres://someone:s3cret-pw@127.0.0.1:1/nowhere").err().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(6));
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("127.0.0.1:1/nowhere") && !text.contains("s3cret"), "{text}");
+        eprintln!("unreachable: {text}");
+
+        let error = PostgresStore::open("postgres://someone:s3cret-pw@127.0.0.1:notaport/x").err().unwrap();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        eprintln!("bad url: {error}");
+
+        if let Some(db) = TestDb::create() {
+            let url = format!("{}/{}_missing", server(), db.name);
+            let error = PostgresStore::open(&url).err().unwrap();
+            eprintln!("missing database: {error}");
+        }
+    }
+
+    #[test]
+    fn times_round_trip_exactly() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let times = [0, 1, 999, 1_700_000_000_001, 1_712_345_678_999, 4_102_444_800_123, -1];
+        let room = store.create_room("lobby", times[3]).unwrap();
+        assert_eq!(store.rooms().unwrap()[0].created_at_ms, times[3]);
+        let user = store.upsert_user("Alice", 1).unwrap();
+        let batch: Vec<NewMessage> = times.iter().map(|t| message(room.id, user, "t", *t)).collect();
+        store.insert_messages(&batch).unwrap();
+        let got: Vec<i64> = store.messages_after(room.id, 0, 100).unwrap().iter().map(|m| m.created_at_ms).collect();
+        assert_eq!(got, times);
+    }
+
+    /// Commit latency of one group commit, for the report (run with --nocapture).
+    #[test]
+    fn group_commit_latency() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = db.open();
+        let room = store.create_room("lobby", 1).unwrap();
+        let user = store.upsert_user("Alice", 1).unwrap();
+        for size in [1usize, 10, 100] {
+            let batch: Vec<NewMessage> =
+                (0..size).map(|i| message(room.id, user, &"x".repeat(40 + i % 20), i as i64)).collect();
+            store.insert_messages(&batch).unwrap(); // warm up (prepares)
+            let mut samples: Vec<Duration> = (0..200)
+                .map(|_| {
+                    let started = Instant::now();
+                    store.insert_messages(&batch).unwrap();
+                    started.elapsed()
+                })
+                .collect();
+            samples.sort();
+            let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+            println!(
+                "group commit of {size:>3} messages: median {:?}, p90 {:?}, mean {:?} ({:.0} messages/s at the median)",
+                samples[samples.len() / 2],
+                samples[samples.len() * 9 / 10],
+                mean,
+                size as f64 / samples[samples.len() / 2].as_secs_f64()
+            );
+        }
     }
 }

@@ -1,0 +1,248 @@
+//! Test harness: the real `baby-discord` binary on port 0 with its own data
+//! directory (or its own PostgreSQL database), and clients that talk to it
+//! over real sockets the way netcat and a browser do.
+//!
+//! Tests that should hold for every store are written once inside
+//! [`for_each_store!`], which makes one test per store.
+
+#![allow(dead_code)]
+
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use tcp::Client;
+
+/// Which store a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// Writes each test once per store: `mod sqlite { #[test] fn … }` and
+/// `mod postgres { … }`, with `$store` bound to the store in the body.
+#[macro_export]
+macro_rules! for_each_store {
+    ($( $(#[$meta:meta])* fn $name:ident($store:ident) $body:block )*) => {
+        mod sqlite {
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() { let $store = $crate::common::Store::Sqlite; $body } )*
+        }
+        mod postgres {
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() { let $store = $crate::common::Store::Postgres; $body } )*
+        }
+    };
+}
+
+/// How long a test waits for anything the server should do promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A PostgreSQL database that exists for one test and is dropped after it.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub fn create() -> TestDatabase {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let name = format!("bd_test_{}_{}", std::process::id(), nanos % 10_000_000_000);
+        let mut admin = postgres::Client::connect(ADMIN_URL, postgres::NoTls)
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (see .ci/run)");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        TestDatabase { url: format!("postgres://postgres@127.0.0.1:5432/{name}"), name }
+    }
+
+    /// Runs SQL on an admin connection (e.g. `pg_terminate_backend`).
+    pub fn admin(&self, sql: &str) {
+        let mut admin = postgres::Client::connect(ADMIN_URL, postgres::NoTls).unwrap();
+        admin.batch_execute(sql).unwrap();
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(ADMIN_URL, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// Settings for a server a test starts.
+pub struct ServerBuilder {
+    store: Store,
+    env: HashMap<String, String>,
+}
+
+impl ServerBuilder {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn start(self) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let database = (self.store == Store::Postgres).then(TestDatabase::create);
+        let mut server = TestServer {
+            child: None,
+            tcp: "0.0.0.0:0".parse().unwrap(),
+            http: None,
+            env: self.env,
+            logs: Arc::new(Mutex::new(Vec::new())),
+            database,
+            data_dir,
+        };
+        server.launch();
+        server
+    }
+}
+
+/// A running server process.
+pub struct TestServer {
+    child: Option<Child>,
+    pub tcp: SocketAddr,
+    pub http: Option<SocketAddr>,
+    env: HashMap<String, String>,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub database: Option<TestDatabase>,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn builder(store: Store) -> ServerBuilder {
+        ServerBuilder { store, env: HashMap::new() }
+    }
+
+    pub fn start(store: Store) -> TestServer {
+        TestServer::builder(store).start()
+    }
+
+    /// Starts the binary with this server's environment and waits until it
+    /// says where it listens.
+    fn launch(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baby-discord"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TCP_PORT", "0")
+            .env("HTTP_PORT", "0")
+            .env("LOG_LEVEL", "info")
+            .env("DATA_DIR", self.data_dir.path());
+        if let Some(db) = &self.database {
+            cmd.env("DATABASE_URL", &db.url);
+        }
+        cmd.envs(&self.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start baby-discord");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (tx, logs) = (tx.clone(), self.logs.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        self.http = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tcp = None;
+        // Listeners log their addresses before `main` logs "ready".
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(remaining) else {
+                panic!("server did not start; log:\n{}", self.log());
+            };
+            if let Some(rest) = line.split("TCP line protocol on ").nth(1) {
+                tcp = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                self.http = Some(rest.trim_end_matches('/').split('/').next().unwrap().parse().unwrap());
+            }
+            if line.ends_with(" ready") {
+                break;
+            }
+        }
+        self.tcp = tcp.expect("the server logs its TCP address");
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// A logged-in netcat-style client.
+    pub fn login(&self, nick: &str) -> Client {
+        Client::login(self.tcp, nick)
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.tcp)
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same store (after kill9/terminate).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.launch();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the binary with `env` and returns its exit status and output, for
+/// start-up failures.
+pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
+        .env_clear()
+        .env("DATA_DIR", data_dir.path())
+        .env("TCP_PORT", "0")
+        .env("HTTP_PORT", "0")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
