@@ -64,6 +64,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest total size of HTTP request headers.
     pub max_header_bytes: usize,
+    /// Interval of the `: ping` comment on an idle SSE stream; a write that
+    /// fails is also how a stream notices its client has gone.
+    pub sse_ping: Duration,
+    /// Threads answering ordinary HTTP requests (streams have their own).
+    /// A `POST /api/message` holds one until its message is committed.
+    pub http_workers: usize,
     /// Most messages committed in one store transaction.
     pub store_batch_max: usize,
     /// Messages waiting for the store before new ones are refused as "busy".
@@ -127,17 +133,27 @@ impl Config {
             client_stack_bytes: env.number::<usize>("CLIENT_STACK_KB", 64, 32, 8192)? * 1024,
             max_body_bytes: env.number("MAX_BODY_BYTES", 64 * 1024, 1024, 64 << 20)?,
             max_header_bytes: env.number("MAX_HEADER_BYTES", 8 * 1024, 1024, 1 << 20)?,
+            sse_ping: Duration::from_secs(env.number("SSE_PING_SECS", 15, 1, 3600)?),
+            http_workers: env.number("HTTP_WORKERS", 16, 1, 1024)?,
             store_batch_max: env.number("STORE_BATCH_MAX", 512, 1, 100_000)?,
             store_queue_max: env.number("STORE_QUEUE_MAX", 50_000, 1, 10_000_000)?,
         };
+        let database_url = env.optional("DATABASE_URL");
+        let redis_url = env.optional("REDIS_URL");
+        if redis_url.is_some() && database_url.is_none() {
+            return Err(env.error(
+                "REDIS_URL",
+                "several instances need one shared store: set DATABASE_URL to a PostgreSQL database too",
+            ));
+        }
         Ok(Config {
             instance_id,
             tcp_port: env.number("TCP_PORT", 9001, 0, 65535)?,
             http_port: env.number("HTTP_PORT", 3001, 0, 65535)?,
             bind_addr: env.parsed("BIND_ADDR", "127.0.0.1", "an IP address such as 127.0.0.1 or 0.0.0.0")?,
-            database_url: env.optional("DATABASE_URL"),
+            database_url,
             data_dir: PathBuf::from(env.string("DATA_DIR", "./data")),
-            redis_url: env.optional("REDIS_URL"),
+            redis_url,
             redis_prefix,
             log_level,
             history_size: env.number("HISTORY_SIZE", 10, 1, 1000)?,

@@ -64,6 +64,8 @@ impl Rendered {
 pub struct ChatMessage {
     /// Store-assigned id; increases with commit order within a room.
     pub id: i64,
+    /// Position in the room, 1, 2, 3… without gaps: the delivery order.
+    pub seq: i64,
     pub room_id: i64,
     pub room: String,
     pub user_id: i64,

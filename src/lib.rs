@@ -15,12 +15,15 @@
 //! - [`adapters`]: TCP and HTTP; bytes to router requests, events to bytes.
 //! - [`store`]: the storage interface, SQLite and PostgreSQL behind it, and
 //!   the storage thread that group-commits messages.
+//! - [`bus`]: Redis pub/sub between instances (publisher and subscriber
+//!   threads); the router keeps the view of other instances.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //!
 //! Threads: one router, one storage thread, one accept thread per listener,
 //! and per TCP client a reader and a writer thread with small stacks.
 
 pub mod adapters;
+pub mod bus;
 pub mod command;
 pub mod config;
 pub mod error;

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::adapters::http::{self, HttpContext, HttpServer};
 use crate::adapters::tcp::{self, TcpContext};
 use crate::adapters::ConnectionLimit;
+use crate::bus::{self, BusHealth};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterHandle, RouterMsg, RouterSettings};
@@ -20,14 +22,18 @@ use crate::store::{self, worker, StoreHandle};
 /// A running server.
 pub struct Server {
     pub tcp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub router: RouterHandle,
     pub store: StoreHandle,
     pub metrics: Arc<Metrics>,
     pub connections: Arc<ConnectionLimit>,
+    /// Health of the Redis bus; `None` for a single instance.
+    pub bus_health: Option<Arc<BusHealth>>,
     stopping: Arc<AtomicBool>,
     router_thread: JoinHandle<()>,
     storage_thread: JoinHandle<()>,
     listener_threads: Vec<(SocketAddr, JoinHandle<()>)>,
+    http: HttpServer,
 }
 
 /// How long shutdown waits for client writers to flush their last lines.
@@ -55,7 +61,27 @@ impl Server {
             worker::spawn(store, config.limits.store_batch_max, metrics.clone(), move |results| {
                 let _ = committed.send(RouterMsg::Committed(results));
             });
-        let router = Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, channel);
+        let (bus, bus_health) = match &config.redis_url {
+            Some(url) => {
+                let names = bus::Names { prefix: config.redis_prefix.clone(), instance: config.instance_id.clone() };
+                let (events, claims) = (channel.0.clone(), channel.0.clone());
+                let (handle, health) = bus::start(
+                    url,
+                    names,
+                    move |incoming| {
+                        let _ = events.send(RouterMsg::Bus(incoming));
+                    },
+                    move |claim| {
+                        let _ = claims.send(RouterMsg::Claimed(claim));
+                    },
+                )?;
+                log::info!("multi-instance mode: Redis bus under prefix {}", config.redis_prefix);
+                (Some(handle), Some(health))
+            }
+            None => (None, None),
+        };
+        let router =
+            Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, channel, bus);
         let handle = router.handle();
         let router_thread = router.spawn();
 
@@ -74,16 +100,31 @@ impl Server {
         let tcp_thread = tcp::spawn_listener(tcp_listener, tcp_ctx);
         log::info!("TCP line protocol on {tcp_addr} (try: nc {} {})", tcp_addr.ip(), tcp_addr.port());
 
+        let (http_listener, http_addr) = http::bind(SocketAddr::new(config.bind_addr, config.http_port))?;
+        let http_ctx = HttpContext::new(
+            handle.clone(),
+            store.clone(),
+            config.limits.clone(),
+            metrics.clone(),
+            connections.clone(),
+            config.instance_id.clone(),
+        );
+        let http = HttpServer::start(http_listener, config.limits.http_workers, http_ctx)?;
+        log::info!("HTTP API and web page on http://{http_addr}/");
+
         Ok(Server {
             tcp_addr,
+            http_addr,
             router: handle,
             store,
             metrics,
             connections,
+            bus_health,
             stopping,
             router_thread,
             storage_thread,
             listener_threads: vec![(tcp_addr, tcp_thread)],
+            http,
         })
     }
 
@@ -97,6 +138,9 @@ impl Server {
             let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
             let _ = thread.join();
         }
+        // Requests in hand are answered (a message being sent is committed
+        // first); open streams end below, when the router closes every session.
+        self.http.stop();
         self.router.send(RouterMsg::Shutdown);
         let _ = self.router_thread.join();
         self.store.stop();

@@ -23,14 +23,35 @@ impl RouterState {
         if let Err(e) = self.reserve_nickname(id, &nickname) {
             return self.respond_to(Some(id), reply, Err(e));
         }
-        self.record_user(id, nickname, false, reply);
+        self.claim_then_record(id, nickname, false, reply);
+    }
+
+    /// With a bus, claims the nickname service-wide before recording it.
+    fn claim_then_record(&mut self, id: SessionId, nickname: String, rename: bool, reply: Responder) {
+        if self.claim_nickname(id, &nickname) {
+            self.pending_claims.insert(id, super::PendingClaim { rename, reply });
+        } else {
+            self.record_user(id, nickname, rename, reply);
+        }
+    }
+
+    /// Frees a nickname reserved by `id` that it did not end up using.
+    pub(super) fn unreserve_nickname(&mut self, id: SessionId, nickname: &str) {
+        let key = name_key(nickname);
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        session.pending_nickname = None;
+        let in_use = session.nickname.as_deref().map(name_key) == Some(key.clone());
+        if !in_use && self.nicknames.get(&key) == Some(&id) {
+            self.nicknames.remove(&key);
+        }
     }
 
     /// Checks a nickname and reserves it for `id`.
     fn reserve_nickname(&mut self, id: SessionId, nickname: &str) -> Result<(), ChatError> {
         validate_nickname(nickname)?;
         let key = name_key(nickname);
-        if self.nicknames.get(&key).is_some_and(|owner| *owner != id) {
+        let taken_here = self.nicknames.get(&key).is_some_and(|owner| *owner != id);
+        if taken_here || self.remote_instance_of(nickname).is_some() {
             return Err(ChatError::NicknameTaken(nickname.to_string()));
         }
         self.nicknames.insert(key, id);
@@ -40,7 +61,7 @@ impl RouterState {
         Ok(())
     }
 
-    fn record_user(&mut self, session: SessionId, nickname: String, rename: bool, reply: Responder) {
+    pub(super) fn record_user(&mut self, session: SessionId, nickname: String, rename: bool, reply: Responder) {
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
             let result = store.upsert_user(&nickname, now_ms());
@@ -66,29 +87,40 @@ impl RouterState {
         result: Result<i64, StoreError>,
         reply: Responder,
     ) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
-        session.pending_nickname = None;
+        if !self.sessions.contains_key(&id) {
+            // Gone meanwhile; end_session freed the reservation.
+            if let Some(bus) = &self.bus {
+                bus.release(&nickname);
+            }
+            return;
+        }
         let user_id = match result {
             Ok(user_id) => user_id,
             Err(e) => {
                 log::warn!("could not record user {nickname}: {e}");
-                let key = name_key(&nickname);
-                let still_ours = session.nickname.as_deref().map(name_key) != Some(key.clone());
-                if still_ours && self.nicknames.get(&key) == Some(&id) {
-                    self.nicknames.remove(&key);
+                self.unreserve_nickname(id, &nickname);
+                if let Some(bus) = &self.bus {
+                    bus.release(&nickname);
                 }
                 return self.respond_to(Some(id), reply, Err(ChatError::StoreUnavailable));
             }
         };
+        let session = self.sessions.get_mut(&id).expect("checked above");
+        session.pending_nickname = None;
         let old = session.nickname.replace(nickname.clone());
         session.user_id = user_id;
         if !rename {
+            self.announce_presence(id);
             return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname }));
         }
         let old = old.unwrap_or_default();
-        if name_key(&old) != name_key(&nickname) && self.nicknames.get(&name_key(&old)) == Some(&id) {
-            self.nicknames.remove(&name_key(&old));
+        if name_key(&old) != name_key(&nickname) {
+            if self.nicknames.get(&name_key(&old)) == Some(&id) {
+                self.nicknames.remove(&name_key(&old));
+            }
+            self.announce_gone(&old);
         }
+        self.announce_presence(id);
         if let Some(room) = self.sessions[&id].room.clone() {
             self.announce(&room, format!("{old} is now known as {nickname}"), Some(id));
         }
@@ -129,7 +161,7 @@ impl RouterState {
         if let Err(e) = self.reserve_nickname(id, &nickname) {
             return self.respond_to(Some(id), reply, Err(e));
         }
-        self.record_user(id, nickname, true, reply);
+        self.claim_then_record(id, nickname, true, reply);
     }
 
     /// `/list`
@@ -140,8 +172,7 @@ impl RouterState {
                 format!("Users in {room} ({}): {}", members.len(), members.join(", "))
             }
             None => {
-                let mut nicks: Vec<&str> = self.sessions.values().filter_map(|s| s.nickname.as_deref()).collect();
-                nicks.sort_by_key(|n| n.to_ascii_lowercase());
+                let nicks = self.online_users();
                 format!("Online users ({}): {}", nicks.len(), nicks.join(", "))
             }
         }
@@ -153,9 +184,8 @@ impl RouterState {
             return "No rooms yet. Use /create <room> to create one.".into();
         }
         let mut text = format!("Rooms ({}):", self.rooms.len());
-        for room in self.rooms.values() {
-            let n = room.members.len();
-            text.push_str(&format!("\n  {} ({n} {})", room.name, if n == 1 { "member" } else { "members" }));
+        for (name, n, _) in self.room_list() {
+            text.push_str(&format!("\n  {name} ({n} {})", if n == 1 { "member" } else { "members" }));
         }
         text
     }
@@ -188,6 +218,12 @@ impl RouterState {
         let outcome = match result {
             Ok(record) => {
                 log::info!("room {} created", record.name);
+                self.broadcast(crate::bus::BusEvent::RoomCreated {
+                    from: self.instance.clone(),
+                    id: record.id,
+                    name: record.name.clone(),
+                    created_at_ms: record.created_at_ms,
+                });
                 self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
                 if self.sessions.contains_key(&id) {
                     self.join(id, &name, "Created and joined room")
@@ -195,7 +231,11 @@ impl RouterState {
                     Ok(Reply::Done)
                 }
             }
-            Err(StoreError::Conflict) => Err(ChatError::RoomExists(name)),
+            Err(StoreError::Conflict) => {
+                // Created by another instance whose news has not reached us.
+                self.reload_rooms();
+                Err(ChatError::RoomExists(name))
+            }
             Err(e) => {
                 log::warn!("could not create room {name}: {e}");
                 Err(ChatError::StoreUnavailable)
@@ -244,6 +284,7 @@ impl RouterState {
             self.announce(name, format!("{nick} joined {name}"), Some(id));
         }
         self.deliver_to(id, Event::RoomChanged { room: Some(name.to_string()), history });
+        self.announce_presence(id);
         self.store.run(move |store| {
             if let Err(e) = store.record_join(room_id, user_id, now_ms()) {
                 log::debug!("could not record a join: {e}");
@@ -260,25 +301,34 @@ impl RouterState {
     }
 
     /// `/dm <user> <message>`: shown to both ends as a DM event.
+    /// The recipient may be on this instance or, through the bus, another.
     fn dm(&mut self, id: SessionId, to: &str, text: &str) -> Result<Reply, ChatError> {
-        let target = *self
+        let local = self
             .nicknames
             .get(&name_key(to))
-            .filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()))
-            .ok_or_else(|| ChatError::UserNotOnline(to.to_string()))?;
-        if target == id {
+            .copied()
+            .filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()));
+        let remote = if local.is_none() { self.remote_instance_of(to) } else { None };
+        if local.is_none() && remote.is_none() {
+            return Err(ChatError::UserNotOnline(to.to_string()));
+        }
+        if local == Some(id) {
             return Err(ChatError::DmToSelf);
         }
         let text = clean_message(text, self.settings.max_message_chars)?;
         self.take_rate_token(id)?;
-        let dm = Arc::new(DirectMessage {
-            from: self.sessions[&id].nick().to_string(),
-            to: self.sessions[&target].nick().to_string(),
-            text,
-            at_ms: now_ms(),
-        });
+        let recipient = match (local, &remote) {
+            (Some(target), _) => self.sessions[&target].nick().to_string(),
+            (None, Some((_, nick))) => nick.clone(),
+            (None, None) => unreachable!("checked above"),
+        };
+        let dm = Arc::new(DirectMessage { from: self.sessions[&id].nick().to_string(), to: recipient, text, at_ms: now_ms() });
+        match (local, remote) {
+            (Some(target), _) => self.deliver_to(target, Event::Dm { dm: dm.clone(), outgoing: false }),
+            (None, Some((instance, _))) => self.remote_dm(&instance, &dm.from, &dm.to, &dm.text, dm.at_ms),
+            (None, None) => {}
+        }
         let shown = format!("[DM to {}] {}", dm.to, dm.text);
-        self.deliver_to(target, Event::Dm { dm: dm.clone(), outgoing: false });
         self.deliver_to(id, Event::Dm { dm, outgoing: true });
         Ok(Reply::Shown(shown))
     }
@@ -342,7 +392,8 @@ impl RouterState {
                 Ok(message) => {
                     self.metrics.messages.fetch_add(1, Relaxed);
                     let sent = Reply::Sent { id: message.id, room: message.room.clone(), created_at_ms: message.created_at_ms };
-                    self.publish(message);
+                    self.publish_committed(&message);
+                    self.admit(message);
                     self.metrics.delivery_latency.observe(pending.accepted.elapsed());
                     self.respond_to(Some(pending.session), pending.reply, Ok(sent));
                 }
@@ -355,8 +406,9 @@ impl RouterState {
         }
     }
 
-    /// Puts a committed message in its room's ring buffer and fans it out.
-    fn publish(&mut self, message: Arc<ChatMessage>) {
+    /// Puts a committed message in its room's ring buffer and fans it out
+    /// (called by the order gate, in sequence order).
+    pub(super) fn publish(&mut self, message: Arc<ChatMessage>) {
         let Some(room) = self.rooms.get_mut(&message.room) else { return };
         room.remember(message.clone(), self.settings.history_size);
         let name = message.room.clone();

@@ -11,6 +11,7 @@
 //! to the storage thread, and only the committed result (`Committed`) is
 //! put in the ring buffer and fanned out, echo to the sender included.
 
+mod cluster;
 mod commands;
 mod state;
 #[cfg(test)]
@@ -25,6 +26,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use uuid::Uuid;
 
+use crate::bus::publisher::ClaimResult;
+use crate::bus::subscriber::Incoming;
+use crate::bus::BusHandle;
 use crate::command::Command;
 use crate::config::Config;
 use crate::error::ChatError;
@@ -96,6 +100,14 @@ pub enum RouterMsg {
     Committed(Vec<AppendResult>),
     /// A store call the router started has finished.
     StoreDone(StoreDone),
+    /// From the Redis subscriber: another instance's event, or up/down.
+    Bus(Incoming),
+    /// The answer to a service-wide nickname claim.
+    Claimed(ClaimResult),
+    /// Messages read back from the store to fill a gap or catch up.
+    Fetched { room: String, messages: Vec<ChatMessage>, limit: usize },
+    /// Every room, read back from the store (rooms created elsewhere).
+    RoomsLoaded(Vec<RoomRecord>),
     /// Stop: finish pending commits, tell everyone, close every session.
     Shutdown,
 }
@@ -140,6 +152,7 @@ impl RouterHandle {
 /// Settings the router needs from [`Config`].
 #[derive(Clone)]
 pub struct RouterSettings {
+    pub instance_id: String,
     pub history_size: usize,
     pub announce_limit: usize,
     pub max_message_chars: usize,
@@ -152,6 +165,7 @@ pub struct RouterSettings {
 impl RouterSettings {
     pub fn from_config(config: &Config) -> RouterSettings {
         RouterSettings {
+            instance_id: config.instance_id.clone(),
             history_size: config.history_size,
             announce_limit: config.announce_limit,
             max_message_chars: config.limits.max_message_chars,
@@ -169,6 +183,12 @@ struct PendingSend {
     reply: Responder,
     /// When the router accepted it, for the delivery latency metric.
     accepted: Instant,
+}
+
+/// A nickname waiting for its service-wide claim.
+struct PendingClaim {
+    rename: bool,
+    reply: Responder,
 }
 
 /// The chat state. Public fields are read by [`RouterMsg::Inspect`] closures.
@@ -190,6 +210,15 @@ pub struct RouterState {
     inbox: Sender<RouterMsg>,
     pub metrics: Arc<Metrics>,
     stopping: Option<Instant>,
+    /// This instance's id, as other instances know it.
+    instance: String,
+    /// The Redis bus; `None` for a single instance.
+    bus: Option<BusHandle>,
+    /// Other instances and their users, as last heard on the bus.
+    pub remote: HashMap<String, cluster::RemoteInstance>,
+    pending_claims: HashMap<SessionId, PendingClaim>,
+    last_heartbeat: Instant,
+    last_second: Instant,
 }
 
 /// The router thread's loop around [`RouterState`].
@@ -198,6 +227,8 @@ pub struct Router {
     rx: Receiver<RouterMsg>,
 }
 
+/// How often the router looks at timers (gaps, heartbeats, idle sessions).
+const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for messages already handed to the store.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Capacity of the router's inbox; producers wait when it is full.
@@ -213,9 +244,16 @@ impl Router {
         metrics: Arc<Metrics>,
         rooms: Vec<(RoomRecord, Vec<ChatMessage>)>,
         channel: (Sender<RouterMsg>, Receiver<RouterMsg>),
+        bus: Option<BusHandle>,
     ) -> Router {
         let (inbox, rx) = channel;
         let mut state = RouterState {
+            instance: settings.instance_id.clone(),
+            bus,
+            remote: HashMap::new(),
+            pending_claims: HashMap::new(),
+            last_heartbeat: Instant::now(),
+            last_second: Instant::now(),
             settings,
             sessions: HashMap::new(),
             tokens: HashMap::new(),
@@ -232,6 +270,7 @@ impl Router {
         for (record, history) in rooms {
             let mut room = Room::new(record.id, record.name.clone(), record.created_at_ms);
             for message in history {
+                room.next_seq = room.next_seq.max(message.seq + 1);
                 room.remember(Arc::new(message), state.settings.history_size);
             }
             state.rooms.insert(record.name, room);
@@ -255,7 +294,7 @@ impl Router {
 
     /// Handles messages until shutdown has finished.
     pub fn run(mut self) {
-        let ticker = crossbeam_channel::tick(Duration::from_secs(1));
+        let ticker = crossbeam_channel::tick(TICK);
         loop {
             select! {
                 recv(self.rx) -> msg => match msg {
@@ -273,6 +312,10 @@ impl Router {
         self.state.close_everyone();
         log::info!("router stopped");
     }
+}
+
+fn sort_nicks(nicks: &mut [String]) {
+    nicks.sort_by_key(|n| n.to_ascii_lowercase());
 }
 
 impl RouterState {
@@ -306,6 +349,10 @@ impl RouterState {
             RouterMsg::Inspect(look) => look(self),
             RouterMsg::Committed(results) => self.committed(results),
             RouterMsg::StoreDone(done) => self.store_done(done),
+            RouterMsg::Bus(incoming) => self.bus_incoming(incoming),
+            RouterMsg::Claimed(result) => self.claimed(result),
+            RouterMsg::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
+            RouterMsg::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
             RouterMsg::Shutdown => {
                 log::info!("router shutting down; {} messages still being committed", self.pending_sends.len());
                 self.stopping = Some(Instant::now());
@@ -429,6 +476,7 @@ impl RouterState {
         if announce {
             self.announce(&room_name, notice(&nick, &room_name), None);
         }
+        self.announce_presence(id);
     }
 
     /// Ends a session: leaves its room, frees its nickname, closes its sink.
@@ -438,6 +486,10 @@ impl RouterState {
             self.leave_room(id, |nick, _| format!("{nick} disconnected"));
         }
         let Some(session) = self.sessions.remove(&id) else { return };
+        self.pending_claims.remove(&id);
+        if let Some(nick) = &session.nickname {
+            self.announce_gone(nick);
+        }
         for nick in session.nickname.iter().chain(session.pending_nickname.iter()) {
             let key = crate::names::name_key(nick);
             if self.nicknames.get(&key) == Some(&id) {
@@ -453,8 +505,14 @@ impl RouterState {
         }
     }
 
-    /// Once a second: expire idle HTTP sessions.
+    /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
+        self.fill_gaps(now);
+        if now.duration_since(self.last_second) < Duration::from_secs(1) {
+            return;
+        }
+        self.last_second = now;
+        self.bus_tick(now);
         let idle = self.settings.session_idle;
         let expired: Vec<SessionId> = self
             .sessions
@@ -485,18 +543,31 @@ impl RouterState {
         self.sessions.clear();
     }
 
-    /// Room names with member counts, sorted by name.
+    /// Room names with service-wide member counts, sorted by name.
     pub fn room_list(&self) -> Vec<(String, usize, i64)> {
-        self.rooms.values().map(|r| (r.name.clone(), r.members.len(), r.created_at_ms)).collect()
+        self.rooms
+            .values()
+            .map(|r| (r.name.clone(), r.members.len() + self.remote_members(Some(&r.name)).count(), r.created_at_ms))
+            .collect()
     }
 
-    /// Nicknames in a room, sorted; `None` if the room does not exist.
+    /// Nicknames in a room on every instance, sorted; `None` if the room
+    /// does not exist.
     pub fn room_members(&self, room: &str) -> Option<Vec<String>> {
-        let room = self.rooms.get(room)?;
+        let local = self.rooms.get(room)?;
         let mut nicks: Vec<String> =
-            room.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
-        nicks.sort_by_key(|n| n.to_ascii_lowercase());
+            local.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
+        nicks.extend(self.remote_members(Some(room)).map(|m| m.nick.clone()));
+        sort_nicks(&mut nicks);
         Some(nicks)
+    }
+
+    /// Every online nickname on every instance, sorted.
+    pub fn online_users(&self) -> Vec<String> {
+        let mut nicks: Vec<String> = self.sessions.values().filter_map(|s| s.nickname.clone()).collect();
+        nicks.extend(self.remote_members(None).map(|m| m.nick.clone()));
+        sort_nicks(&mut nicks);
+        nicks
     }
 
     /// Open sessions by protocol (named or not).

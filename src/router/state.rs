@@ -1,6 +1,6 @@
 //! The chat state the router owns: sessions and rooms.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,11 +68,30 @@ pub struct Room {
     /// Id of the newest message pushed out of `history` (0: none yet), so a
     /// replay knows whether `history` alone covers what a client missed.
     pub evicted_up_to: i64,
+    /// The order gate (see `cluster.rs`): the next sequence number to deliver,
+    pub next_seq: i64,
+    /// messages that arrived before their predecessors,
+    pub waiting: BTreeMap<i64, Arc<ChatMessage>>,
+    /// since when a gap has been open,
+    pub gap_since: Option<Instant>,
+    /// and whether the store is being asked for the missing messages.
+    pub fetching: bool,
 }
 
 impl Room {
     pub fn new(id: i64, name: String, created_at_ms: i64) -> Room {
-        Room { id, name, created_at_ms, members: HashSet::new(), history: VecDeque::new(), evicted_up_to: 0 }
+        Room {
+            id,
+            name,
+            created_at_ms,
+            members: HashSet::new(),
+            history: VecDeque::new(),
+            evicted_up_to: 0,
+            next_seq: 1,
+            waiting: BTreeMap::new(),
+            gap_since: None,
+            fetching: false,
+        }
     }
 
     /// Appends a committed message to the ring buffer.

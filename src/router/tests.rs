@@ -33,7 +33,7 @@ fn start(settings: RouterSettings) -> Harness {
     let (store, _thread) = worker::spawn(store, 64, metrics.clone(), move |results| {
         let _ = committed.send(RouterMsg::Committed(results));
     });
-    let router = Router::new(settings, store, metrics, Vec::new(), channel);
+    let router = Router::new(settings, store, metrics, Vec::new(), channel, None);
     let handle = router.handle();
     router.spawn();
     Harness { router: handle, _dir: dir }

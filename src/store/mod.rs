@@ -41,10 +41,11 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    /// The message as committed under `id`.
-    pub fn committed(self, id: i64) -> ChatMessage {
+    /// The message as committed under `id` at position `seq` of its room.
+    pub fn committed(self, id: i64, seq: i64) -> ChatMessage {
         ChatMessage {
             id,
+            seq,
             room_id: self.room_id,
             room: self.room,
             user_id: self.user_id,
@@ -92,8 +93,10 @@ pub trait Store: Send {
     /// Records that a user joined a room.
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
     /// Commits a batch of messages in one transaction, all or nothing, and
-    /// returns their ids in order.
-    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<i64>, StoreError>;
+    /// returns their `(id, seq)` in batch order. `seq` numbers each room's
+    /// messages 1, 2, 3… without gaps, in commit order across every
+    /// instance sharing the store.
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(i64, i64)>, StoreError>;
     /// Up to `limit` messages of a room with ids below `before` (or the
     /// newest, when `before` is `None`), oldest first.
     fn messages_before(
@@ -104,6 +107,8 @@ pub trait Store: Send {
     ) -> Result<Vec<ChatMessage>, StoreError>;
     /// Up to `limit` messages of a room with ids above `after`, oldest first.
     fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Up to `limit` messages of a room from sequence number `from_seq` on, in order.
+    fn messages_from_seq(&mut self, room_id: i64, from_seq: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
     /// Checks the connection, reconnecting if it was lost.
     fn ping(&mut self) -> Result<(), StoreError>;
 }

@@ -43,10 +43,10 @@
 //! reusing a connection that has been idle for half a second or more, the
 //! store checks it with one round trip, so a session the server ended in
 //! the meantime (`pg_terminate_backend`, a restart) is replaced before a
-//! statement is sent on it. Reads and idempotent
-//! writes (`upsert_user`, `record_join`) that lose their connection mid-call
-//! are retried once on a fresh connection; `create_room` and
-//! `insert_messages` are not, since they might have been committed.
+//! statement is sent on it. Reads and idempotent writes (`upsert_user`,
+//! `record_join`) that lose their connection mid-call are retried once on a
+//! fresh connection; `create_room` and `insert_messages` are not, since they
+//! might have been committed.
 //!
 //! Bounds on waiting: connect timeout 5 s, `statement_timeout` 5 s (server
 //! side), a dead peer is detected by TCP keepalive (idle 5 s, then 3 probes
@@ -69,7 +69,10 @@ use crate::event::ChatMessage;
 use crate::names::name_key;
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../../sql/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("../../sql/postgres/0001_initial.sql")),
+    ("0002_room_sequence", include_str!("../../sql/postgres/0002_room_sequence.sql")),
+];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
 const MIGRATION_LOCK: i64 = 0x6261_6279_6469_7363;
@@ -136,21 +139,26 @@ const SQL_INSERT_MESSAGES: &str = concat!(
      ), numbered AS (
          SELECT id, row_number() OVER (ORDER BY id) AS ord FROM new_ids
      )
-     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at)
+     , last_seq AS (
+         SELECT room_id, max(seq) AS seq FROM messages WHERE room_id = ANY($1::bigint[]) GROUP BY room_id
+     )
+     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq)
      SELECT n.id, t.room_id, t.user_id, t.nickname, t.content, ",
     ms_to_ts!("t.created_at"),
-    "
+    ",
+            COALESCE(l.seq, 0) + row_number() OVER (PARTITION BY t.room_id ORDER BY t.ord)
      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
           WITH ORDINALITY AS t(room_id, user_id, nickname, content, created_at, ord)
      JOIN numbered n ON n.ord = t.ord
-     RETURNING id"
+     LEFT JOIN last_seq l ON l.room_id = t.room_id
+     RETURNING id, seq"
 );
 
 const SQL_MESSAGES_BEFORE: &str = concat!(
     "SELECT * FROM (
          SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
     ts_to_ms!("m.created_at"),
-    " AS created_at_ms
+    " AS created_at_ms, m.seq
          FROM messages m JOIN rooms r ON r.id = m.room_id
          WHERE m.room_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3
      ) page ORDER BY id"
@@ -159,9 +167,17 @@ const SQL_MESSAGES_BEFORE: &str = concat!(
 const SQL_MESSAGES_AFTER: &str = concat!(
     "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
     ts_to_ms!("m.created_at"),
-    "
+    ", m.seq
      FROM messages m JOIN rooms r ON r.id = m.room_id
      WHERE m.room_id = $1 AND m.id > $2 ORDER BY m.id LIMIT $3"
+);
+
+const SQL_MESSAGES_FROM_SEQ: &str = concat!(
+    "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
+    ts_to_ms!("m.created_at"),
+    ", m.seq
+     FROM messages m JOIN rooms r ON r.id = m.room_id
+     WHERE m.room_id = $1 AND m.seq >= $2 ORDER BY m.seq LIMIT $3"
 );
 
 /// One open connection and the statements prepared on it.
@@ -284,7 +300,7 @@ impl PostgresStore {
     /// Maps a driver error to a store error, dropping the connection when
     /// the error means it is gone.
     fn failure(&mut self, error: postgres::Error) -> StoreError {
-        let closed = self.conn.as_ref().map_or(true, |c| c.client.is_closed());
+        let closed = self.conn.as_ref().is_none_or(|c| c.client.is_closed());
         let (store_error, lost) = classify(&error, closed, &self.target);
         if lost {
             log::warn!("lost the PostgreSQL connection to {}: {}", self.target, error_text(&error));
@@ -508,6 +524,7 @@ fn message_from(row: &Row) -> Result<ChatMessage, postgres::Error> {
         nickname: row.try_get(4)?,
         content: row.try_get(5)?,
         created_at_ms: row.try_get(6)?,
+        seq: row.try_get(7)?,
         rendered: Default::default(),
     })
 }
@@ -567,7 +584,7 @@ impl Store for PostgresStore {
     /// history, never the reverse: nothing is reported committed unless the
     /// server confirmed the COMMIT). The failed call is never retried here,
     /// so no batch is stored twice.
-    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(i64, i64)>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -583,7 +600,10 @@ impl Store for PostgresStore {
             let mut tx = conn.client.transaction()?;
             tx.execute(&lock, &[&rooms, &ROOM_LOCK_CLASS])?;
             let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times])?;
-            let mut ids = rows.iter().map(|row| row.try_get::<_, i64>(0)).collect::<Result<Vec<_>, _>>()?;
+            let mut ids = rows
+                .iter()
+                .map(|row| Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?)))
+                .collect::<Result<Vec<_>, postgres::Error>>()?;
             if ids.len() != batch.len() {
                 // Cannot happen (one row per array element); never commit it.
                 return Ok(Err(StoreError::Failed(format!(
@@ -622,6 +642,14 @@ impl Store for PostgresStore {
         })
     }
 
+    fn messages_from_seq(&mut self, room_id: i64, from_seq: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_MESSAGES_FROM_SEQ)?;
+            conn.client.query(&statement, &[&room_id, &from_seq, &limit])?.iter().map(message_from).collect()
+        })
+    }
+
     fn ping(&mut self) -> Result<(), StoreError> {
         self.run(true, |conn| conn.client.is_valid(PING_TIMEOUT))
     }
@@ -651,20 +679,17 @@ mod tests {
     }
 
     impl TestDb {
-        /// `None` (and a note on stderr) when no PostgreSQL is running here.
-        fn create() -> Option<TestDb> {
+        /// A fresh database; panics when no PostgreSQL runs here (a missing
+        /// database must fail the test, not skip it: `bash .ci/run` starts one).
+        fn create() -> TestDb {
             static NEXT: AtomicU64 = AtomicU64::new(0);
-            let mut admin = match admin() {
-                Ok(admin) => admin,
-                Err(e) => {
-                    eprintln!("SKIPPED: no PostgreSQL at {} ({})", server(), error_text(&e));
-                    return None;
-                }
-            };
+            let mut admin = admin().unwrap_or_else(|e| {
+                panic!("no PostgreSQL at {} ({}); start it as .ci/run does", server(), error_text(&e))
+            });
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
             let name = format!("bd_test_{}_{}_{}", std::process::id(), nanos, NEXT.fetch_add(1, Ordering::Relaxed));
             admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
-            Some(TestDb { name })
+            TestDb { name }
         }
 
         fn url(&self) -> String {
@@ -724,11 +749,11 @@ mod tests {
 
     #[test]
     fn migrations_apply_once() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         drop(db.open());
         let mut store = db.open();
         assert!(store.rooms().unwrap().is_empty());
-        let rows = db.client().query("SELECT version, count(*) FROM schema_migrations GROUP BY version", &[]).unwrap();
+        let rows = db.client().query("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version", &[]).unwrap();
         let versions: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let expected: Vec<(String, i64)> = MIGRATIONS.iter().map(|(v, _)| (v.to_string(), 1)).collect();
         assert_eq!(versions, expected);
@@ -736,7 +761,7 @@ mod tests {
 
     #[test]
     fn three_instances_migrate_a_fresh_database_at_once() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let url = db.url();
         let barrier = Arc::new(Barrier::new(3));
         let threads: Vec<_> = (0..3)
@@ -757,7 +782,7 @@ mod tests {
 
     #[test]
     fn create_room_conflicts_on_an_existing_name() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let lobby = store.create_room("lobby", 1_700_000_000_123).unwrap();
         assert_eq!(lobby.name, "lobby");
@@ -769,7 +794,7 @@ mod tests {
 
     #[test]
     fn upsert_user_ignores_case() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let id = store.upsert_user("Alice", 1).unwrap();
         assert_eq!(store.upsert_user("ALICE", 2).unwrap(), id);
@@ -784,12 +809,12 @@ mod tests {
 
     #[test]
     fn insert_messages_keeps_batch_order_and_pages() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let lobby = store.create_room("lobby", 1).unwrap();
         let other = store.create_room("other", 1).unwrap();
         let alice = store.upsert_user("Alice", 1).unwrap();
-        assert_eq!(store.insert_messages(&[]).unwrap(), Vec::<i64>::new());
+        assert_eq!(store.insert_messages(&[]).unwrap(), Vec::<(i64, i64)>::new());
 
         let base = 1_700_000_000_000;
         let mut all = Vec::new();
@@ -800,8 +825,15 @@ mod tests {
                     message(room, alice, &format!("m{round}-{i}"), base + round * 1000 + i)
                 })
                 .collect();
-            let ids = store.insert_messages(&batch).unwrap();
-            assert_eq!(ids.len(), batch.len());
+            let committed = store.insert_messages(&batch).unwrap();
+            assert_eq!(committed.len(), batch.len());
+            // Sequence numbers count each room's messages without gaps.
+            for (room, first) in [(lobby.id, round * 33 + 1), (other.id, round * 17 + 1)] {
+                let seqs: Vec<i64> =
+                    committed.iter().zip(&batch).filter(|(_, m)| m.room_id == room).map(|((_, seq), _)| *seq).collect();
+                assert_eq!(seqs, (first..first + seqs.len() as i64).collect::<Vec<_>>());
+            }
+            let ids: Vec<i64> = committed.iter().map(|(id, _)| *id).collect();
             assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend in batch order: {ids:?}");
             // Each id really holds the message at its batch position.
             let mut check = db.client();
@@ -858,7 +890,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_stores_nothing() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let lobby = store.create_room("lobby", 1).unwrap();
         let alice = store.upsert_user("Alice", 1).unwrap();
@@ -874,7 +906,7 @@ mod tests {
 
     #[test]
     fn batches_over_the_same_rooms_from_two_instances_do_not_deadlock() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut setup = db.open();
         let a = setup.create_room("a", 1).unwrap().id;
         let b = setup.create_room("b", 1).unwrap().id;
@@ -900,7 +932,7 @@ mod tests {
 
     #[test]
     fn terminated_sessions_are_replaced() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let lobby = store.create_room("lobby", 1).unwrap();
         let alice = store.upsert_user("Alice", 1).unwrap();
@@ -1007,7 +1039,7 @@ mod tests {
 
     #[test]
     fn a_server_outage_is_reported_promptly_and_survived() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut proxy = Proxy::start(0);
         let port = proxy.port;
         let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/{}", db.name);
@@ -1057,16 +1089,15 @@ mod tests {
         assert!(!error.to_string().contains("s3cret"), "{error}");
         eprintln!("bad url: {error}");
 
-        if let Some(db) = TestDb::create() {
-            let url = format!("{}/{}_missing", server(), db.name);
-            let error = PostgresStore::open(&url).err().unwrap();
-            eprintln!("missing database: {error}");
-        }
+        let db = TestDb::create();
+        let url = format!("{}/{}_missing", server(), db.name);
+        let error = PostgresStore::open(&url).err().unwrap();
+        assert!(error.to_string().contains("_missing"), "{error}");
     }
 
     #[test]
     fn times_round_trip_exactly() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let times = [0, 1, 999, 1_700_000_000_001, 1_712_345_678_999, 4_102_444_800_123, -1];
         let room = store.create_room("lobby", times[3]).unwrap();
@@ -1081,7 +1112,7 @@ mod tests {
     /// Commit latency of one group commit, for the report (run with --nocapture).
     #[test]
     fn group_commit_latency() {
-        let Some(db) = TestDb::create() else { return };
+        let db = TestDb::create();
         let mut store = db.open();
         let room = store.create_room("lobby", 1).unwrap();
         let user = store.upsert_user("Alice", 1).unwrap();

@@ -12,8 +12,10 @@ use super::{NewMessage, RoomRecord, Store, StoreError};
 use crate::event::{now_ms, ChatMessage};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql")),
+    ("0002_room_sequence", include_str!("../../sql/sqlite/0002_room_sequence.sql")),
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -76,6 +78,7 @@ impl SqliteStore {
                     nickname: r.get(4)?,
                     content: r.get(5)?,
                     created_at_ms: r.get(6)?,
+                    seq: r.get(7)?,
                     rendered: Default::default(),
                 })
             })
@@ -85,7 +88,7 @@ impl SqliteStore {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at FROM messages m JOIN rooms r ON r.id = m.room_id";
+    "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq FROM messages m JOIN rooms r ON r.id = m.room_id";
 
 fn failed(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -140,18 +143,25 @@ impl Store for SqliteStore {
             .map_err(failed)
     }
 
-    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<i64>, StoreError> {
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(i64, i64)>, StoreError> {
         let tx = self.conn.transaction().map_err(failed)?;
         let mut ids = Vec::with_capacity(batch.len());
         {
-            let mut stmt = tx
+            let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5,
+                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE room_id = ?1))
+                     RETURNING id, seq",
                 )
                 .map_err(failed)?;
             for m in batch {
-                stmt.execute(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms]).map_err(failed)?;
-                ids.push(tx.last_insert_rowid());
+                let row = insert
+                    .query_row(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(failed)?;
+                ids.push(row);
             }
         }
         tx.commit().map_err(failed)?;
@@ -173,6 +183,11 @@ impl Store for SqliteStore {
     fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.id > ?2 ORDER BY m.id LIMIT ?3");
         self.query_messages(&sql, params![room_id, after, limit as i64])
+    }
+
+    fn messages_from_seq(&mut self, room_id: i64, from_seq: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.seq >= ?2 ORDER BY m.seq LIMIT ?3");
+        self.query_messages(&sql, params![room_id, from_seq, limit as i64])
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {

@@ -188,7 +188,10 @@ impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
                 tickets
                     .into_iter()
                     .zip(messages.into_iter().zip(ids))
-                    .map(|(ticket, (message, id))| AppendResult { ticket, result: Ok(Arc::new(message.committed(id))) })
+                    .map(|(ticket, (message, (id, seq)))| AppendResult {
+                        ticket,
+                        result: Ok(Arc::new(message.committed(id, seq))),
+                    })
                     .collect()
             }
             Err(error) => {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod tcp;
+pub mod webdriver;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

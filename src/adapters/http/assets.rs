@@ -1,0 +1,23 @@
+//! The web page (SPEC §5), compiled into the binary so it is served
+//! whatever the working directory is. Cargo rebuilds when a file changes.
+
+/// One embedded file.
+pub struct Asset {
+    pub content_type: &'static str,
+    pub body: &'static [u8],
+}
+
+const INDEX: Asset = Asset { content_type: "text/html; charset=utf-8", body: include_bytes!("../../../www/index.html") };
+const STYLE: Asset = Asset { content_type: "text/css; charset=utf-8", body: include_bytes!("../../../www/style.css") };
+const SCRIPT: Asset =
+    Asset { content_type: "application/javascript; charset=utf-8", body: include_bytes!("../../../www/app.js") };
+
+/// The file served at `path`, if any (`/` is the page itself).
+pub fn find(path: &str) -> Option<&'static Asset> {
+    match path {
+        "/" | "/index.html" => Some(&INDEX),
+        "/style.css" => Some(&STYLE),
+        "/app.js" => Some(&SCRIPT),
+        _ => None,
+    }
+}

@@ -1,0 +1,234 @@
+//! The HTTP API, Server-Sent Events and the web page (SPEC §4, §5).
+//!
+//! tiny_http parses requests; everything else is ours:
+//! - a fixed pool of **worker** threads (`HTTP_WORKERS`) takes requests from
+//!   tiny_http's queue, checks the limits of SPEC §7 (tiny_http enforces
+//!   none), routes them ([`routes`]) and answers with JSON ([`response`]);
+//! - each SSE stream gets its own **stream** thread ([`sse`]) that owns the
+//!   connection until it ends, like a TCP client's writer thread;
+//! - the web page is compiled into the binary ([`assets`]).
+//!
+//! Chat state is only ever changed by the router: handlers send it
+//! [`RouterMsg`](crate::router::RouterMsg)s and read it with
+//! [`RouterHandle::inspect`]. Request bodies and URLs are decoded in
+//! [`request`].
+//!
+//! Threads: besides ours, tiny_http runs one accept thread and one thread
+//! per open keep-alive connection (its pool grows with the connections and
+//! shrinks 5 s after they close). An SSE stream therefore costs two
+//! threads while its connection is keep-alive (a browser's), one if the
+//! request said `Connection: close`.
+
+mod assets;
+mod request;
+mod response;
+mod routes;
+mod sse;
+
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::ConnectionLimit;
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::router::RouterHandle;
+use crate::store::StoreHandle;
+
+/// Stack of each worker thread: serde_json and the handlers need more than
+/// a client thread's, and there are only a few workers.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
+/// What every HTTP worker and stream thread needs.
+#[derive(Clone)]
+pub struct HttpContext {
+    pub router: RouterHandle,
+    pub store: StoreHandle,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    /// Shared with the TCP adapter: each SSE stream holds one place.
+    pub connections: Arc<ConnectionLimit>,
+    pub instance_id: String,
+    pub started: Instant,
+    /// Health of the Redis link for `/api/health`; `None` while this
+    /// instance runs without Redis (reported as `"redis": null`).
+    pub redis_healthy: Option<Arc<AtomicBool>>,
+    pub stats: Arc<HttpStats>,
+}
+
+impl HttpContext {
+    pub fn new(
+        router: RouterHandle,
+        store: StoreHandle,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        connections: Arc<ConnectionLimit>,
+        instance_id: String,
+    ) -> HttpContext {
+        HttpContext {
+            router,
+            store,
+            limits,
+            metrics,
+            connections,
+            instance_id,
+            started: Instant::now(),
+            redis_healthy: None,
+            stats: Arc::new(HttpStats::default()),
+        }
+    }
+}
+
+/// Answered requests by status class, for `/metrics`.
+#[derive(Default)]
+pub struct HttpStats {
+    classes: [AtomicU64; 5],
+}
+
+impl HttpStats {
+    fn record(&self, status: u16) {
+        if let Some(counter) = self.classes.get((status / 100) as usize - 1) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text for the counters.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "baby_discord_http_requests_total";
+        let _ = writeln!(out, "# HELP {name} HTTP requests answered, by status class.\n# TYPE {name} counter");
+        for (i, counter) in self.classes.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{class=\"{}xx\"}} {}", i + 1, counter.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// The running HTTP side: tiny_http's server and our workers.
+pub struct HttpServer {
+    front: Arc<Front>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// tiny_http's server, replaceable: its accept thread ends for good on the
+/// first failed `accept` (e.g. out of file descriptors), so the workers
+/// start a new server on the same listening socket when that happens.
+struct Front {
+    /// Our own descriptor of the listening socket, kept open so a new
+    /// tiny_http server can take over from a failed one.
+    listener: TcpListener,
+    current: Mutex<Arc<tiny_http::Server>>,
+    /// Set by [`HttpServer::stop`]; workers end instead of waiting again.
+    stopping: AtomicBool,
+    workers: usize,
+}
+
+impl HttpServer {
+    /// Serves HTTP on `listener` until [`stop`](Self::stop).
+    pub fn start(listener: TcpListener, workers: usize, ctx: HttpContext) -> Result<HttpServer, String> {
+        let server = Front::serve(&listener).map_err(|e| format!("cannot start HTTP: {e}"))?;
+        let front = Arc::new(Front { listener, current: Mutex::new(Arc::new(server)), stopping: AtomicBool::new(false), workers });
+        let mut threads = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (front, ctx) = (front.clone(), ctx.clone());
+            let thread = std::thread::Builder::new()
+                .name("http-worker".into())
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || work(&front, &ctx))
+                .map_err(|e| format!("cannot start HTTP worker threads: {e}"))?;
+            threads.push(thread);
+        }
+        Ok(HttpServer { front, workers: threads })
+    }
+
+    /// Stops taking requests: each worker finishes the request in hand and
+    /// ends; tiny_http's listener closes. Open streams end when the router
+    /// closes their sessions at shutdown.
+    pub fn stop(self) {
+        self.front.stopping.store(true, Ordering::Release);
+        let server = self.front.server();
+        // Each `unblock` wakes exactly one worker blocked in `recv`.
+        for _ in &self.workers {
+            server.unblock();
+        }
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+        // Dropping the last reference stops tiny_http's accept thread.
+        drop(server);
+        drop(self.front);
+        log::info!("HTTP listener stopped");
+    }
+}
+
+impl Front {
+    fn serve(listener: &TcpListener) -> Result<tiny_http::Server, String> {
+        let listener = listener.try_clone().map_err(|e| e.to_string())?;
+        tiny_http::Server::from_listener(listener, None).map_err(|e| e.to_string())
+    }
+
+    fn server(&self) -> Arc<tiny_http::Server> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces `failed` (whose accept thread has ended) with a new server,
+    /// retrying with backoff while descriptors are short; then wakes the
+    /// workers still waiting on the old one.
+    fn restart(&self, failed: &Arc<tiny_http::Server>, error: std::io::Error) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        log::error!("HTTP accept failed ({error}); restarting the HTTP listener");
+        let mut delay = Duration::from_millis(50);
+        while !self.stopping.load(Ordering::Acquire) {
+            std::thread::sleep(delay);
+            match Front::serve(&self.listener) {
+                Ok(server) => {
+                    *current = Arc::new(server);
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("cannot restart the HTTP listener yet: {e}");
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        drop(current);
+        for _ in 0..self.workers {
+            failed.unblock();
+        }
+    }
+}
+
+/// Binds `addr` for HTTP; the error names the variables to fix.
+pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on HTTP_PORT {} at BIND_ADDR {}: {e}", addr.port(), addr.ip()))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, local))
+}
+
+/// A worker: answers requests until [`HttpServer::stop`].
+fn work(front: &Front, ctx: &HttpContext) {
+    while !front.stopping.load(Ordering::Acquire) {
+        let server = front.server();
+        let request = match server.recv() {
+            Ok(request) => request,
+            // Woken by `unblock`: stopping, or another worker restarted tiny_http.
+            Err(e) if e.raw_os_error().is_none() => continue,
+            // tiny_http's accept thread failed and has ended.
+            Err(e) => {
+                front.restart(&server, e);
+                continue;
+            }
+        };
+        // A bug in one handler must not take a worker down with it; the
+        // dropped request is answered 500 by tiny_http.
+        if catch_unwind(AssertUnwindSafe(|| routes::handle(request, ctx))).is_err() {
+            log::error!("an HTTP handler panicked; the request was answered 500");
+        }
+    }
+}

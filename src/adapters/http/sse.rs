@@ -1,0 +1,387 @@
+//! Server-Sent Events: `GET /api/messages/:room?sessionId=…` (SPEC §4).
+//!
+//! Each stream has its own thread (`sse`, `CLIENT_STACK_KB` stack) that owns
+//! the connection until the stream ends, like a TCP client's writer: it
+//! attaches an [`Outbox`] to the session through the router, then waits on
+//! it, renders whatever is queued into one write and flushes it at once.
+//! A `: ping` comment goes out after `SSE_PING_SECS` of silence; a write
+//! that fails is how a closed client is noticed, and the thread then
+//! detaches from the session and ends (the session itself stays until it
+//! idles out, so a reconnecting browser keeps its nickname and room).
+//!
+//! The stream is written through [`Request::into_writer`] with headers of
+//! our own: tiny_http's chunked `Response` holds small events back in an
+//! 8 KiB buffer. tiny_http gives us no handle on the socket, so we cannot
+//! close a keep-alive connection ourselves; to be able to *end* a stream
+//! (the session was replaced, closed, dropped as too slow, or the server
+//! is stopping) we frame it in chunks of our own, one per flush, and end it
+//! with the last chunk. A request that says `Connection: close` (or is
+//! HTTP/1.0) gets a plain stream instead: tiny_http lets go of such a
+//! connection after the request, so dropping our writer closes it.
+//!
+//! Event ids are message ids. A client that reconnects with
+//! `Last-Event-ID` (or `?lastEventId=`) gets every message of the room after
+//! that id, in order, then the live ones: from the router's ring buffer when
+//! it still holds them all, otherwise from the store first (see
+//! [`Stream::catch_up`]). No message is sent twice or out of order.
+
+use std::io::{self, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tiny_http::Request;
+use uuid::Uuid;
+
+use super::request::{header, query_param, session_token, split_url};
+use super::response::{send, Refusal};
+use super::HttpContext;
+use crate::adapters::ConnectionSlot;
+use crate::error::ChatError;
+use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Outbox, OutboxReader, Sink, Wire};
+use crate::names::normalize_room;
+use crate::router::{RouterMsg, SessionRef};
+
+/// Most events rendered into one write.
+const WRITE_BATCH: usize = 1024;
+/// Messages read from the store per round of a replay.
+const REPLAY_PAGE: usize = 1000;
+
+/// What a stream request asked for, checked on the worker thread.
+struct StreamRequest {
+    token: Uuid,
+    room: String,
+    /// Resume after this message id (`Last-Event-ID`).
+    after: Option<i64>,
+    framing: Framing,
+}
+
+/// How the stream's bytes are delimited on the connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Our own chunked transfer coding: one chunk per flush, and a last
+    /// chunk that ends the response while the connection stays open.
+    Chunked,
+    /// Bytes as they are; the stream ends when the connection closes.
+    Plain,
+}
+
+/// Starts a stream (on a worker thread): checks the request, takes a
+/// connection place and hands the request to a new stream thread.
+pub fn open(request: Request, room: String, ctx: &HttpContext) {
+    let wanted = match check(&request, &room) {
+        Ok(wanted) => wanted,
+        Err(refusal) => return send(request, refusal.into(), ctx),
+    };
+    let Some(slot) = ctx.connections.try_acquire() else {
+        ctx.metrics.rejected_connections.fetch_add(1, Relaxed);
+        return send(request, Refusal::from(ChatError::ServerFull).into(), ctx);
+    };
+    // The request travels through a channel so that it can be answered
+    // here if the thread cannot be started.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _ = tx.send(request);
+    let (thread_rx, thread_ctx) = (rx.clone(), ctx.clone());
+    let spawned = std::thread::Builder::new()
+        .name("sse".into())
+        .stack_size(ctx.limits.client_stack_bytes)
+        .spawn(move || {
+            if let Ok(request) = thread_rx.recv() {
+                serve(request, wanted, &thread_ctx, slot);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start a thread for an SSE stream: {e}");
+        if let Ok(request) = rx.try_recv() {
+            send(request, Refusal::from(ChatError::ServerFull).into(), ctx);
+        }
+    }
+}
+
+fn check(request: &Request, room: &str) -> Result<StreamRequest, Refusal> {
+    let (_, query) = split_url(request.url());
+    let token = match query_param(query, "sessionId").filter(|id| !id.is_empty()) {
+        Some(id) => session_token(&id)?,
+        None => return Err(Refusal::bad("missing sessionId: use GET /api/messages/<room>?sessionId=<id>.")),
+    };
+    let room = normalize_room(room)?;
+    // The header wins: a browser resending it knows the newest id, while
+    // the query still says where the page first started.
+    let last = header(request, "Last-Event-ID")
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .or_else(|| query_param(query, "lastEventId").filter(|v| !v.is_empty()));
+    let after = match last {
+        None => None,
+        Some(id) => Some(
+            id.parse::<i64>()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| Refusal::bad("Last-Event-ID must be a message id (a whole number)."))?,
+        ),
+    };
+    let version = request.http_version();
+    let close = (version.0, version.1) < (1, 1)
+        || header(request, "Connection").is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+    Ok(StreamRequest { token, room, after, framing: if close { Framing::Plain } else { Framing::Chunked } })
+}
+
+/// How a stream ended.
+enum End {
+    /// The router closed the session's output.
+    Closed(CloseReason),
+    /// A write failed: the client has gone.
+    ClientGone,
+    /// The stream cannot go on; the client is told why.
+    Failed(String),
+}
+
+/// The life of one stream, on its own thread.
+fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: ConnectionSlot) {
+    let StreamRequest { token, room, after, framing } = wanted;
+    let session = match ctx.router.inspect(move |state| state.tokens.get(&token).copied()) {
+        Some(Some(id)) => id,
+        Some(None) => return send(request, Refusal::from(ChatError::UnknownSession).into(), ctx),
+        None => return send(request, Refusal::from(ChatError::ShuttingDown).into(), ctx),
+    };
+    let (outbox, events) = Outbox::new(ctx.limits.outbox_capacity);
+    let sink: Arc<dyn Sink> = outbox.clone();
+    let attached = match attach(ctx, token, &room, &sink, after) {
+        Ok(attached) => attached,
+        Err(e) => return send(request, Refusal::from(e).into(), ctx),
+    };
+    ctx.stats.record(200);
+    ctx.metrics.http_streams.fetch_add(1, Relaxed);
+    log::debug!("SSE stream for session {} on {room} opened", session.0);
+
+    let mut stream = Stream { writer: request.into_writer(), framing, frame: Vec::new(), skip_connected: false };
+    let mut end = match stream.start() {
+        Err(_) => End::ClientGone,
+        Ok(()) if attached => stream.pump(&events, ctx.limits.sse_ping),
+        Ok(()) => match stream.catch_up(ctx, token, &room, &sink, after.unwrap_or(0)) {
+            Ok(()) => stream.pump(&events, ctx.limits.sse_ping),
+            Err(end) => end,
+        },
+    };
+    // Whatever happened, this stream no longer takes events.
+    ctx.router.send(RouterMsg::DetachStream { session, sink: sink.clone() });
+    outbox.close(CloseReason::Normal);
+    let last_words = match &end {
+        End::Closed(CloseReason::TooSlow) => {
+            Some("you are not reading messages fast enough, so you were disconnected.".to_string())
+        }
+        End::Closed(CloseReason::Replaced) => Some("a newer stream took over this session.".to_string()),
+        End::Failed(why) => Some(why.clone()),
+        End::Closed(_) | End::ClientGone => None,
+    };
+    if let Some(why) = last_words {
+        if stream.write(&error_event(&why)).is_err() {
+            end = End::ClientGone;
+        }
+    }
+    if !matches!(end, End::ClientGone) {
+        stream.finish();
+    }
+    ctx.metrics.http_streams.fetch_sub(1, Relaxed);
+    log::debug!("SSE stream for session {} ended", session.0);
+}
+
+/// Asks the router to attach `sink` to the session (joining `room` if
+/// needed). `Ok(false)`: the ring buffer no longer holds every message
+/// after `after`; nothing was attached.
+fn attach(
+    ctx: &HttpContext,
+    token: Uuid,
+    room: &str,
+    sink: &Arc<dyn Sink>,
+    after: Option<i64>,
+) -> Result<bool, ChatError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ctx.router.send(RouterMsg::AttachStream {
+        session: SessionRef::Token(token),
+        room: room.to_string(),
+        sink: sink.clone(),
+        after,
+        reply: tx,
+    });
+    rx.recv_timeout(Duration::from_secs(30)).unwrap_or(Err(ChatError::ShuttingDown))
+}
+
+/// One open stream's connection.
+struct Stream {
+    writer: Box<dyn Write + Send>,
+    framing: Framing,
+    /// Reused buffer for a framed write.
+    frame: Vec<u8>,
+    /// Set when `connected` was written before the router's `RoomChanged`
+    /// (a replay from the store), so that one is not announced twice.
+    skip_connected: bool,
+}
+
+impl Stream {
+    /// The response head; no chunk has been written yet.
+    fn start(&mut self) -> io::Result<()> {
+        let framing = match self.framing {
+            Framing::Chunked => "Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n",
+            Framing::Plain => "Connection: close\r\n",
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+             X-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n{framing}\r\n"
+        );
+        self.writer.write_all(head.as_bytes())?;
+        self.writer.flush()
+    }
+
+    /// Writes `bytes` (one chunk, when chunked) and flushes at once.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match self.framing {
+            Framing::Plain => self.writer.write_all(bytes)?,
+            Framing::Chunked => {
+                self.frame.clear();
+                self.frame.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                self.frame.extend_from_slice(bytes);
+                self.frame.extend_from_slice(b"\r\n");
+                self.writer.write_all(&self.frame)?;
+                if self.frame.capacity() > 64 * 1024 {
+                    self.frame = Vec::new();
+                }
+            }
+        }
+        self.writer.flush()
+    }
+
+    /// Ends the response: the last chunk (a plain stream ends when the
+    /// writer is dropped).
+    fn finish(&mut self) {
+        if self.framing == Framing::Chunked {
+            let _ = self.writer.write_all(b"0\r\n\r\n");
+            let _ = self.writer.flush();
+        }
+    }
+
+    /// Replays from the store what the ring buffer no longer holds, then
+    /// attaches from the last replayed message; repeats while messages
+    /// arrive faster than the replay catches up.
+    fn catch_up(&mut self, ctx: &HttpContext, token: Uuid, room: &str, sink: &Arc<dyn Sink>, mut after: i64) -> Result<(), End> {
+        self.write(&connected_event(Some(room))).map_err(|_| End::ClientGone)?;
+        self.skip_connected = true;
+        let key = room.to_string();
+        let room_id = ctx
+            .router
+            .inspect(move |state| state.rooms.get(&key).map(|r| r.id))
+            .flatten()
+            .ok_or_else(|| End::Failed(ChatError::NoSuchRoom(room.to_string()).to_string()))?;
+        loop {
+            let page = ctx.store.query(move |store| store.messages_after(room_id, after, REPLAY_PAGE)).map_err(|e| {
+                log::warn!("cannot replay room {room}: {e}");
+                End::Failed("the message store is unavailable, so missed messages cannot be replayed. Reconnect shortly.".into())
+            })?;
+            if page.is_empty() {
+                // The store has nothing newer though the ring buffer says it
+                // has moved on: go on from where the ring buffer starts.
+                let key = room.to_string();
+                let evicted = ctx.router.inspect(move |state| state.rooms.get(&key).map(|r| r.evicted_up_to)).flatten();
+                after = after.max(evicted.unwrap_or(after));
+            }
+            let mut bytes = Vec::new();
+            for message in &page {
+                render_message(message, &mut bytes);
+                after = message.id;
+            }
+            self.write(&bytes).map_err(|_| End::ClientGone)?;
+            if page.len() == REPLAY_PAGE {
+                continue;
+            }
+            match attach(ctx, token, room, sink, Some(after)) {
+                Ok(true) => return Ok(()),
+                Ok(false) => continue,
+                Err(e) => return Err(End::Failed(e.to_string())),
+            }
+        }
+    }
+
+    /// Forwards the session's events until the session or the client ends.
+    fn pump(&mut self, events: &OutboxReader, ping: Duration) -> End {
+        let mut batch = Vec::new();
+        let mut bytes = Vec::new();
+        loop {
+            batch.clear();
+            bytes.clear();
+            let closed = match events.recv_batch_timeout(&mut batch, WRITE_BATCH, ping) {
+                Err(()) => {
+                    bytes.extend_from_slice(b": ping\n\n");
+                    None
+                }
+                // Everything queued for a client that is too slow is hopeless.
+                Ok(Some(CloseReason::TooSlow)) => return End::Closed(CloseReason::TooSlow),
+                Ok(closed) => {
+                    for event in &batch {
+                        self.render(event, &mut bytes);
+                    }
+                    closed
+                }
+            };
+            if self.write(&bytes).is_err() {
+                return End::ClientGone;
+            }
+            if let Some(reason) = closed {
+                return End::Closed(reason);
+            }
+            if bytes.capacity() > 64 * 1024 {
+                bytes = Vec::new();
+            }
+        }
+    }
+
+    /// Appends an event's SSE form to `out`.
+    fn render(&mut self, event: &Event, out: &mut Vec<u8>) {
+        match event {
+            Event::Message(message) => render_message(message, out),
+            Event::Notice(notice) => out.extend_from_slice(notice.rendered.get_or_render(Wire::Sse, || {
+                let data = json!({ "room": notice.room, "content": notice.text, "timestamp": rfc3339(notice.at_ms) });
+                format!("event: system\ndata: {data}\n\n").into_bytes()
+            })),
+            Event::Dm { dm, .. } => {
+                let data = json!({ "from": dm.from, "to": dm.to, "content": dm.text, "timestamp": rfc3339(dm.at_ms) });
+                out.extend_from_slice(format!("event: dm\ndata: {data}\n\n").as_bytes());
+            }
+            Event::RoomChanged { room, history } => {
+                if !std::mem::take(&mut self.skip_connected) {
+                    out.extend_from_slice(&connected_event(room.as_deref()));
+                }
+                for message in history {
+                    render_message(message, out);
+                }
+            }
+            // Command replies and refusals go back in the HTTP answers.
+            Event::Reply(_) | Event::Error(_) | Event::Prompt(_) | Event::Close(_) => {}
+        }
+    }
+}
+
+/// `id:` + `event: message`, formatted once per message for every stream.
+fn render_message(message: &ChatMessage, out: &mut Vec<u8>) {
+    out.extend_from_slice(message.rendered.get_or_render(Wire::Sse, || {
+        let data = json!({
+            "id": message.id,
+            "room": message.room,
+            "user": message.nickname,
+            "content": message.content,
+            "timestamp": rfc3339(message.created_at_ms),
+        });
+        format!("id: {}\nevent: message\ndata: {data}\n\n", message.id).into_bytes()
+    }));
+}
+
+fn connected_event(room: Option<&str>) -> Vec<u8> {
+    format!("event: connected\ndata: {}\n\n", json!({ "room": room })).into_bytes()
+}
+
+fn error_event(why: &str) -> Vec<u8> {
+    format!("event: error\ndata: {}\n\n", json!({ "error": why })).into_bytes()
+}

@@ -1,0 +1,187 @@
+//! The cross-instance bus: several instances as one service over Redis
+//! pub/sub (only when `REDIS_URL` is set).
+//!
+//! Two threads, each with its own Redis connection, both reconnecting with
+//! backoff by themselves:
+//! - the **publisher** ([`publisher`]) takes [`BusEvent`]s and nickname
+//!   claims from the router through a channel and sends them, pipelined;
+//! - the **subscriber** ([`subscriber`]) listens on the service channel and
+//!   this instance's own channel, and hands every event to the router.
+//!
+//! Channels and keys, all under `REDIS_PREFIX` (`p`):
+//! - `p:events`: everything every instance must see (messages, rooms,
+//!   presence, heartbeats);
+//! - `p:instance:<id>`: what only one instance must see (DMs to its users);
+//! - `p:nick:<lower-case nickname>`: who holds a nickname, `SET NX` with a
+//!   TTL the owner keeps refreshing, so an instance that dies frees its
+//!   nicknames by itself.
+//!
+//! The bus carries no state of its own: the router keeps the view of the
+//! other instances' users, and the store stays the source of truth for
+//! messages (a message missed while Redis was away is read back from it).
+
+pub mod publisher;
+pub mod subscriber;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::ChatMessage;
+
+/// Names of this service's Redis channels and keys.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub prefix: String,
+    pub instance: String,
+}
+
+impl Names {
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    pub fn instance_channel(&self, instance: &str) -> String {
+        format!("{}:instance:{}", self.prefix, instance)
+    }
+
+    pub fn nick_key(&self, key: &str) -> String {
+        format!("{}:nick:{}", self.prefix, key)
+    }
+}
+
+/// A committed room message as it crosses the bus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireMessage {
+    pub id: i64,
+    pub seq: i64,
+    pub room_id: i64,
+    pub room: String,
+    pub user_id: i64,
+    pub nickname: String,
+    pub content: String,
+    pub created_at_ms: i64,
+}
+
+impl WireMessage {
+    pub fn from_message(m: &ChatMessage) -> WireMessage {
+        WireMessage {
+            id: m.id,
+            seq: m.seq,
+            room_id: m.room_id,
+            room: m.room.clone(),
+            user_id: m.user_id,
+            nickname: m.nickname.clone(),
+            content: m.content.clone(),
+            created_at_ms: m.created_at_ms,
+        }
+    }
+
+    pub fn into_message(self) -> ChatMessage {
+        ChatMessage {
+            id: self.id,
+            seq: self.seq,
+            room_id: self.room_id,
+            room: self.room,
+            user_id: self.user_id,
+            nickname: self.nickname,
+            content: self.content,
+            created_at_ms: self.created_at_ms,
+            rendered: Default::default(),
+        }
+    }
+}
+
+/// One user of an instance, for presence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub nick: String,
+    pub room: Option<String>,
+}
+
+/// What instances tell each other. Every event names its sender; an
+/// instance ignores its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BusEvent {
+    /// A committed room message.
+    Message { from: String, message: WireMessage },
+    /// A room was created (and stored).
+    RoomCreated { from: String, id: i64, name: String, created_at_ms: i64 },
+    /// A user of `from` is online, in `member.room`.
+    Presence { from: String, member: Member },
+    /// A user of `from` went offline (or renamed: `Gone` the old name).
+    Gone { from: String, nick: String },
+    /// Everyone on `from`, replacing what was known of it.
+    Snapshot { from: String, members: Vec<Member> },
+    /// `from` has just (re)joined the bus: send it a snapshot.
+    Hello { from: String },
+    /// `from` is alive.
+    Heartbeat { from: String },
+    /// A direct message to a user on the receiving instance.
+    Dm { from: String, sender: String, recipient: String, text: String, at_ms: i64 },
+}
+
+impl BusEvent {
+    /// The instance that sent the event.
+    pub fn sender(&self) -> &str {
+        match self {
+            BusEvent::Message { from, .. }
+            | BusEvent::RoomCreated { from, .. }
+            | BusEvent::Presence { from, .. }
+            | BusEvent::Gone { from, .. }
+            | BusEvent::Snapshot { from, .. }
+            | BusEvent::Hello { from }
+            | BusEvent::Heartbeat { from }
+            | BusEvent::Dm { from, .. } => from,
+        }
+    }
+}
+
+/// Whether both bus connections are up, for `/api/health`.
+#[derive(Default)]
+pub struct BusHealth {
+    subscribed: AtomicBool,
+    publishing: AtomicBool,
+}
+
+impl BusHealth {
+    pub fn is_healthy(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed) && self.publishing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_subscribed(&self, up: bool) {
+        self.subscribed.store(up, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_publishing(&self, up: bool) {
+        self.publishing.store(up, Ordering::Relaxed);
+    }
+}
+
+pub use publisher::BusHandle;
+
+/// Backoff between reconnect attempts: 100 ms doubling to 5 s.
+pub(crate) fn next_backoff(current: std::time::Duration) -> std::time::Duration {
+    (current * 2).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5))
+}
+
+/// Starts both bus threads. `deliver` receives every event from other
+/// instances and the subscriber's up/down changes.
+pub fn start(
+    url: &str,
+    names: Names,
+    deliver: impl Fn(subscriber::Incoming) + Send + 'static,
+    claims_done: impl Fn(publisher::ClaimResult) + Send + 'static,
+) -> Result<(BusHandle, Arc<BusHealth>), String> {
+    let client = redis::Client::open(url).map_err(|e| format!("invalid REDIS_URL: {e}"))?;
+    let health = Arc::new(BusHealth::default());
+    // Fail fast at start-up if Redis is not there at all.
+    client
+        .get_connection_with_timeout(std::time::Duration::from_secs(3))
+        .map_err(|e| format!("cannot reach Redis at REDIS_URL: {e}"))?;
+    let handle = publisher::spawn(client.clone(), names.clone(), health.clone(), claims_done);
+    subscriber::spawn(client, names, health.clone(), deliver);
+    Ok((handle, health))
+}

@@ -1,0 +1,272 @@
+//! The publisher thread: sends bus events and holds this instance's
+//! nickname claims in Redis.
+//!
+//! It never blocks the router: the router queues jobs into an unbounded
+//! channel. While Redis is unreachable, events are dropped (the store and
+//! the reconnect snapshot make up for them), and claims are answered
+//! `Unavailable` so the router can fall back to a local check.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{next_backoff, BusEvent, BusHealth, Names};
+use crate::event::SessionId;
+
+/// How long a nickname claim lives unless refreshed.
+const CLAIM_TTL_SECS: u64 = 30;
+/// How often held claims are refreshed.
+const CLAIM_REFRESH: Duration = Duration::from_secs(10);
+
+/// Sets the key to this instance if it is free or already ours.
+const CLAIM_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0";
+
+/// Deletes the key only if this instance holds it.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+enum Job {
+    Publish { channel: String, payload: String },
+    Claim { session: SessionId, nick: String },
+    Release { nick: String },
+}
+
+/// The answer to a nickname claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Granted,
+    /// Another instance holds it.
+    Taken,
+    /// Redis could not be asked.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct ClaimResult {
+    pub session: SessionId,
+    pub nick: String,
+    pub outcome: ClaimOutcome,
+}
+
+/// The router's way onto the bus.
+#[derive(Clone)]
+pub struct BusHandle {
+    jobs: Sender<Job>,
+    pub names: Names,
+}
+
+impl BusHandle {
+    /// Sends an event to every instance.
+    pub fn broadcast(&self, event: &BusEvent) {
+        self.publish(self.names.events(), event);
+    }
+
+    /// Sends an event to one instance.
+    pub fn send_to(&self, instance: &str, event: &BusEvent) {
+        self.publish(self.names.instance_channel(instance), event);
+    }
+
+    fn publish(&self, channel: String, event: &BusEvent) {
+        match serde_json::to_string(event) {
+            Ok(payload) => {
+                let _ = self.jobs.send(Job::Publish { channel, payload });
+            }
+            Err(e) => log::error!("cannot encode a bus event: {e}"),
+        }
+    }
+
+    /// Asks Redis for a nickname; the answer comes back as a [`ClaimResult`].
+    pub fn claim(&self, session: SessionId, nick: &str) {
+        let _ = self.jobs.send(Job::Claim { session, nick: nick.to_string() });
+    }
+
+    /// Gives a nickname back.
+    pub fn release(&self, nick: &str) {
+        let _ = self.jobs.send(Job::Release { nick: nick.to_string() });
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.names.instance
+    }
+}
+
+pub(super) fn spawn(
+    client: redis::Client,
+    names: Names,
+    health: Arc<BusHealth>,
+    claims_done: impl Fn(ClaimResult) + Send + 'static,
+) -> BusHandle {
+    let (jobs, rx) = crossbeam_channel::unbounded();
+    let publisher = Publisher {
+        client,
+        names: names.clone(),
+        health,
+        connection: None,
+        retry_at: Instant::now(),
+        backoff: Duration::ZERO,
+        held: HashSet::new(),
+    };
+    std::thread::Builder::new()
+        .name("redis-publisher".into())
+        .spawn(move || publisher.run(rx, claims_done))
+        .expect("spawn Redis publisher thread");
+    BusHandle { jobs, names }
+}
+
+struct Publisher {
+    client: redis::Client,
+    names: Names,
+    health: Arc<BusHealth>,
+    connection: Option<redis::Connection>,
+    /// No reconnect attempt before this.
+    retry_at: Instant,
+    backoff: Duration,
+    /// Nickname keys this instance holds.
+    held: HashSet<String>,
+}
+
+impl Publisher {
+    fn run(mut self, rx: Receiver<Job>, claims_done: impl Fn(ClaimResult)) {
+        let mut last_refresh = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut publishes = Vec::new();
+            for job in first.into_iter().chain(rx.try_iter()) {
+                match job {
+                    Job::Publish { channel, payload } => publishes.push((channel, payload)),
+                    Job::Claim { session, nick } => {
+                        self.flush(&mut publishes);
+                        let outcome = self.claim(&nick);
+                        claims_done(ClaimResult { session, nick, outcome });
+                    }
+                    Job::Release { nick } => {
+                        self.flush(&mut publishes);
+                        self.release(&nick);
+                    }
+                }
+            }
+            self.flush(&mut publishes);
+            if last_refresh.elapsed() >= CLAIM_REFRESH {
+                last_refresh = Instant::now();
+                self.refresh_claims();
+            }
+            if self.connection.is_none() {
+                self.connect();
+            }
+        }
+    }
+
+    /// The connection, reconnecting if it is time to try again.
+    fn connect(&mut self) -> Option<&mut redis::Connection> {
+        if self.connection.is_none() && Instant::now() >= self.retry_at {
+            match self.client.get_connection_with_timeout(Duration::from_secs(2)) {
+                Ok(connection) => {
+                    let _ = connection.set_write_timeout(Some(Duration::from_secs(2)));
+                    let _ = connection.set_read_timeout(Some(Duration::from_secs(2)));
+                    log::info!("Redis publisher connected");
+                    self.connection = Some(connection);
+                    self.backoff = Duration::ZERO;
+                    self.health.set_publishing(true);
+                    // Claims may have expired while Redis was away.
+                    self.refresh_claims();
+                }
+                Err(e) => {
+                    self.backoff = next_backoff(self.backoff);
+                    self.retry_at = Instant::now() + self.backoff;
+                    log::debug!("Redis publisher cannot connect: {e}; next try in {:?}", self.backoff);
+                }
+            }
+        }
+        self.connection.as_mut()
+    }
+
+    fn failed(&mut self, e: redis::RedisError) {
+        log::warn!("Redis publisher lost its connection: {e}");
+        self.connection = None;
+        self.health.set_publishing(false);
+        self.backoff = next_backoff(self.backoff);
+        self.retry_at = Instant::now() + self.backoff;
+    }
+
+    /// Publishes everything queued in one pipelined round trip.
+    fn flush(&mut self, publishes: &mut Vec<(String, String)>) {
+        if publishes.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in publishes.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+        }
+        let Some(connection) = self.connect() else { return };
+        if let Err(e) = pipe.query::<()>(connection) {
+            self.failed(e);
+        }
+    }
+
+    fn claim(&mut self, nick: &str) -> ClaimOutcome {
+        let key = self.names.nick_key(nick);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(CLAIM_SCRIPT).arg(1).arg(&key).arg(&self.names.instance).arg(CLAIM_TTL_SECS);
+        let Some(connection) = self.connect() else { return ClaimOutcome::Unavailable };
+        match eval.query::<i64>(connection) {
+            Ok(1) => {
+                self.held.insert(key);
+                ClaimOutcome::Granted
+            }
+            Ok(_) => ClaimOutcome::Taken,
+            Err(e) => {
+                self.failed(e);
+                ClaimOutcome::Unavailable
+            }
+        }
+    }
+
+    fn release(&mut self, nick: &str) {
+        let key = self.names.nick_key(nick);
+        self.held.remove(&key);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(RELEASE_SCRIPT).arg(1).arg(&key).arg(&self.names.instance);
+        let Some(connection) = self.connect() else { return };
+        if let Err(e) = eval.query::<i64>(connection) {
+            self.failed(e);
+        }
+    }
+
+    /// Keeps every held claim alive (and re-creates any lost with Redis).
+    fn refresh_claims(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = self.held.iter().cloned().collect();
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("EVAL").arg(CLAIM_SCRIPT).arg(1).arg(key).arg(&self.names.instance).arg(CLAIM_TTL_SECS);
+            }
+            let Some(connection) = self.connect() else { return };
+            match pipe.query::<Vec<i64>>(connection) {
+                Ok(results) => {
+                    for (key, ok) in chunk.iter().zip(results) {
+                        if ok != 1 {
+                            log::warn!("nickname claim {key} is now held by another instance");
+                        }
+                    }
+                }
+                Err(e) => return self.failed(e),
+            }
+        }
+    }
+}
