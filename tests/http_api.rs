@@ -63,6 +63,11 @@ fn sqlite() -> TestServer {
     TestServer::start(Store::Sqlite)
 }
 
+/// A server without the message rate limit, for tests that send many.
+fn unlimited(store: Store) -> TestServer {
+    TestServer::builder(store).env("MSG_RATE", 0).start()
+}
+
 #[test]
 fn every_endpoint_answers_with_its_json_shape() {
     let server = sqlite();
@@ -336,15 +341,15 @@ fn send_numbered(server: &TestServer, session: &str, n: usize) -> Vec<i64> {
     (1..=n).map(|i| say(server, session, &format!("m{i}"))).collect()
 }
 
-/// Reads message events until `count` arrived; returns their contents.
+/// Reads the next `count` events, which must all be messages; returns
+/// their contents.
 fn read_messages(stream: &mut Sse, count: usize) -> Vec<String> {
     let mut contents = Vec::new();
     while contents.len() < count {
         let event = stream.next_event(PATIENCE).expect("stream ended");
-        if event.event == "message" {
-            assert_eq!(event.id, Some(event.json()["id"].to_string()), "every message carries its id");
-            contents.push(event.json()["content"].as_str().unwrap().to_string());
-        }
+        assert_eq!(event.event, "message", "only messages expected here: {event:?}");
+        assert_eq!(event.id, Some(event.json()["id"].to_string()), "every message carries its id");
+        contents.push(event.json()["content"].as_str().unwrap().to_string());
     }
     contents
 }
@@ -356,7 +361,7 @@ fn numbered(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
 for_each_store! {
     /// HISTORY_SIZE is 10: resuming after the 3rd of 15 messages needs the store.
     fn last_event_id_replays_missed_messages_in_order(store) {
-        let server = TestServer::start(store);
+        let server = unlimited(store);
         let alice = connect(&server, "alice");
         let bob = connect(&server, "bob");
         ok_command(&server, &alice, "/create general");
@@ -394,7 +399,7 @@ for_each_store! {
 
 #[test]
 fn a_stream_without_last_event_id_starts_with_recent_history() {
-    let server = sqlite();
+    let server = unlimited(Store::Sqlite);
     let alice = connect(&server, "alice");
     ok_command(&server, &alice, "/create general");
     send_numbered(&server, &alice, 12);
@@ -408,7 +413,7 @@ fn a_stream_without_last_event_id_starts_with_recent_history() {
 
 #[test]
 fn history_pages_go_back_in_time() {
-    let server = sqlite();
+    let server = unlimited(Store::Sqlite);
     let alice = connect(&server, "alice");
     ok_command(&server, &alice, "/create general");
     let ids = send_numbered(&server, &alice, 15);
@@ -616,6 +621,12 @@ mod web {
         pub body: Vec<u8>,
     }
 
+    impl std::fmt::Debug for Response {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "HTTP {} {}", self.status, self.text())
+        }
+    }
+
     impl Response {
         pub fn header(&self, name: &str) -> Option<&str> {
             self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -728,7 +739,7 @@ mod web {
     }
 
     /// Incremental decoder of the chunked transfer coding.
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct Dechunker {
         pending: Vec<u8>,
         /// Bytes left in the current chunk (plus its CRLF), if inside one.
@@ -781,6 +792,7 @@ mod web {
     }
 
     /// An open SSE stream.
+    #[derive(Debug)]
     pub struct Sse {
         stream: TcpStream,
         headers: Vec<(String, String)>,

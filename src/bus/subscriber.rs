@@ -48,6 +48,11 @@ fn run(client: redis::Client, names: Names, health: Arc<BusHealth>, deliver: imp
     }
 }
 
+/// The service prefix, from the events channel name (`<prefix>:events`).
+fn prefix_of(channels: &[String]) -> &str {
+    channels[0].strip_suffix(":events").unwrap_or("baby-discord")
+}
+
 /// One subscription: connect, subscribe, forward until the connection fails.
 fn listen(
     client: &redis::Client,
@@ -57,6 +62,8 @@ fn listen(
     deliver: &impl Fn(Incoming),
 ) -> redis::RedisResult<()> {
     let mut connection = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    // Named, so an operator (or a test) can find this instance's subscription.
+    redis::cmd("CLIENT").arg("SETNAME").arg(format!("{}-{}-subscriber", prefix_of(channels), instance)).query::<()>(&mut connection)?;
     let mut pubsub = connection.as_pubsub();
     for channel in channels {
         pubsub.subscribe(channel)?;

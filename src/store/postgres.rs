@@ -140,7 +140,11 @@ const SQL_INSERT_MESSAGES: &str = concat!(
          SELECT id, row_number() OVER (ORDER BY id) AS ord FROM new_ids
      )
      , last_seq AS (
-         SELECT room_id, max(seq) AS seq FROM messages WHERE room_id = ANY($1::bigint[]) GROUP BY room_id
+         -- one index probe (room_id, seq) per room of the batch, whatever
+         -- the room's size; an aggregate over room_id = ANY(...) would read
+         -- every message of the room on each commit
+         SELECT room_id, (SELECT max(m.seq) FROM messages m WHERE m.room_id = rooms.room_id) AS seq
+         FROM (SELECT DISTINCT room_id FROM unnest($1::bigint[]) AS r(room_id)) AS rooms
      )
      INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq)
      SELECT n.id, t.room_id, t.user_id, t.nickname, t.content, ",

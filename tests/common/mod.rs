@@ -55,8 +55,7 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub fn create() -> TestDatabase {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let name = format!("bd_test_{}_{}", std::process::id(), nanos % 10_000_000_000);
+        let name = unique_name("bd_test");
         let mut admin = postgres::Client::connect(ADMIN_URL, postgres::NoTls)
             .expect("PostgreSQL must run on 127.0.0.1:5432 (see .ci/run)");
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
@@ -84,6 +83,14 @@ pub struct ServerBuilder {
     env: HashMap<String, String>,
 }
 
+/// Names unique to this test process and moment, for databases and prefixes.
+pub fn unique_name(kind: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{kind}_{}_{nanos}_{n}", std::process::id())
+}
+
 impl ServerBuilder {
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.insert(key.to_string(), value.to_string());
@@ -92,7 +99,9 @@ impl ServerBuilder {
 
     pub fn start(self) -> TestServer {
         let data_dir = tempfile::tempdir().unwrap();
-        let database = (self.store == Store::Postgres).then(TestDatabase::create);
+        // A DATABASE_URL given by the test (a cluster's shared database) wins.
+        let owns_database = self.store == Store::Postgres && !self.env.contains_key("DATABASE_URL");
+        let database = owns_database.then(TestDatabase::create);
         let mut server = TestServer {
             child: None,
             tcp: "0.0.0.0:0".parse().unwrap(),
@@ -246,4 +255,66 @@ pub fn run_to_exit(env: &[(&str, &str)]) -> (ExitStatus, String) {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status, text)
+}
+
+/// Several instances sharing one PostgreSQL database and one Redis, under a
+/// Redis prefix of their own.
+pub struct Cluster {
+    // Declared first so the servers stop before their database is dropped.
+    pub servers: Vec<TestServer>,
+    pub database: TestDatabase,
+    pub prefix: String,
+}
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+impl Cluster {
+    pub fn start(instances: usize) -> Cluster {
+        Cluster::start_with(instances, |builder| builder)
+    }
+
+    /// Starts the instances at the same moment (migrations race on purpose).
+    pub fn start_with(instances: usize, configure: impl Fn(ServerBuilder) -> ServerBuilder + Sync) -> Cluster {
+        let database = TestDatabase::create();
+        let prefix = unique_name("bdtest");
+        let servers = std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..=instances)
+                .map(|i| {
+                    let builder = Cluster::builder(&database, &prefix, i);
+                    let configure = &configure;
+                    scope.spawn(move || configure(builder).start())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("instance started")).collect()
+        });
+        Cluster { servers, database, prefix }
+    }
+
+    fn builder(database: &TestDatabase, prefix: &str, instance: usize) -> ServerBuilder {
+        TestServer::builder(Store::Postgres)
+            .env("DATABASE_URL", &database.url)
+            .env("REDIS_URL", REDIS_URL)
+            .env("REDIS_PREFIX", prefix)
+            .env("INSTANCE_ID", format!("i{instance}"))
+    }
+
+    /// Runs a Redis command (through redis-cli) and returns its output.
+    pub fn redis(args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", "6379"]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills this cluster's Redis pub/sub connections (and only those).
+    pub fn kill_subscriptions(&self) -> usize {
+        let list = Cluster::redis(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+        let ours: Vec<String> = list
+            .lines()
+            .filter(|line| line.contains(&format!("name={}-", self.prefix)))
+            .filter_map(|line| line.split_whitespace().find_map(|f| f.strip_prefix("id=")).map(str::to_string))
+            .collect();
+        for id in &ours {
+            Cluster::redis(&["CLIENT", "KILL", "ID", id]);
+        }
+        ours.len()
+    }
 }

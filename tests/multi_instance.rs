@@ -1,0 +1,191 @@
+//! Several instances as one service (SPEC §6 "Multi-instance"): real
+//! processes sharing one PostgreSQL database and one Redis, each cluster
+//! under its own Redis prefix and database so tests run in parallel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Cluster};
+
+/// Room messages only (joins and other notices interleave freely).
+fn room_lines(client: &mut Client, room: &str, count: usize) -> Vec<String> {
+    let prefix = format!("[{room}] ");
+    (0..count).map(|_| client.wait_for(|l| l.starts_with(&prefix))).collect()
+}
+
+fn join(client: &mut Client, room: &str) -> Vec<String> {
+    client.ask(&format!("/join {room}"), |l| l == "---")
+}
+
+/// Polls `/list`-style output until `pred` holds or the deadline passes.
+fn eventually(client: &mut Client, command: &str, deadline: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        client.send(command);
+        let line = client.line();
+        if pred(&line) {
+            return line;
+        }
+        assert!(started.elapsed() < deadline, "still {line:?} after {deadline:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn users_on_three_instances_chat_in_one_room() {
+    let cluster = Cluster::start(3);
+    let mut alice = cluster.servers[0].login("alice");
+    alice.send("/create general");
+    alice.wait_for(|l| l == "---");
+    let mut bob = cluster.servers[1].login("bob");
+    let mut carol = cluster.servers[2].login("carol");
+    // The room was created on instance 1; the others learn of it over the bus.
+    eventually(&mut bob, "/rooms", Duration::from_secs(5), |l| l == "Rooms (1):");
+    bob.line();
+    join(&mut bob, "general");
+    join(&mut carol, "general");
+
+    alice.send("hello from 1");
+    bob.send("hello from 2");
+    for client in [&mut alice, &mut bob, &mut carol] {
+        let lines = room_lines(client, "general", 2);
+        assert!(lines.contains(&"[general] alice: hello from 1".to_string()), "{lines:?}");
+        assert!(lines.contains(&"[general] bob: hello from 2".to_string()), "{lines:?}");
+    }
+    let list = eventually(&mut carol, "/list", Duration::from_secs(5), |l| l.contains("(3)"));
+    assert_eq!(list, "Users in general (3): alice, bob, carol");
+    alice.send("/rooms");
+    alice.expect_lines("Rooms (1):\n  general (3 members)");
+}
+
+#[test]
+fn concurrent_senders_on_three_instances_are_seen_in_one_order() {
+    let cluster = Cluster::start_with(3, |b| b.env("MSG_RATE", 0));
+    let mut members = Vec::new();
+    let mut senders = Vec::new();
+    for (i, server) in cluster.servers.iter().enumerate() {
+        let mut member = server.login(&format!("member{i}"));
+        let sender = server.login(&format!("sender{i}"));
+        if i == 0 {
+            member.send("/create race");
+            member.wait_for(|l| l == "---");
+        }
+        members.push(member);
+        senders.push(sender);
+    }
+    for (i, client) in members.iter_mut().chain(senders.iter_mut()).enumerate() {
+        if i != 0 {
+            let started = Instant::now();
+            while join(client, "race")[0] != "Joined room: race" {
+                assert!(started.elapsed() < Duration::from_secs(5), "room never reached this instance");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let per_sender = 40;
+    std::thread::scope(|scope| {
+        for (i, sender) in senders.iter_mut().enumerate() {
+            scope.spawn(move || {
+                for n in 0..per_sender {
+                    sender.send(&format!("s{i} #{n}"));
+                }
+            });
+        }
+    });
+    let orders: Vec<Vec<String>> = members.iter_mut().map(|m| room_lines(m, "race", 3 * per_sender)).collect();
+    for order in &orders[1..] {
+        assert_eq!(order, &orders[0], "two members saw different orders");
+    }
+    // And each sender's own messages keep their order.
+    for i in 0..3 {
+        let own: Vec<&String> = orders[0].iter().filter(|l| l.contains(&format!("s{i} #"))).collect();
+        let expected: Vec<String> = (0..per_sender).map(|n| format!("[race] sender{i}: s{i} #{n}")).collect();
+        assert_eq!(own, expected.iter().collect::<Vec<_>>());
+    }
+    // History on join is the same on every instance.
+    let histories: Vec<Vec<String>> = cluster
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| join(&mut server.login(&format!("late{i}")), "race"))
+        .collect();
+    assert_eq!(histories[0][2..12], orders[0][orders[0].len() - 10..]);
+    assert!(histories.iter().all(|h| h == &histories[0]), "{histories:?}");
+}
+
+#[test]
+fn a_nickname_online_on_one_instance_is_refused_on_another() {
+    let cluster = Cluster::start(2);
+    let _alice = cluster.servers[0].login("alice");
+    let mut other = cluster.servers[1].connect();
+    other.expect("Welcome to Baby Discord!");
+    other.expect_prompt();
+    other.send("ALICE");
+    other.expect("Error: nickname 'ALICE' is already taken. Choose another one.");
+}
+
+#[test]
+fn a_direct_message_crosses_instances() {
+    let cluster = Cluster::start(2);
+    let mut alice = cluster.servers[0].login("alice");
+    let mut bob = cluster.servers[1].login("bob");
+    let started = Instant::now();
+    loop {
+        alice.send("/dm bob psst");
+        let line = alice.line();
+        if line == "[DM to bob] psst" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{line}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bob.expect("[DM from alice] psst");
+    bob.send("/dm ALICE hi back");
+    bob.expect("[DM to alice] hi back");
+    alice.expect("[DM from bob] hi back");
+}
+
+#[test]
+fn a_killed_instance_leaves_everyones_list_within_30_seconds() {
+    let mut cluster = Cluster::start(2);
+    let mut alice = cluster.servers[0].login("alice");
+    alice.send("/create r");
+    alice.wait_for(|l| l == "---");
+    let mut doomed = cluster.servers[1].login("doomed");
+    eventually(&mut doomed, "/join r", Duration::from_secs(5), |l| l == "Joined room: r");
+    doomed.wait_for(|l| l == "---");
+    eventually(&mut alice, "/list", Duration::from_secs(5), |l| l == "Users in r (2): alice, doomed");
+    cluster.servers[1].kill9();
+    let killed = Instant::now();
+    eventually(&mut alice, "/list", Duration::from_secs(30), |l| l == "Users in r (1): alice");
+    println!("gone from /list after {:?}", killed.elapsed());
+}
+
+#[test]
+fn killing_the_subscriptions_mid_chat_loses_no_committed_message() {
+    let cluster = Cluster::start_with(3, |b| b.env("MSG_RATE", 0));
+    let mut sender = cluster.servers[0].login("sender");
+    sender.send("/create heal");
+    sender.wait_for(|l| l == "---");
+    let mut readers: Vec<Client> = (1..3).map(|i| cluster.servers[i].login(&format!("reader{i}"))).collect();
+    for reader in &mut readers {
+        eventually(reader, "/join heal", Duration::from_secs(5), |l| l == "Joined room: heal");
+        reader.wait_for(|l| l == "---");
+    }
+    let total = 60;
+    let mut echoed = Vec::new();
+    for n in 0..total {
+        if n == total / 3 {
+            assert_eq!(cluster.kill_subscriptions(), 3, "each instance has one named subscription");
+        }
+        sender.send(&format!("m{n}"));
+        echoed.push(sender.wait_for(|l| l.starts_with("[heal] ")));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let expected: Vec<String> = (0..total).map(|n| format!("[heal] sender: m{n}")).collect();
+    assert_eq!(echoed, expected);
+    for reader in &mut readers {
+        assert_eq!(room_lines(reader, "heal", total), expected, "a reader missed or reordered messages");
+    }
+}
