@@ -1,14 +1,27 @@
 //! `baby-discord`: reads the configuration, starts the server, and stops it
 //! gracefully on SIGINT or SIGTERM (exit status 0).
+//!
+//! `baby-discord check` only checks that the configured PostgreSQL and
+//! Redis answer, one line each (used by `run-instances.sh`).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use baby_discord::config::Config;
 use baby_discord::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+const USAGE: &str = "usage: baby-discord [check]
+
+Runs the Baby Discord chat server (TCP line protocol and HTTP API).
+Configuration comes from environment variables (TCP_PORT, HTTP_PORT,
+DATABASE_URL, REDIS_URL, ...): see README.md.
+
+  check   report whether DATABASE_URL and REDIS_URL can be reached, then exit";
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -16,6 +29,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => serve(config),
+        ["check"] => check(&config),
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
     simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .with_utc_timestamps()
@@ -42,4 +70,39 @@ fn main() -> ExitCode {
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// One line per configured service; exit status 1 if any is unreachable.
+fn check(config: &Config) -> ExitCode {
+    let mut ok = true;
+    match &config.database_url {
+        Some(url) => match baby_discord::store::postgres::PostgresStore::open(url) {
+            Ok(_) => println!("PostgreSQL (DATABASE_URL): reachable"),
+            Err(e) => {
+                ok = false;
+                println!("PostgreSQL (DATABASE_URL): NOT reachable: {e}");
+            }
+        },
+        None => println!("DATABASE_URL is not set: the embedded store under DATA_DIR is used"),
+    }
+    match &config.redis_url {
+        Some(url) => {
+            let reachable = redis::Client::open(url.as_str())
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(3)))
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
+            match reachable {
+                Ok(_) => println!("Redis (REDIS_URL): reachable"),
+                Err(e) => {
+                    ok = false;
+                    println!("Redis (REDIS_URL): NOT reachable: {e}");
+                }
+            }
+        }
+        None => println!("REDIS_URL is not set: single instance"),
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -17,9 +17,10 @@
 //! SELECT pg_advisory_xact_lock(ROOM_LOCK_CLASS, room) FROM unnest($rooms);  -- sorted, distinct
 //! WITH new_ids AS (SELECT nextval('messages_id_seq') AS id FROM generate_series(1, n)),
 //!      numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS ord FROM new_ids)
-//! INSERT INTO messages (id, room_id, user_id, nickname, content, created_at)
-//! SELECT n.id, t.* FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY t(..., ord)
-//! JOIN numbered n USING (ord) RETURNING id;
+//! INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq)
+//! SELECT n.id, t.*, <room's max(seq)> + row_number() OVER (PARTITION BY room ORDER BY ord)
+//! FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY t(..., ord)
+//! JOIN numbered n USING (ord) RETURNING id, seq;
 //! COMMIT;
 //! ```
 //!
@@ -30,7 +31,10 @@
 //! never deadlock) are held until the commit is durable and visible, so
 //! within a room ids also increase in commit order across every instance
 //! sharing the database: a reader that has seen id N never later finds a
-//! newly committed message below N in that room.
+//! newly committed message below N in that room. The room's `seq` (1, 2, 3,
+//! ... without gaps) continues from its current maximum, read with one index
+//! probe per room inside the same lock, so it is gap-free and commit-ordered
+//! too.
 //!
 //! **Outages and reconnect.** Every failure that means "the connection is
 //! gone or the server cannot serve" becomes [`StoreError::Unavailable`] and
