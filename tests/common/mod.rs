@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod tcp;
 pub mod webdriver;
 
