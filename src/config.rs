@@ -60,6 +60,8 @@ pub struct Limits {
     pub session_idle: Duration,
     /// Stack size of each per-client thread.
     pub client_stack_bytes: usize,
+    /// Threads that send TCP clients their output.
+    pub tcp_writer_threads: usize,
     /// Largest HTTP request body.
     pub max_body_bytes: usize,
     /// Largest total size of HTTP request headers.
@@ -131,6 +133,7 @@ impl Config {
             write_timeout: Duration::from_secs(env.number("WRITE_TIMEOUT_SECS", 10, 1, 3600)?),
             session_idle: Duration::from_secs(env.number("SESSION_IDLE_SECS", 300, 1, 86_400 * 7)?),
             client_stack_bytes: env.number::<usize>("CLIENT_STACK_KB", 64, 32, 8192)? * 1024,
+            tcp_writer_threads: env.number("TCP_WRITER_THREADS", 2, 1, 64)?,
             max_body_bytes: env.number("MAX_BODY_BYTES", 64 * 1024, 1024, 64 << 20)?,
             max_header_bytes: env.number("MAX_HEADER_BYTES", 8 * 1024, 1024, 1 << 20)?,
             sse_ping: Duration::from_secs(env.number("SSE_PING_SECS", 15, 1, 3600)?),

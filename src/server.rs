@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::adapters::http::{self, HttpContext, HttpServer};
 use crate::adapters::tcp::{self, TcpContext};
+use crate::adapters::tcp_writers::TcpWriters;
 use crate::adapters::ConnectionLimit;
 use crate::bus::{self, BusHealth};
 use crate::config::Config;
@@ -90,7 +91,10 @@ impl Server {
         let tcp_listener = TcpListener::bind((config.bind_addr, config.tcp_port))
             .map_err(|e| format!("cannot listen on TCP_PORT {} at BIND_ADDR {}: {e}", config.tcp_port, config.bind_addr))?;
         let tcp_addr = tcp_listener.local_addr().map_err(|e| e.to_string())?;
+        let writers = TcpWriters::start(config.limits.tcp_writer_threads, config.limits.write_timeout)
+            .map_err(|e| format!("cannot start the TCP writer threads: {e}"))?;
         let tcp_ctx = TcpContext {
+            writers: Arc::new(writers),
             router: handle.clone(),
             limits: config.limits.clone(),
             metrics: metrics.clone(),
@@ -101,7 +105,7 @@ impl Server {
         log::info!("TCP line protocol on {tcp_addr} (try: nc {} {})", tcp_addr.ip(), tcp_addr.port());
 
         let (http_listener, http_addr) = http::bind(SocketAddr::new(config.bind_addr, config.http_port))?;
-        let http_ctx = HttpContext::new(
+        let mut http_ctx = HttpContext::new(
             handle.clone(),
             store.clone(),
             config.limits.clone(),
@@ -109,6 +113,7 @@ impl Server {
             connections.clone(),
             config.instance_id.clone(),
         );
+        http_ctx.redis = bus_health.clone();
         let http = HttpServer::start(http_listener, config.limits.http_workers, http_ctx)?;
         log::info!("HTTP API and web page on http://{http_addr}/");
 

@@ -26,7 +26,8 @@ pub struct LineReader<R> {
     discarding: bool,
 }
 
-const READ_CHUNK: usize = 4096;
+/// Bytes read at a time; small, because every idle client keeps its buffer.
+const READ_CHUNK: usize = 1024;
 
 impl<R: Read> LineReader<R> {
     pub fn new(inner: R, max_line_bytes: usize) -> LineReader<R> {

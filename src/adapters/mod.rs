@@ -1,13 +1,15 @@
 //! Adapters translate bytes into router requests and events into bytes.
 //! They hold no chat state of their own.
 //!
-//! - [`tcp`]: the netcat line protocol (a reader and a writer thread per client).
+//! - [`tcp`]: the netcat line protocol (a reader thread per client).
+//! - [`tcp_writers`]: the small pool of threads that send TCP output.
 //! - [`lines`]: bounded line reading shared by the TCP adapter.
 //! - [`http`]: the JSON API, Server-Sent Events and the web page.
 
 pub mod http;
 pub mod lines;
 pub mod tcp;
+pub mod tcp_writers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

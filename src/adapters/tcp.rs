@@ -1,35 +1,34 @@
 //! The netcat line protocol (SPEC §3).
 //!
-//! Each client costs two threads with small stacks (`CLIENT_STACK_KB`):
-//! - the **reader** owns the socket's read side: it runs the nickname
-//!   prompt, then turns each line into a router request;
-//! - the **writer** owns an [`Outbox`]: it waits for events, takes
-//!   everything queued at once, renders it and sends it in one write.
+//! Each client costs one thread with a small stack (`CLIENT_STACK_KB`), its
+//! **reader**: it owns the socket's read side, runs the nickname prompt,
+//! then turns each line into a router request. Output goes through the
+//! client's [`TcpOutbox`], sent by the shared writer pool
+//! ([`super::tcp_writers`]).
 //!
 //! The router only ever queues into the outbox, so a client that stops
-//! reading delays nobody: its outbox fills and the router drops it. A write
-//! that blocks longer than `WRITE_TIMEOUT_SECS` ends the connection too.
+//! reading delays nobody: its outbox fills and the router drops it. A socket
+//! that stays full longer than `WRITE_TIMEOUT_SECS` ends the connection too.
 
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lines::{LineEvent, LineReader};
+use super::tcp_writers::{TcpSink, TcpWriters};
 use super::{ConnectionLimit, ConnectionSlot};
 use crate::command::{parse_input, Input};
 use crate::config::Limits;
 use crate::error::ChatError;
-use crate::event::{CloseReason, Event, Outbox, OutboxReader, Protocol, SessionId, Sink, Wire};
+use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Wire};
 use crate::metrics::Metrics;
 use crate::router::{Reply, RouterHandle, RouterMsg, SessionRef};
 
 const GREETING: &str = "Welcome to Baby Discord!\n";
 const PROMPT: &str = "Enter your nickname: ";
-/// Most events rendered into one write.
-const WRITE_BATCH: usize = 1024;
 
 /// What every TCP connection thread needs.
 #[derive(Clone)]
@@ -38,6 +37,8 @@ pub struct TcpContext {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub connections: Arc<ConnectionLimit>,
+    /// Sends every client's output.
+    pub writers: Arc<TcpWriters>,
     /// Set at shutdown; the accept loop stops taking connections.
     pub stopping: Arc<AtomicBool>,
 }
@@ -87,52 +88,33 @@ fn accept(mut stream: TcpStream, ctx: &TcpContext) {
 /// Runs one client's connection on its reader thread.
 fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let writer = match start_writer(&stream, &ctx) {
-        Ok(writer) => writer,
+    let sink = match ctx.writers.outbox(&stream, ctx.limits.outbox_capacity) {
+        Ok(outbox) => Arc::new(TcpSink(outbox)),
         Err(e) => {
             log::error!("cannot serve TCP client {peer}: {e}");
             return;
         }
     };
-    let Writer { outbox, thread, id } = writer;
+    let id = SessionId::next();
     ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
     log::debug!("TCP client {peer} connected as session {}", id.0);
-    let sink: Arc<dyn Sink> = outbox.clone();
-    ctx.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink) });
+    ctx.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink.clone()) });
 
     let mut lines = LineReader::new(&stream, ctx.limits.max_line_bytes);
-    if choose_nickname(&mut lines, &outbox, id, &ctx) {
+    if choose_nickname(&mut lines, sink.as_ref(), id, &ctx) {
         chat(&mut lines, id, &ctx);
     }
 
     ctx.router.send(RouterMsg::Close { session: SessionRef::Id(id) });
     // The router closes the outbox when it ends the session; if it has
-    // already stopped, close it here so the writer is never left waiting.
-    outbox.close(CloseReason::Normal);
-    let _ = thread.join();
+    // already stopped, close it here so the last lines still go out.
+    sink.close(CloseReason::Normal);
     ctx.metrics.tcp_connections.fetch_sub(1, Ordering::Relaxed);
     log::debug!("TCP client {peer} (session {}) disconnected", id.0);
 }
 
-struct Writer {
-    outbox: Arc<Outbox>,
-    thread: JoinHandle<()>,
-    id: SessionId,
-}
-
-fn start_writer(stream: &TcpStream, ctx: &TcpContext) -> io::Result<Writer> {
-    let write_half = stream.try_clone()?;
-    write_half.set_write_timeout(Some(ctx.limits.write_timeout))?;
-    let (outbox, reader) = Outbox::new(ctx.limits.outbox_capacity);
-    let thread = std::thread::Builder::new()
-        .name("tcp-writer".into())
-        .stack_size(ctx.limits.client_stack_bytes)
-        .spawn(move || write_loop(write_half, reader))?;
-    Ok(Writer { outbox, thread, id: SessionId::next() })
-}
-
 /// The nickname prompt. Returns true once the session has a nickname.
-fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &Outbox, id: SessionId, ctx: &TcpContext) -> bool {
+fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &dyn Sink, id: SessionId, ctx: &TcpContext) -> bool {
     let deadline = Instant::now() + ctx.limits.nick_timeout;
     let say = |event: Event| {
         let _ = outbox.deliver(event);
@@ -187,7 +169,7 @@ fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &Outbox, id: Sess
     }
 }
 
-fn nickname_timeout(outbox: &Outbox, ctx: &TcpContext) -> bool {
+fn nickname_timeout(outbox: &dyn Sink, ctx: &TcpContext) -> bool {
     let secs = ctx.limits.nick_timeout.as_secs();
     let _ = outbox.deliver(Event::Reply(format!(
         "\nError: no nickname given within {secs} seconds; closing the connection."
@@ -215,34 +197,6 @@ fn chat(lines: &mut LineReader<&TcpStream>, id: SessionId, ctx: &TcpContext) {
         };
         ctx.router.send(msg);
     }
-}
-
-/// The writer thread: renders queued events and sends each batch in one
-/// write, until the session is closed or the client stops taking data.
-fn write_loop(mut stream: TcpStream, outbox: OutboxReader) {
-    let mut batch = Vec::new();
-    let mut bytes = Vec::new();
-    loop {
-        batch.clear();
-        bytes.clear();
-        let closed = outbox.recv_batch(&mut batch, WRITE_BATCH);
-        if closed == Some(CloseReason::TooSlow) {
-            // Everything queued is hopeless; say why, if the socket still takes it.
-            bytes.extend_from_slice(b"Error: you are not reading messages fast enough, so you were disconnected.\n");
-        } else {
-            for event in &batch {
-                render(event, &mut bytes);
-            }
-        }
-        if stream.write_all(&bytes).is_err() || closed.is_some() {
-            break;
-        }
-        if bytes.capacity() > 64 * 1024 {
-            bytes = Vec::new();
-        }
-    }
-    // Wakes the reader thread (its read returns 0) if the client is still there.
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// Appends an event's TCP form to `out`.
