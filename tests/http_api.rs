@@ -178,7 +178,11 @@ fn bad_input_is_refused_with_the_reason() {
     refused(&json_post("/api/connect", b"[1]"), 400, "JSON object");
     refused(&json_post("/api/connect", b""), 400, "empty");
     refused(&json_post("/api/connect", b"{\"nickname\":\"\xff\xfe\"}"), 400, "UTF-8");
-    refused(&json_post("/api/message", format!("{{\"sessionId\":\"{alice}\"}}").as_bytes()), 400, "missing field 'content'");
+    refused(
+        &json_post("/api/message", format!("{{\"sessionId\":\"{alice}\"}}").as_bytes()),
+        400,
+        "missing field 'content'",
+    );
 
     refused(&post(&server, "/api/connect", &json!({ "nickname": "ALICE" })), 409, "already taken");
     refused(&post(&server, "/api/connect", &json!({ "nickname": "no spaces" })), 400, "invalid nickname");
@@ -189,10 +193,18 @@ fn bad_input_is_refused_with_the_reason() {
     refused(&command(&server, &alice, "/join nowhere"), 404, "room 'nowhere' does not exist");
     let long = "x".repeat(2001);
     refused(&post(&server, "/api/message", &json!({ "sessionId": alice, "content": long })), 400, "too long");
-    refused(&post(&server, "/api/message", &json!({ "sessionId": alice, "content": "hi", "room": "other" })), 400, "not 'other'");
+    refused(
+        &post(&server, "/api/message", &json!({ "sessionId": alice, "content": "hi", "room": "other" })),
+        400,
+        "not 'other'",
+    );
 
     let ghost = "6f1c2a9e-0000-4000-8000-000000000000";
-    refused(&post(&server, "/api/message", &json!({ "sessionId": ghost, "content": "hi" })), 404, "unknown or expired session");
+    refused(
+        &post(&server, "/api/message", &json!({ "sessionId": ghost, "content": "hi" })),
+        404,
+        "unknown or expired session",
+    );
     refused(&command(&server, ghost, "/rooms"), 404, "session");
     refused(&command(&server, "not-a-uuid", "/rooms"), 404, "session");
     refused(&post(&server, "/api/disconnect", &json!({ "sessionId": ghost })), 404, "session");
@@ -220,7 +232,8 @@ fn bad_input_is_refused_with_the_reason() {
     // SPEC §7 sizes: a body over 64 KiB, declared or chunked, and headers over 8 KiB.
     let big = format!("{{\"nickname\":\"{}\"}}", "a".repeat(70_000));
     refused(&json_post("/api/connect", big.as_bytes()), 413, "too large");
-    let chunked = raw(&server, "POST", "/api/connect", &[("Transfer-Encoding", "chunked")], &web::chunk(big.as_bytes()));
+    let chunked =
+        raw(&server, "POST", "/api/connect", &[("Transfer-Encoding", "chunked")], &web::chunk(big.as_bytes()));
     refused(&chunked, 413, "too large");
     let fat = "b".repeat(9000);
     refused(&raw(&server, "GET", "/api/health", &[("X-Fat", &fat)], b""), 431, "headers too large");
@@ -309,20 +322,29 @@ fn sse_events_are_flushed_at_once() {
     assert_eq!(event.event, "message");
     assert_eq!(event.id.as_deref(), Some(id.to_string().as_str()));
     let data = event.json();
-    assert_eq!((data["id"].as_i64(), data["room"].as_str(), data["user"].as_str()), (Some(id), Some("general"), Some("bob")));
+    assert_eq!(
+        (data["id"].as_i64(), data["room"].as_str(), data["user"].as_str()),
+        (Some(id), Some("general"), Some("bob"))
+    );
     assert_eq!(data["content"], "Hello!");
     assert!(data["timestamp"].as_str().unwrap().ends_with('Z'));
 
     ok_command(&server, &bob, "/nick robert");
     let event = stream.next_event(PROMPTLY).expect("a notice arrives at once");
     assert_eq!(event.event, "system");
-    assert_eq!((event.json()["room"].as_str(), event.json()["content"].as_str()), (Some("general"), Some("bob is now known as robert")));
+    assert_eq!(
+        (event.json()["room"].as_str(), event.json()["content"].as_str()),
+        (Some("general"), Some("bob is now known as robert"))
+    );
 
     ok_command(&server, &bob, "/dm alice psst");
     let event = stream.next_event(PROMPTLY).expect("a DM arrives at once");
     assert_eq!(event.event, "dm");
     let dm = event.json();
-    assert_eq!((dm["from"].as_str(), dm["to"].as_str(), dm["content"].as_str()), (Some("robert"), Some("alice"), Some("psst")));
+    assert_eq!(
+        (dm["from"].as_str(), dm["to"].as_str(), dm["content"].as_str()),
+        (Some("robert"), Some("alice"), Some("psst"))
+    );
     assert!(dm["timestamp"].is_string());
 }
 
@@ -420,7 +442,12 @@ fn history_pages_go_back_in_time() {
     let contents = |path: &str| -> Vec<String> {
         let r = get(&server, path);
         assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["data"]["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_string()).collect()
+        r.json()["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(contents("/api/rooms/general/history"), numbered(1..=15));
     assert_eq!(contents("/api/rooms/general/history?limit=5"), numbered(11..=15));
@@ -470,10 +497,13 @@ fn a_closed_stream_frees_its_thread_and_keeps_the_session() {
     assert_eq!(sse_gauge(&server), 5);
     assert!(threads(&server) >= before + 5, "one thread per stream at least");
 
-    let sessions: Vec<String> = streams.drain(..).map(|(bob, stream)| {
-        drop(stream);
-        bob
-    }).collect();
+    let sessions: Vec<String> = streams
+        .drain(..)
+        .map(|(bob, stream)| {
+            drop(stream);
+            bob
+        })
+        .collect();
     // Two pings at most: the first write after the close meets a reset.
     wait_until("every stream thread has noticed its client left", Duration::from_secs(5), || sse_gauge(&server) == 0);
     // tiny_http's connection threads idle for 5 s before they end.
@@ -499,6 +529,41 @@ fn a_newer_stream_replaces_the_old_one() {
     assert!(old.ended(PROMPTLY), "the old stream ends");
     say(&server, &alice, "hi");
     assert_eq!(read_messages(&mut new, 1), ["hi"]);
+}
+
+#[test]
+fn an_older_stream_still_replaying_cannot_replace_a_newer_one() {
+    let server = TestServer::builder(Store::Sqlite).env("MSG_RATE", 0).env("OUTBOX_CAPACITY", 100_000).start();
+    let alice = connect(&server, "alice");
+    let mut bob = server.login("bob");
+    bob.ask("/create general", |l| l == "---");
+    ok_command(&server, &alice, "/join general");
+    bob.expect("[system] alice joined general");
+    // More than a client that does not read can have buffered for it.
+    const N: usize = 4000;
+    let padding = "x".repeat(1990);
+    let lines: String = (0..N).map(|i| format!("{i:04} {padding}\n")).collect();
+    bob.send_raw(lines.as_bytes());
+    for _ in 0..N {
+        bob.line();
+    }
+
+    // The older stream replays everything from the store, and stalls.
+    let path = format!("/api/messages/general?sessionId={alice}");
+    let mut older = Sse::open(&server, &path, &[("Last-Event-ID", "0")]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut newer = Sse::open(&server, &path, &[]).unwrap();
+    newer.expect_event("connected");
+    assert_eq!(read_messages(&mut newer, 10).len(), 10);
+
+    // Unstalled, the older one finishes its replay and gives way.
+    older.expect_event("connected");
+    assert_eq!(read_messages(&mut older, N).len(), N);
+    let last = older.expect_event("error");
+    assert!(last.json()["error"].as_str().unwrap().contains("newer stream"), "{last:?}");
+    assert!(older.ended(PROMPTLY));
+    say(&server, &alice, "still the newer one");
+    assert_eq!(read_messages(&mut newer, 1), ["still the newer one"]);
 }
 
 #[test]
@@ -556,7 +621,10 @@ fn tcp_and_http_users_see_each_other_at_once() {
     bob.send("hi from netcat");
     bob.expect("[lobby] bob: hi from netcat");
     let event = stream.next_event(PROMPTLY).unwrap();
-    assert_eq!((event.json()["user"].as_str(), event.json()["content"].as_str()), (Some("bob"), Some("hi from netcat")));
+    assert_eq!(
+        (event.json()["user"].as_str(), event.json()["content"].as_str()),
+        (Some("bob"), Some("hi from netcat"))
+    );
     assert!(started.elapsed() < PROMPTLY);
 
     bob.send("/dm alice psst");
@@ -573,6 +641,53 @@ fn tcp_and_http_users_see_each_other_at_once() {
     post(&server, "/api/disconnect", &json!({ "sessionId": alice }));
     bob.expect("[system] alice disconnected");
     assert!(stream.ended(PROMPTLY));
+}
+
+#[test]
+fn an_sse_user_and_a_netcat_user_on_two_instances_chat() {
+    let cluster = common::Cluster::start(2);
+    let (one, two) = (&cluster.servers[0], &cluster.servers[1]);
+    for server in [one, two] {
+        // The bus subscribes just after start-up.
+        wait_until("/api/health reports the bus up", PATIENCE, || get(server, "/api/health").json()["redis"] == true);
+        let health = get(server, "/api/health").json();
+        assert_eq!(health["status"], "healthy", "{health}");
+    }
+    let alice = connect(one, "alice");
+    ok_command(one, &alice, "/create lobby");
+    // Nicknames are service-wide.
+    refused(&post(two, "/api/connect", &json!({ "nickname": "Alice" })), 409, "already taken");
+    let mut bob = two.login("bob");
+    wait_until("instance 2 knows the room", PATIENCE, || {
+        bob.send("/join lobby");
+        let reply = bob.line();
+        if reply == "Joined room: lobby" {
+            bob.wait_for(|l| l == "---");
+            return true;
+        }
+        false
+    });
+    let mut stream = Sse::open(one, &format!("/api/messages/lobby?sessionId={alice}"), &[]).unwrap();
+    stream.expect_event("connected");
+    bob.send("hello from instance 2");
+    bob.expect("[lobby] bob: hello from instance 2");
+    // Presence notices from the other instance may come and go in between.
+    let mut next = || loop {
+        let event = stream.next_event(PATIENCE).expect("an event");
+        if event.event != "system" {
+            return event;
+        }
+    };
+    let event = next();
+    assert_eq!((event.event.as_str(), event.json()["user"].as_str()), ("message", Some("bob")));
+    say(one, &alice, "hello from instance 1");
+    bob.wait_for(|l| l == "[lobby] alice: hello from instance 1");
+    assert_eq!(next().json()["content"], "hello from instance 1");
+    bob.send("/dm alice psst");
+    bob.expect("[DM to alice] psst");
+    let dm = next();
+    assert_eq!(dm.event, "dm");
+    assert_eq!((dm.json()["from"].as_str(), dm.json()["content"].as_str()), (Some("bob"), Some("psst")));
 }
 
 #[test]
@@ -709,7 +824,10 @@ mod web {
         out
     }
 
-    fn split_head(bytes: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+    /// Status, headers, and where the body starts.
+    type Head = (u16, Vec<(String, String)>, usize);
+
+    fn split_head(bytes: &[u8]) -> Option<Head> {
         let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
         let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
         let mut lines = head.split("\r\n");
@@ -722,7 +840,8 @@ mod web {
     }
 
     fn parse(bytes: &[u8]) -> Response {
-        let (status, headers, start) = split_head(bytes).unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(bytes)));
+        let (status, headers, start) =
+            split_head(bytes).unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(bytes)));
         let mut response = Response { status, headers, body: Vec::new() };
         let rest = &bytes[start..];
         response.body = if response.header("Transfer-Encoding").is_some_and(|v| v.contains("chunked")) {
@@ -834,8 +953,10 @@ mod web {
                 response.body = bytes[start..start + length].to_vec();
                 return Err(response);
             }
-            let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("Transfer-Encoding") && v.contains("chunked"));
-            let mut sse = Sse { stream, headers, chunks: chunked.then(Dechunker::default), text: Vec::new(), closed: false };
+            let chunked =
+                headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("Transfer-Encoding") && v.contains("chunked"));
+            let mut sse =
+                Sse { stream, headers, chunks: chunked.then(Dechunker::default), text: Vec::new(), closed: false };
             sse.take(&bytes[start..]);
             Ok(sse)
         }
@@ -935,7 +1056,11 @@ mod web {
             loop {
                 if let Some(end) = self.text.windows(2).position(|w| w == b"\n\n") {
                     let block: Vec<u8> = self.text.drain(..end + 2).collect();
-                    assert!(block.starts_with(b":"), "unexpected before the end: {:?}", String::from_utf8_lossy(&block));
+                    assert!(
+                        block.starts_with(b":"),
+                        "unexpected before the end: {:?}",
+                        String::from_utf8_lossy(&block)
+                    );
                     continue;
                 }
                 if self.closed {

@@ -7,7 +7,8 @@ pub struct Asset {
     pub body: &'static [u8],
 }
 
-const INDEX: Asset = Asset { content_type: "text/html; charset=utf-8", body: include_bytes!("../../../www/index.html") };
+const INDEX: Asset =
+    Asset { content_type: "text/html; charset=utf-8", body: include_bytes!("../../../www/index.html") };
 const STYLE: Asset = Asset { content_type: "text/css; charset=utf-8", body: include_bytes!("../../../www/style.css") };
 const SCRIPT: Asset =
     Asset { content_type: "application/javascript; charset=utf-8", body: include_bytes!("../../../www/app.js") };

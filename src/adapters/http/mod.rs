@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ConnectionLimit;
+use crate::bus::BusHealth;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::router::RouterHandle;
@@ -53,10 +54,12 @@ pub struct HttpContext {
     pub connections: Arc<ConnectionLimit>,
     pub instance_id: String,
     pub started: Instant,
-    /// Health of the Redis link for `/api/health`; `None` while this
+    /// Health of the Redis bus for `/api/health`; `None` while this
     /// instance runs without Redis (reported as `"redis": null`).
-    pub redis_healthy: Option<Arc<AtomicBool>>,
+    pub redis: Option<Arc<BusHealth>>,
     pub stats: Arc<HttpStats>,
+    /// Which stream of each session is the newest.
+    pub(crate) streams: Arc<sse::StreamTurns>,
 }
 
 impl HttpContext {
@@ -76,8 +79,9 @@ impl HttpContext {
             connections,
             instance_id,
             started: Instant::now(),
-            redis_healthy: None,
+            redis: None,
             stats: Arc::new(HttpStats::default()),
+            streams: Arc::default(),
         }
     }
 }
@@ -129,7 +133,12 @@ impl HttpServer {
     /// Serves HTTP on `listener` until [`stop`](Self::stop).
     pub fn start(listener: TcpListener, workers: usize, ctx: HttpContext) -> Result<HttpServer, String> {
         let server = Front::serve(&listener).map_err(|e| format!("cannot start HTTP: {e}"))?;
-        let front = Arc::new(Front { listener, current: Mutex::new(Arc::new(server)), stopping: AtomicBool::new(false), workers });
+        let front = Arc::new(Front {
+            listener,
+            current: Mutex::new(Arc::new(server)),
+            stopping: AtomicBool::new(false),
+            workers,
+        });
         let mut threads = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (front, ctx) = (front.clone(), ctx.clone());

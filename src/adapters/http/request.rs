@@ -42,16 +42,14 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
@@ -75,7 +73,8 @@ pub fn declared_length(request: &Request) -> Option<usize> {
 pub fn check_limits(request: &Request, max_head: usize, max_body: usize) -> Result<(), Refusal> {
     // "METHOD SP target SP HTTP/x.y CRLF", then "name: value CRLF" each.
     let line = request.method().as_str().len() + request.url().len() + 12;
-    let head: usize = line + request.headers().iter().map(|h| h.field.as_str().as_str().len() + h.value.len() + 4).sum::<usize>();
+    let head: usize =
+        line + request.headers().iter().map(|h| h.field.as_str().as_str().len() + h.value.len() + 4).sum::<usize>();
     if head > max_head {
         return Err(Refusal::new(431, format!("request headers too large: at most {max_head} bytes.")));
     }

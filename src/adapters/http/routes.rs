@@ -10,7 +10,7 @@ use tiny_http::{Method, Request};
 use uuid::Uuid;
 
 use super::assets::{self, Asset};
-use super::request::{check_limits, query_param, read_json, session_token, split_url, percent_decode, JsonBody};
+use super::request::{check_limits, percent_decode, query_param, read_json, session_token, split_url, JsonBody};
 use super::response::{send, Answer, Handled, Refusal};
 use super::{sse, HttpContext};
 use crate::command::{parse_input, Input};
@@ -191,7 +191,12 @@ impl JsonBody for MessageBody {
 fn connect(body: ConnectBody, ctx: &HttpContext) -> Handled {
     let token = Uuid::new_v4();
     let session = SessionRef::Token(token);
-    ctx.router.send(RouterMsg::Open { session: SessionId::next(), protocol: Protocol::Http, token: Some(token), sink: None });
+    ctx.router.send(RouterMsg::Open {
+        session: SessionId::next(),
+        protocol: Protocol::Http,
+        token: Some(token),
+        sink: None,
+    });
     let nickname = body.nickname.trim().to_string();
     match ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }) {
         Ok(Reply::LoggedIn { user_id, nickname, .. }) => {
@@ -297,7 +302,8 @@ fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
     };
     let name = normalize_room(room)?;
     let key = name.clone();
-    let room_id = ctx.router.inspect(move |state| state.rooms.get(&key).map(|r| r.id)).ok_or(ChatError::ShuttingDown)?;
+    let room_id =
+        ctx.router.inspect(move |state| state.rooms.get(&key).map(|r| r.id)).ok_or(ChatError::ShuttingDown)?;
     let room_id = room_id.ok_or(ChatError::NoSuchRoom(name))?;
     let messages = ctx.store.query(move |store| store.messages_before(room_id, before, limit)).map_err(|e| {
         log::warn!("history of room {room_id} unavailable: {e}");
@@ -324,7 +330,7 @@ fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
 /// clients then, so that alone is not a 503).
 fn health(ctx: &HttpContext) -> Answer {
     let db = ctx.store.is_healthy();
-    let redis = ctx.redis_healthy.as_ref().map(|r| r.load(std::sync::atomic::Ordering::Relaxed));
+    let redis = ctx.redis.as_ref().map(|bus| bus.is_healthy());
     let healthy = db && redis != Some(false);
     let mut body = json!({
         "success": db,

@@ -25,9 +25,10 @@
 //! it still holds them all, otherwise from the store first (see
 //! [`Stream::catch_up`]). No message is sent twice or out of order.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -55,6 +56,46 @@ struct StreamRequest {
     /// Resume after this message id (`Last-Event-ID`).
     after: Option<i64>,
     framing: Framing,
+    /// This request's place among the session's streams.
+    turn: u64,
+}
+
+/// Orders the streams of each session by arrival, so the newest always
+/// wins: an older stream still replaying from the store must not attach
+/// after a newer one has (the router would let it replace the newer one).
+/// Every attach is sent to the router under one short lock, after checking
+/// that its stream is still the newest of its session.
+#[derive(Default)]
+pub struct StreamTurns {
+    newest: Mutex<HashMap<Uuid, u64>>,
+    next: AtomicU64,
+}
+
+impl StreamTurns {
+    /// The next turn for a stream of `token`, which is now the newest.
+    fn take(&self, token: Uuid) -> u64 {
+        let turn = self.next.fetch_add(1, Relaxed);
+        self.newest.lock().unwrap_or_else(|e| e.into_inner()).insert(token, turn);
+        turn
+    }
+
+    /// Runs `send` if `turn` is still the newest stream of `token`.
+    fn if_newest(&self, token: Uuid, turn: u64, send: impl FnOnce()) -> bool {
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        let current = newest.get(&token) == Some(&turn);
+        if current {
+            send();
+        }
+        current
+    }
+
+    /// Forgets an ended stream (unless a newer one has taken its place).
+    fn release(&self, token: Uuid, turn: u64) {
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if newest.get(&token) == Some(&turn) {
+            newest.remove(&token);
+        }
+    }
 }
 
 /// How the stream's bytes are delimited on the connection.
@@ -70,10 +111,11 @@ enum Framing {
 /// Starts a stream (on a worker thread): checks the request, takes a
 /// connection place and hands the request to a new stream thread.
 pub fn open(request: Request, room: String, ctx: &HttpContext) {
-    let wanted = match check(&request, &room) {
+    let mut wanted = match check(&request, &room) {
         Ok(wanted) => wanted,
         Err(refusal) => return send(request, refusal.into(), ctx),
     };
+    wanted.turn = ctx.streams.take(wanted.token);
     let Some(slot) = ctx.connections.try_acquire() else {
         ctx.metrics.rejected_connections.fetch_add(1, Relaxed);
         return send(request, Refusal::from(ChatError::ServerFull).into(), ctx);
@@ -83,10 +125,8 @@ pub fn open(request: Request, room: String, ctx: &HttpContext) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let _ = tx.send(request);
     let (thread_rx, thread_ctx) = (rx.clone(), ctx.clone());
-    let spawned = std::thread::Builder::new()
-        .name("sse".into())
-        .stack_size(ctx.limits.client_stack_bytes)
-        .spawn(move || {
+    let spawned =
+        std::thread::Builder::new().name("sse".into()).stack_size(ctx.limits.client_stack_bytes).spawn(move || {
             if let Ok(request) = thread_rx.recv() {
                 serve(request, wanted, &thread_ctx, slot);
             }
@@ -124,7 +164,8 @@ fn check(request: &Request, room: &str) -> Result<StreamRequest, Refusal> {
     let version = request.http_version();
     let close = (version.0, version.1) < (1, 1)
         || header(request, "Connection").is_some_and(|v| v.to_ascii_lowercase().contains("close"));
-    Ok(StreamRequest { token, room, after, framing: if close { Framing::Plain } else { Framing::Chunked } })
+    let framing = if close { Framing::Plain } else { Framing::Chunked };
+    Ok(StreamRequest { token, room, after, framing, turn: 0 })
 }
 
 /// How a stream ended.
@@ -139,7 +180,13 @@ enum End {
 
 /// The life of one stream, on its own thread.
 fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: ConnectionSlot) {
-    let StreamRequest { token, room, after, framing } = wanted;
+    let (token, turn) = (wanted.token, wanted.turn);
+    serve_turn(request, wanted, ctx);
+    ctx.streams.release(token, turn);
+}
+
+fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
+    let StreamRequest { token, room, after, framing, turn } = wanted;
     let session = match ctx.router.inspect(move |state| state.tokens.get(&token).copied()) {
         Some(Some(id)) => id,
         Some(None) => return send(request, Refusal::from(ChatError::UnknownSession).into(), ctx),
@@ -147,8 +194,13 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: Conn
     };
     let (outbox, events) = Outbox::new(ctx.limits.outbox_capacity);
     let sink: Arc<dyn Sink> = outbox.clone();
-    let attached = match attach(ctx, token, &room, &sink, after) {
-        Ok(attached) => attached,
+    let attacher = Attacher { ctx, token, turn, room: &room, sink: &sink };
+    let attached = match attacher.attach(after) {
+        Ok(Attach::Attached) => true,
+        Ok(Attach::Replay) => false,
+        Ok(Attach::Superseded) => {
+            return send(request, Refusal::new(409, "a newer stream for this session has been opened.").into(), ctx)
+        }
         Err(e) => return send(request, Refusal::from(e).into(), ctx),
     };
     ctx.stats.record(200);
@@ -159,7 +211,7 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: Conn
     let mut end = match stream.start() {
         Err(_) => End::ClientGone,
         Ok(()) if attached => stream.pump(&events, ctx.limits.sse_ping),
-        Ok(()) => match stream.catch_up(ctx, token, &room, &sink, after.unwrap_or(0)) {
+        Ok(()) => match stream.catch_up(&attacher, after.unwrap_or(0)) {
             Ok(()) => stream.pump(&events, ctx.limits.sse_ping),
             Err(end) => end,
         },
@@ -187,25 +239,46 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: Conn
     log::debug!("SSE stream for session {} ended", session.0);
 }
 
-/// Asks the router to attach `sink` to the session (joining `room` if
-/// needed). `Ok(false)`: the ring buffer no longer holds every message
-/// after `after`; nothing was attached.
-fn attach(
-    ctx: &HttpContext,
+/// What an attach attempt came to.
+enum Attach {
+    Attached,
+    /// The ring buffer no longer holds every message after `after`;
+    /// nothing was attached: replay from the store, then try again.
+    Replay,
+    /// A newer stream of the session came first; this one must end.
+    Superseded,
+}
+
+/// Attaches one stream's sink to its session, in turn.
+struct Attacher<'a> {
+    ctx: &'a HttpContext,
     token: Uuid,
-    room: &str,
-    sink: &Arc<dyn Sink>,
-    after: Option<i64>,
-) -> Result<bool, ChatError> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    ctx.router.send(RouterMsg::AttachStream {
-        session: SessionRef::Token(token),
-        room: room.to_string(),
-        sink: sink.clone(),
-        after,
-        reply: tx,
-    });
-    rx.recv_timeout(Duration::from_secs(30)).unwrap_or(Err(ChatError::ShuttingDown))
+    turn: u64,
+    /// Normalized room name.
+    room: &'a str,
+    sink: &'a Arc<dyn Sink>,
+}
+
+impl Attacher<'_> {
+    /// Asks the router to attach the sink (joining the room if needed),
+    /// starting after message `after` if given.
+    fn attach(&self, after: Option<i64>) -> Result<Attach, ChatError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let msg = RouterMsg::AttachStream {
+            session: SessionRef::Token(self.token),
+            room: self.room.to_string(),
+            sink: self.sink.clone(),
+            after,
+            reply: tx,
+        };
+        if !self.ctx.streams.if_newest(self.token, self.turn, || self.ctx.router.send(msg)) {
+            return Ok(Attach::Superseded);
+        }
+        match rx.recv_timeout(Duration::from_secs(30)).unwrap_or(Err(ChatError::ShuttingDown))? {
+            true => Ok(Attach::Attached),
+            false => Ok(Attach::Replay),
+        }
+    }
 }
 
 /// One open stream's connection.
@@ -267,7 +340,8 @@ impl Stream {
     /// Replays from the store what the ring buffer no longer holds, then
     /// attaches from the last replayed message; repeats while messages
     /// arrive faster than the replay catches up.
-    fn catch_up(&mut self, ctx: &HttpContext, token: Uuid, room: &str, sink: &Arc<dyn Sink>, mut after: i64) -> Result<(), End> {
+    fn catch_up(&mut self, attacher: &Attacher, mut after: i64) -> Result<(), End> {
+        let (ctx, room) = (attacher.ctx, attacher.room);
         self.write(&connected_event(Some(room))).map_err(|_| End::ClientGone)?;
         self.skip_connected = true;
         let key = room.to_string();
@@ -277,10 +351,14 @@ impl Stream {
             .flatten()
             .ok_or_else(|| End::Failed(ChatError::NoSuchRoom(room.to_string()).to_string()))?;
         loop {
-            let page = ctx.store.query(move |store| store.messages_after(room_id, after, REPLAY_PAGE)).map_err(|e| {
-                log::warn!("cannot replay room {room}: {e}");
-                End::Failed("the message store is unavailable, so missed messages cannot be replayed. Reconnect shortly.".into())
-            })?;
+            let page =
+                ctx.store.query(move |store| store.messages_after(room_id, after, REPLAY_PAGE)).map_err(|e| {
+                    log::warn!("cannot replay room {room}: {e}");
+                    End::Failed(
+                        "the message store is unavailable, so missed messages cannot be replayed. Reconnect shortly."
+                            .into(),
+                    )
+                })?;
             if page.is_empty() {
                 // The store has nothing newer though the ring buffer says it
                 // has moved on: go on from where the ring buffer starts.
@@ -297,9 +375,10 @@ impl Stream {
             if page.len() == REPLAY_PAGE {
                 continue;
             }
-            match attach(ctx, token, room, sink, Some(after)) {
-                Ok(true) => return Ok(()),
-                Ok(false) => continue,
+            match attacher.attach(Some(after)) {
+                Ok(Attach::Attached) => return Ok(()),
+                Ok(Attach::Replay) => continue,
+                Ok(Attach::Superseded) => return Err(End::Closed(CloseReason::Replaced)),
                 Err(e) => return Err(End::Failed(e.to_string())),
             }
         }
