@@ -135,9 +135,7 @@ pub fn parse_targets(v: &str) -> Result<Vec<Target>, String> {
                 None => return Err(format!("--targets: '{item}' is not host:tcpport:httpport")),
             }
         };
-        let (t, h) = rest
-            .split_once(':')
-            .ok_or_else(|| format!("--targets: '{item}' is not host:tcpport:httpport"))?;
+        let (t, h) = rest.split_once(':').ok_or_else(|| format!("--targets: '{item}' is not host:tcpport:httpport"))?;
         if host.is_empty() {
             return Err(format!("--targets: '{item}' has no host"));
         }
@@ -246,12 +244,38 @@ mod tests {
     #[test]
     fn all_flags() {
         let Parsed::Run(a) = p(&[
-            "--tcp", "5", "--sse=7", "--senders", "3", "--rate", "250.5", "--duration", "1.5",
-            "--room", "big", "--targets", "a:1:2, [::1]:3:4", "--server-pid", "10,20", "--json",
-            "--max-loss", "4", "--connect-rate", "100", "--nick-prefix", "zz", "--sender-http",
-            "--drain", "0", "--setup-timeout", "9", "--no-cleanup",
+            "--tcp",
+            "5",
+            "--sse=7",
+            "--senders",
+            "3",
+            "--rate",
+            "250.5",
+            "--duration",
+            "1.5",
+            "--room",
+            "big",
+            "--targets",
+            "a:1:2, [::1]:3:4",
+            "--server-pid",
+            "10,20",
+            "--json",
+            "--max-loss",
+            "4",
+            "--connect-rate",
+            "100",
+            "--nick-prefix",
+            "zz",
+            "--sender-http",
+            "--drain",
+            "0",
+            "--setup-timeout",
+            "9",
+            "--no-cleanup",
         ])
-        .unwrap() else { panic!() };
+        .unwrap() else {
+            panic!()
+        };
         assert_eq!((a.tcp, a.sse, a.senders), (5, 7, 3));
         assert_eq!(a.rate, 250.5);
         assert_eq!(a.duration, Duration::from_millis(1500));

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::proto::{classify, format_payload, json_str_field, parse_payload, HttpResp, Line, LineBuf, SseEvent, SseParser};
+use crate::proto::{
+    classify, format_payload, json_str_field, parse_payload, HttpResp, Line, LineBuf, SseEvent, SseParser,
+};
 use crate::report::{Stats, Tracker};
 
 /// Join retries (room not there yet, or an error reply) before giving up.
@@ -45,7 +47,9 @@ pub enum Phase {
     Idle,
     TcpPrompt,
     TcpWelcome,
-    TcpJoin { creating: bool },
+    TcpJoin {
+        creating: bool,
+    },
     TcpHistory,
     /// HTTP roles before they are joined: driven by the request in flight.
     Http,
@@ -160,6 +164,37 @@ impl Conn {
 
     pub fn alive(&self) -> bool {
         !matches!(self.phase, Phase::Done | Phase::Failed | Phase::Idle)
+    }
+
+    /// Why a client that is still alive has not joined (setup timed out).
+    pub fn stuck_reason(&self) -> String {
+        let kind = match self.role {
+            Role::TcpRecv => "tcp",
+            Role::SseRecv => "sse",
+            Role::TcpSender | Role::HttpSender => "sender",
+            Role::Oneshot => "cleanup",
+        };
+        let what = if !self.connected {
+            "still connecting".to_string()
+        } else if let Some(req) = self.req {
+            let got = if self.http.head_done() {
+                format!("got HTTP {} head", self.http.status)
+            } else if self.http.started() {
+                "got part of the response head".to_string()
+            } else {
+                "no response bytes".to_string()
+            };
+            let unsent = self.out.len() - self.out_pos;
+            let req = match req {
+                Req::Command { .. } => "Command".to_string(),
+                Req::Message { .. } => "Message".to_string(),
+                r => format!("{r:?}"),
+            };
+            format!("waiting for {req} response ({got}, {unsent} request bytes unsent)")
+        } else {
+            format!("in phase {:?}", self.phase)
+        };
+        format!("{kind} not joined when setup ended: {what}")
     }
 
     /// Nothing more to send or await (HTTP sender).
@@ -390,7 +425,8 @@ fn send_command(c: &mut Conn, ctx: &mut Ctx, creating: bool) {
 fn send_stream(c: &mut Conn, ctx: &mut Ctx) {
     let path = format!("/api/messages/{}?sessionId={}", ctx.room, c.session);
     let host = &ctx.addrs[c.target].2;
-    let r = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n");
+    let r =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n");
     c.sse = Some(Box::default());
     send_request(c, ctx, Req::Stream, r.into_bytes());
 }

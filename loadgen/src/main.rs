@@ -96,7 +96,13 @@ fn raise_nofile_limit() -> Option<u64> {
         fn getrlimit(resource: i32, rlim: *mut Rlimit) -> i32;
         fn setrlimit(resource: i32, rlim: *const Rlimit) -> i32;
     }
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86", target_arch = "arm", target_arch = "riscv64"))]
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "x86",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    ))]
     const RLIMIT_NOFILE: i32 = 7;
     let mut r = Rlimit { cur: 0, max: 0 };
     // SAFETY: plain libc calls with a valid, properly laid-out struct.
@@ -320,6 +326,9 @@ fn run(args: &Args) -> Result<i32, String> {
                     ctx.stats.setup_timed_out = !all_settled;
                     ctx.stats.setup_ns = now.duration_since(start).as_nanos() as u64;
                     let mut receivers = 0;
+                    for c in conns.iter().filter(|c| !c.joined && c.alive()) {
+                        ctx.stats.failures.record(&c.stuck_reason());
+                    }
                     for c in conns.iter_mut() {
                         if c.role.is_receiver() && c.joined && c.alive() {
                             c.counted = true;

@@ -637,7 +637,11 @@ mod tests {
             for chunk in stream.chunks(step) {
                 p.push(chunk);
                 while p.next_event(&mut ev) {
-                    got.push((ev.comment, String::from_utf8_lossy(&ev.kind).into_owned(), String::from_utf8_lossy(&ev.data).into_owned()));
+                    got.push((
+                        ev.comment,
+                        String::from_utf8_lossy(&ev.kind).into_owned(),
+                        String::from_utf8_lossy(&ev.data).into_owned(),
+                    ));
                 }
             }
             assert_eq!(got.len(), 4, "step {step}");
@@ -662,11 +666,25 @@ mod tests {
 
     #[test]
     fn payloads_and_lines() {
-        assert_eq!(parse_payload(format_payload(3, 17, 123456789).as_bytes()), Some(Payload { sender: 3, seq: 17, sent_ns: 123456789 }));
-        for bad in [&b"lg 1 2"[..], b"lg 1 2 3 4", b"lg a 2 3", b"xx 1 2 3", b"lg 1 2 99999999999999999999999", b"lg  1 2 3", b""] {
+        assert_eq!(
+            parse_payload(format_payload(3, 17, 123456789).as_bytes()),
+            Some(Payload { sender: 3, seq: 17, sent_ns: 123456789 })
+        );
+        for bad in [
+            &b"lg 1 2"[..],
+            b"lg 1 2 3 4",
+            b"lg a 2 3",
+            b"xx 1 2 3",
+            b"lg 1 2 99999999999999999999999",
+            b"lg  1 2 3",
+            b"",
+        ] {
             assert_eq!(parse_payload(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
-        assert_eq!(classify(b"[load] lg_s1: lg 1 2 3"), Line::Room { room: b"load", nick: b"lg_s1", text: b"lg 1 2 3" });
+        assert_eq!(
+            classify(b"[load] lg_s1: lg 1 2 3"),
+            Line::Room { room: b"load", nick: b"lg_s1", text: b"lg 1 2 3" }
+        );
         assert_eq!(classify(b"[load] bob: a: b"), Line::Room { room: b"load", nick: b"bob", text: b"a: b" });
         assert_eq!(classify(b"[system] bob joined load"), Line::System);
         assert_eq!(classify(b"[DM from a] hi"), Line::Dm);

@@ -281,7 +281,13 @@ impl Report<'_> {
         );
         line(
             "lost / duplicates",
-            format!("{} lost, {} duplicates, {} reordered, {} unknown payloads", t.lost(), t.duplicates, t.reordered, t.unknown),
+            format!(
+                "{} lost, {} duplicates, {} reordered, {} unknown payloads",
+                t.lost(),
+                t.duplicates,
+                t.reordered,
+                t.unknown
+            ),
         );
         line("delivery rate", format!("{:.0} deliveries/s", self.deliveries_per_sec()));
         let h = &t.latency;
