@@ -1073,3 +1073,36 @@ mod web {
         }
     }
 }
+
+/// tiny_http's thread pool used to queue a burst of new connections behind
+/// one idle thread; with the others held by keep-alive connections, the
+/// queued ones were accepted but never answered (vendor/README.md).
+#[test]
+fn a_burst_of_keep_alive_connections_is_served() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let server = sqlite();
+    let http = server.http.unwrap();
+    // Each round leaves idle pool threads behind for the next one to race.
+    for round in 0..8 {
+        // Open them all first, so the server accepts them in one burst, and
+        // keep every one open, so no pool thread frees up.
+        let mut streams: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(http).unwrap()).collect();
+        for (i, stream) in streams.iter_mut().enumerate() {
+            let body = format!("{{\"nickname\":\"burst{round}x{i}\"}}");
+            let request = format!(
+                "POST /api/connect HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+        }
+        for (i, stream) in streams.iter_mut().enumerate() {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).unwrap_or_else(|e| panic!("round {round}: connection {i} was never answered: {e}"));
+            assert_eq!(&head, b"HTTP/1.1 200");
+        }
+        drop(streams);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
