@@ -126,6 +126,8 @@ pub enum Event {
     Dm { dm: Arc<DirectMessage>, outgoing: bool },
     /// Text shown as is, without a line ending (the nickname prompt).
     Prompt(&'static str),
+    /// Keep-alive for event streams (`: ping`); nothing on TCP.
+    Ping,
     /// The reply to this session's own command, as the text a TCP user sees.
     Reply(String),
     /// A refusal of this session's own input.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::adapters::http::{self, HttpContext, HttpServer};
 use crate::adapters::tcp::{self, TcpContext};
-use crate::adapters::tcp_writers::TcpWriters;
+use crate::adapters::writers::Writers;
 use crate::adapters::ConnectionLimit;
 use crate::bus::{self, BusHealth};
 use crate::config::Config;
@@ -91,10 +91,12 @@ impl Server {
         let tcp_listener = TcpListener::bind((config.bind_addr, config.tcp_port))
             .map_err(|e| format!("cannot listen on TCP_PORT {} at BIND_ADDR {}: {e}", config.tcp_port, config.bind_addr))?;
         let tcp_addr = tcp_listener.local_addr().map_err(|e| e.to_string())?;
-        let writers = TcpWriters::start(config.limits.tcp_writer_threads, config.limits.write_timeout)
-            .map_err(|e| format!("cannot start the TCP writer threads: {e}"))?;
+        let writers = Arc::new(
+            Writers::start(config.limits.tcp_writer_threads, config.limits.write_timeout)
+                .map_err(|e| format!("cannot start the writer threads: {e}"))?,
+        );
         let tcp_ctx = TcpContext {
-            writers: Arc::new(writers),
+            writers: writers.clone(),
             router: handle.clone(),
             limits: config.limits.clone(),
             metrics: metrics.clone(),
@@ -112,6 +114,7 @@ impl Server {
             metrics.clone(),
             connections.clone(),
             config.instance_id.clone(),
+            writers,
         );
         http_ctx.redis = bus_health.clone();
         let http = HttpServer::start(http_listener, config.limits.http_workers, http_ctx)?;

@@ -2,14 +2,15 @@
 //! They hold no chat state of their own.
 //!
 //! - [`tcp`]: the netcat line protocol (a reader thread per client).
-//! - [`tcp_writers`]: the small pool of threads that send TCP output.
+//! - [`writers`]: the small pool of threads that send every client's live
+//!   output (TCP lines and SSE streams).
 //! - [`lines`]: bounded line reading shared by the TCP adapter.
 //! - [`http`]: the JSON API, Server-Sent Events and the web page.
 
 pub mod http;
 pub mod lines;
 pub mod tcp;
-pub mod tcp_writers;
+pub mod writers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

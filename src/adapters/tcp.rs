@@ -4,7 +4,7 @@
 //! **reader**: it owns the socket's read side, runs the nickname prompt,
 //! then turns each line into a router request. Output goes through the
 //! client's [`TcpOutbox`], sent by the shared writer pool
-//! ([`super::tcp_writers`]).
+//! ([`super::writers`]).
 //!
 //! The router only ever queues into the outbox, so a client that stops
 //! reading delays nobody: its outbox fills and the router drops it. A socket
@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lines::{LineEvent, LineReader};
-use super::tcp_writers::{TcpSink, TcpWriters};
+use super::writers::{Format, OutboxSink, Writers};
 use super::{ConnectionLimit, ConnectionSlot};
 use crate::command::{parse_input, Input};
 use crate::config::Limits;
@@ -38,7 +38,7 @@ pub struct TcpContext {
     pub metrics: Arc<Metrics>,
     pub connections: Arc<ConnectionLimit>,
     /// Sends every client's output.
-    pub writers: Arc<TcpWriters>,
+    pub writers: Arc<Writers>,
     /// Set at shutdown; the accept loop stops taking connections.
     pub stopping: Arc<AtomicBool>,
 }
@@ -88,8 +88,8 @@ fn accept(mut stream: TcpStream, ctx: &TcpContext) {
 /// Runs one client's connection on its reader thread.
 fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let sink = match ctx.writers.outbox(&stream, ctx.limits.outbox_capacity) {
-        Ok(outbox) => Arc::new(TcpSink(outbox)),
+    let sink = match stream.try_clone() {
+        Ok(handle) => Arc::new(OutboxSink(ctx.writers.outbox(handle, Format::Tcp, ctx.limits.outbox_capacity, false))),
         Err(e) => {
             log::error!("cannot serve TCP client {peer}: {e}");
             return;
@@ -220,6 +220,6 @@ pub fn render(event: &Event, out: &mut Vec<u8>) {
         }
         Event::Error(error) => out.extend_from_slice(format!("Error: {error}\n").as_bytes()),
         Event::Prompt(prompt) => out.extend_from_slice(prompt.as_bytes()),
-        Event::RoomChanged { .. } | Event::Close(_) => {}
+        Event::RoomChanged { .. } | Event::Ping | Event::Close(_) => {}
     }
 }

@@ -23,7 +23,7 @@ mod assets;
 mod request;
 mod response;
 mod routes;
-mod sse;
+pub(crate) mod sse;
 
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::writers::Writers;
 use super::ConnectionLimit;
 use crate::bus::BusHealth;
 use crate::config::Limits;
@@ -60,6 +61,8 @@ pub struct HttpContext {
     pub stats: Arc<HttpStats>,
     /// Which stream of each session is the newest.
     pub(crate) streams: Arc<sse::StreamTurns>,
+    /// Sends the live part of every stream (shared with the TCP adapter).
+    pub writers: Arc<Writers>,
 }
 
 impl HttpContext {
@@ -70,6 +73,7 @@ impl HttpContext {
         metrics: Arc<Metrics>,
         connections: Arc<ConnectionLimit>,
         instance_id: String,
+        writers: Arc<Writers>,
     ) -> HttpContext {
         HttpContext {
             router,
@@ -82,6 +86,7 @@ impl HttpContext {
             redis: None,
             stats: Arc::new(HttpStats::default()),
             streams: Arc::default(),
+            writers,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! Server-Sent Events: `GET /api/messages/:room?sessionId=…` (SPEC §4).
 //!
 //! Each stream has its own thread (`sse`, `CLIENT_STACK_KB` stack) that owns
-//! the connection until the stream ends, like a TCP client's writer: it
-//! attaches an [`Outbox`] to the session through the router, then waits on
-//! it, renders whatever is queued into one write and flushes it at once.
-//! A `: ping` comment goes out after `SSE_PING_SECS` of silence; a write
-//! that fails is how a closed client is noticed, and the thread then
-//! detaches from the session and ends (the session itself stays until it
-//! idles out, so a reconnecting browser keeps its nickname and room).
+//! the connection until the stream ends: it attaches the stream to the
+//! session through the router, writes the response head and any replay
+//! itself, then hands the live traffic to the shared writer pool
+//! ([`crate::adapters::writers`]), which sends each batch of events at once
+//! (one thread woken per stream per message would cost more than the writes
+//! themselves). The stream's thread then only sends a `: ping` comment every
+//! `SSE_PING_SECS`; a write that fails is how a closed client is noticed,
+//! and the thread then detaches from the session and ends (the session
+//! itself stays until it idles out, so a reconnecting browser keeps its
+//! nickname and room).
 //!
 //! The stream is written through [`Request::into_writer`] with headers of
 //! our own: tiny_http's chunked `Response` holds small events back in an
@@ -40,12 +43,11 @@ use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::ConnectionSlot;
 use crate::error::ChatError;
-use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Outbox, OutboxReader, Sink, Wire};
+use crate::adapters::writers::{Format, OutboxSink};
+use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Wire};
 use crate::names::normalize_room;
 use crate::router::{RouterMsg, SessionRef};
 
-/// Most events rendered into one write.
-const WRITE_BATCH: usize = 1024;
 /// Messages read from the store per round of a replay.
 const REPLAY_PAGE: usize = 1000;
 
@@ -192,51 +194,75 @@ fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
         Some(None) => return send(request, Refusal::from(ChatError::UnknownSession).into(), ctx),
         None => return send(request, Refusal::from(ChatError::ShuttingDown).into(), ctx),
     };
-    let (outbox, events) = Outbox::new(ctx.limits.outbox_capacity);
-    let sink: Arc<dyn Sink> = outbox.clone();
+    // The live part of the stream is written by the writer pool on its own
+    // handle of the socket; tiny_http's writer stays alive (and in charge of
+    // the connection) until the stream ends.
+    let Some(handle) = request.raw_fd().and_then(duplicate) else {
+        return send(request, Refusal::new(500, "this connection cannot carry an event stream.").into(), ctx);
+    };
+    let format = Format::Sse { chunked: framing == Framing::Chunked };
+    let outbox = ctx.writers.outbox(handle, format, ctx.limits.outbox_capacity, true);
+    let sink: Arc<dyn Sink> = Arc::new(OutboxSink(outbox.clone()));
     let attacher = Attacher { ctx, token, turn, room: &room, sink: &sink };
     let attached = match attacher.attach(after) {
         Ok(Attach::Attached) => true,
         Ok(Attach::Replay) => false,
         Ok(Attach::Superseded) => {
-            return send(request, Refusal::new(409, "a newer stream for this session has been opened.").into(), ctx)
+            sink.close(CloseReason::Normal);
+            return send(request, Refusal::new(409, "a newer stream for this session has been opened.").into(), ctx);
         }
-        Err(e) => return send(request, Refusal::from(e).into(), ctx),
+        Err(e) => {
+            sink.close(CloseReason::Normal);
+            return send(request, Refusal::from(e).into(), ctx);
+        }
     };
     ctx.stats.record(200);
     ctx.metrics.http_streams.fetch_add(1, Relaxed);
     log::debug!("SSE stream for session {} on {room} opened", session.0);
 
     let mut stream = Stream { writer: request.into_writer(), framing, frame: Vec::new(), skip_connected: false };
-    let mut end = match stream.start() {
-        Err(_) => End::ClientGone,
-        Ok(()) if attached => stream.pump(&events, ctx.limits.sse_ping),
-        Ok(()) => match stream.catch_up(&attacher, after.unwrap_or(0)) {
-            Ok(()) => stream.pump(&events, ctx.limits.sse_ping),
-            Err(end) => end,
-        },
+    let opened = match stream.start() {
+        Err(_) => Err(End::ClientGone),
+        Ok(()) if attached => Ok(()),
+        Ok(()) => stream.catch_up(&attacher, after.unwrap_or(0)),
     };
+    match opened {
+        Ok(()) => {
+            outbox.release(stream.skip_connected);
+            while !outbox.wait_finished(ctx.limits.sse_ping) {
+                // A full queue means the router is about to drop the session.
+                let _ = sink.deliver(Event::Ping);
+            }
+        }
+        Err(end) => {
+            let last_words = match end {
+                End::Closed(CloseReason::Replaced) => Some("a newer stream took over this session.".to_string()),
+                End::Failed(why) => Some(why),
+                End::Closed(_) | End::ClientGone => None,
+            };
+            if let Some(why) = last_words {
+                let _ = stream.write(&error_event(&why));
+            }
+            // The pool ends the response (last chunk) and closes the socket.
+            sink.close(CloseReason::Normal);
+            outbox.release(false);
+            outbox.wait_finished(Duration::from_secs(5));
+        }
+    }
     // Whatever happened, this stream no longer takes events.
     ctx.router.send(RouterMsg::DetachStream { session, sink: sink.clone() });
-    outbox.close(CloseReason::Normal);
-    let last_words = match &end {
-        End::Closed(CloseReason::TooSlow) => {
-            Some("you are not reading messages fast enough, so you were disconnected.".to_string())
-        }
-        End::Closed(CloseReason::Replaced) => Some("a newer stream took over this session.".to_string()),
-        End::Failed(why) => Some(why.clone()),
-        End::Closed(_) | End::ClientGone => None,
-    };
-    if let Some(why) = last_words {
-        if stream.write(&error_event(&why)).is_err() {
-            end = End::ClientGone;
-        }
-    }
-    if !matches!(end, End::ClientGone) {
-        stream.finish();
-    }
+    sink.close(CloseReason::Normal);
     ctx.metrics.http_streams.fetch_sub(1, Relaxed);
     log::debug!("SSE stream for session {} ended", session.0);
+}
+
+/// A second handle of a connection's socket, for the writer pool.
+fn duplicate(fd: std::os::unix::io::RawFd) -> Option<std::net::TcpStream> {
+    use std::os::unix::io::FromRawFd;
+    // SAFETY: `fd` is the live socket of the request being served; `dup`
+    // gives a new descriptor that the returned stream owns and closes.
+    let copy = unsafe { libc::dup(fd) };
+    (copy >= 0).then(|| unsafe { std::net::TcpStream::from_raw_fd(copy) })
 }
 
 /// What an attach attempt came to.
@@ -316,9 +342,7 @@ impl Stream {
             Framing::Plain => self.writer.write_all(bytes)?,
             Framing::Chunked => {
                 self.frame.clear();
-                self.frame.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
-                self.frame.extend_from_slice(bytes);
-                self.frame.extend_from_slice(b"\r\n");
+                frame_chunk(bytes, &mut self.frame);
                 self.writer.write_all(&self.frame)?;
                 if self.frame.capacity() > 64 * 1024 {
                     self.frame = Vec::new();
@@ -326,15 +350,6 @@ impl Stream {
             }
         }
         self.writer.flush()
-    }
-
-    /// Ends the response: the last chunk (a plain stream ends when the
-    /// writer is dropped).
-    fn finish(&mut self) {
-        if self.framing == Framing::Chunked {
-            let _ = self.writer.write_all(b"0\r\n\r\n");
-            let _ = self.writer.flush();
-        }
     }
 
     /// Replays from the store what the ring buffer no longer holds, then
@@ -383,64 +398,45 @@ impl Stream {
             }
         }
     }
+}
 
-    /// Forwards the session's events until the session or the client ends.
-    fn pump(&mut self, events: &OutboxReader, ping: Duration) -> End {
-        let mut batch = Vec::new();
-        let mut bytes = Vec::new();
-        loop {
-            batch.clear();
-            bytes.clear();
-            let closed = match events.recv_batch_timeout(&mut batch, WRITE_BATCH, ping) {
-                Err(()) => {
-                    bytes.extend_from_slice(b": ping\n\n");
-                    None
-                }
-                // Everything queued for a client that is too slow is hopeless.
-                Ok(Some(CloseReason::TooSlow)) => return End::Closed(CloseReason::TooSlow),
-                Ok(closed) => {
-                    for event in &batch {
-                        self.render(event, &mut bytes);
-                    }
-                    closed
-                }
-            };
-            if self.write(&bytes).is_err() {
-                return End::ClientGone;
+/// Appends an event's SSE form to `out`. `skip_connected` suppresses the
+/// `connected` of the next room change once (the stream announced it before
+/// replaying from the store).
+pub(crate) fn render(event: &Event, out: &mut Vec<u8>, skip_connected: &mut bool) {
+    match event {
+        Event::Message(message) => render_message(message, out),
+        Event::Notice(notice) => out.extend_from_slice(notice.rendered.get_or_render(Wire::Sse, || {
+            let data = json!({ "room": notice.room, "content": notice.text, "timestamp": rfc3339(notice.at_ms) });
+            format!("event: system\ndata: {data}\n\n").into_bytes()
+        })),
+        Event::Dm { dm, .. } => {
+            let data = json!({ "from": dm.from, "to": dm.to, "content": dm.text, "timestamp": rfc3339(dm.at_ms) });
+            out.extend_from_slice(format!("event: dm\ndata: {data}\n\n").as_bytes());
+        }
+        Event::RoomChanged { room, history } => {
+            if !std::mem::take(skip_connected) {
+                out.extend_from_slice(&connected_event(room.as_deref()));
             }
-            if let Some(reason) = closed {
-                return End::Closed(reason);
-            }
-            if bytes.capacity() > 64 * 1024 {
-                bytes = Vec::new();
+            for message in history {
+                render_message(message, out);
             }
         }
+        Event::Ping => out.extend_from_slice(b": ping\n\n"),
+        // Command replies and refusals go back in the HTTP answers.
+        Event::Reply(_) | Event::Error(_) | Event::Prompt(_) | Event::Close(_) => {}
     }
+}
 
-    /// Appends an event's SSE form to `out`.
-    fn render(&mut self, event: &Event, out: &mut Vec<u8>) {
-        match event {
-            Event::Message(message) => render_message(message, out),
-            Event::Notice(notice) => out.extend_from_slice(notice.rendered.get_or_render(Wire::Sse, || {
-                let data = json!({ "room": notice.room, "content": notice.text, "timestamp": rfc3339(notice.at_ms) });
-                format!("event: system\ndata: {data}\n\n").into_bytes()
-            })),
-            Event::Dm { dm, .. } => {
-                let data = json!({ "from": dm.from, "to": dm.to, "content": dm.text, "timestamp": rfc3339(dm.at_ms) });
-                out.extend_from_slice(format!("event: dm\ndata: {data}\n\n").as_bytes());
-            }
-            Event::RoomChanged { room, history } => {
-                if !std::mem::take(&mut self.skip_connected) {
-                    out.extend_from_slice(&connected_event(room.as_deref()));
-                }
-                for message in history {
-                    render_message(message, out);
-                }
-            }
-            // Command replies and refusals go back in the HTTP answers.
-            Event::Reply(_) | Event::Error(_) | Event::Prompt(_) | Event::Close(_) => {}
-        }
+/// Appends `bytes` as one HTTP chunk (nothing for no bytes: an empty chunk
+/// would end the response).
+pub(crate) fn frame_chunk(bytes: &[u8], out: &mut Vec<u8>) {
+    if bytes.is_empty() {
+        return;
     }
+    out.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `id:` + `event: message`, formatted once per message for every stream.
@@ -461,6 +457,6 @@ fn connected_event(room: Option<&str>) -> Vec<u8> {
     format!("event: connected\ndata: {}\n\n", json!({ "room": room })).into_bytes()
 }
 
-fn error_event(why: &str) -> Vec<u8> {
+pub(crate) fn error_event(why: &str) -> Vec<u8> {
     format!("event: error\ndata: {}\n\n", json!({ "error": why })).into_bytes()
 }

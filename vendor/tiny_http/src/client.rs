@@ -18,6 +18,10 @@ pub struct ClientConnection {
     // address of the client
     remote_addr: IoResult<Option<SocketAddr>>,
 
+    // the socket, for `Request::raw_fd` (patched for baby-discord)
+    #[cfg(unix)]
+    raw_fd: Option<std::os::unix::io::RawFd>,
+
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
     source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
@@ -54,6 +58,10 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        // The write side's descriptor: it lives as long as a request's
+        // response writer, while the read side closes with this connection.
+        #[cfg(unix)]
+        let raw_fd = write_socket.raw_fd();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -62,6 +70,8 @@ impl ClientConnection {
             source,
             sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             remote_addr,
+            #[cfg(unix)]
+            raw_fd,
             next_header_source: first_header,
             no_more_requests: false,
             secure,
@@ -144,7 +154,8 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
-        let request = crate::request::new_request(
+        #[allow(unused_mut)]
+        let mut request = crate::request::new_request(
             self.secure,
             method,
             path,
@@ -163,6 +174,8 @@ impl ClientConnection {
                 }
             }
         })?;
+        #[cfg(unix)]
+        request.set_raw_fd(self.raw_fd);
 
         // return the request
         Ok(request)

@@ -74,6 +74,10 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // the connection's socket (patched for baby-discord)
+    #[cfg(unix)]
+    raw_fd: Option<std::os::unix::io::RawFd>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,10 +242,27 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        #[cfg(unix)]
+        raw_fd: None,
     })
 }
 
 impl Request {
+    #[cfg(unix)]
+    pub(crate) fn set_raw_fd(&mut self, fd: Option<std::os::unix::io::RawFd>) {
+        self.raw_fd = fd;
+    }
+
+    /// The file descriptor of the connection's socket (plain TCP only), so
+    /// a long-lived response can be written by the caller's own event loop
+    /// (patched for baby-discord). The descriptor stays owned by the
+    /// connection: `dup` it to keep it, and keep the request's writer alive
+    /// for as long as it is used.
+    #[cfg(unix)]
+    pub fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.raw_fd
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {

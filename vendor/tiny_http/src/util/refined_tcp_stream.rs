@@ -54,6 +54,20 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// The socket's file descriptor, for plain TCP (patched for baby-discord).
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        match self {
+            Stream::Http(Connection::Tcp(tcp_stream)) => {
+                Some(std::os::unix::io::AsRawFd::as_raw_fd(tcp_stream))
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         match self {
@@ -114,6 +128,12 @@ impl RefinedTcpStream {
 
     /// Returns true if this struct wraps around a secure connection.
     #[inline]
+    /// The socket's file descriptor, for plain TCP (patched for baby-discord).
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.stream.raw_fd()
+    }
+
     pub(crate) fn secure(&self) -> bool {
         self.stream.secure()
     }

@@ -1,9 +1,12 @@
-//! The TCP writer pool: a few threads that send every TCP client's output.
+//! The writer pool: a few threads that send every client's live output,
+//! TCP lines and Server-Sent Events alike.
 //!
-//! Each client's reader thread blocks in `read`; writing needs no thread of
-//! its own. The router queues events into a client's [`TcpOutbox`] (never
+//! A TCP client's reader thread blocks in `read`, and an SSE stream's thread
+//! only opens, replays and pings its stream; neither writes live traffic.
+//! The router queues events into the client's [`SocketOutbox`] (never
 //! blocking); the first event queued on an idle client puts it on its
-//! writer's ready list. A writer takes each ready client's whole queue,
+//! writer's ready list. Waking a few writers instead of one thread per
+//! client is what keeps fan-out to thousands of clients cheap. A writer takes each ready client's whole queue,
 //! renders it into one buffer and sends it with a non-blocking `send`. A
 //! client whose socket is full is parked until epoll says it is writable
 //! again; one parked longer than `WRITE_TIMEOUT_SECS` is disconnected. So a
@@ -22,15 +25,34 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::tcp::render;
 use crate::event::{CloseReason, Event, Overflow, Sink};
 
-/// The line a client gets when it is dropped for not reading.
-const TOO_SLOW: &[u8] = b"Error: you are not reading messages fast enough, so you were disconnected.\n";
+/// The wire format of one client's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Netcat lines.
+    Tcp,
+    /// An event stream; `chunked` when it is framed in HTTP chunks of ours.
+    Sse { chunked: bool },
+}
+
+/// Why a client is being disconnected, as its last words (if any).
+fn last_words(format: Format, reason: CloseReason) -> Vec<u8> {
+    const TOO_SLOW: &str = "you are not reading messages fast enough, so you were disconnected.";
+    match (format, reason) {
+        (Format::Tcp, CloseReason::TooSlow) => format!("Error: {TOO_SLOW}\n").into_bytes(),
+        (Format::Tcp, _) => Vec::new(),
+        (Format::Sse { .. }, CloseReason::TooSlow) => super::http::sse::error_event(TOO_SLOW),
+        (Format::Sse { .. }, CloseReason::Replaced) => {
+            super::http::sse::error_event("a newer stream took over this session.")
+        }
+        (Format::Sse { .. }, _) => Vec::new(),
+    }
+}
 const WAKER: Token = Token(usize::MAX);
 
 /// A pool of writer threads.
-pub struct TcpWriters {
+pub struct Writers {
     workers: Vec<Arc<Shared>>,
     next: AtomicUsize,
 }
@@ -38,9 +60,9 @@ pub struct TcpWriters {
 /// What a writer thread shares with the outboxes it serves.
 struct Shared {
     /// Outboxes with something to send.
-    ready: Sender<Arc<TcpOutbox>>,
+    ready: Sender<Arc<SocketOutbox>>,
     /// Outboxes to start watching.
-    added: Sender<Arc<TcpOutbox>>,
+    added: Sender<Arc<SocketOutbox>>,
     waker: Waker,
     /// Set while the writer waits in `poll`: only then is a wake-up needed.
     sleeping: AtomicBool,
@@ -54,13 +76,17 @@ impl Shared {
     }
 }
 
-/// One client's output queue, as the router's [`Sink`] for it.
-pub struct TcpOutbox {
+/// One client's output queue; [`OutboxSink`] is the router's side of it.
+pub struct SocketOutbox {
     token: Token,
+    /// A handle of the client's socket, used only for writing.
     stream: TcpStream,
+    format: Format,
     capacity: usize,
     writer: Arc<Shared>,
     state: Mutex<OutboxState>,
+    /// Woken when the outbox is finished (an SSE stream's thread waits).
+    owner: Mutex<Option<std::thread::Thread>>,
 }
 
 #[derive(Default)]
@@ -75,11 +101,16 @@ struct OutboxState {
     unsent: Vec<u8>,
     /// Everything is sent and the socket shut down.
     finished: bool,
+    /// Queued but not sent until released (an SSE stream still replaying).
+    held: bool,
+    /// The next `RoomChanged` must not announce `connected` (SSE: the
+    /// stream's thread already did, before its replay).
+    skip_connected: bool,
 }
 
-impl TcpWriters {
+impl Writers {
     /// Starts `threads` writer threads.
-    pub fn start(threads: usize, write_timeout: Duration) -> io::Result<TcpWriters> {
+    pub fn start(threads: usize, write_timeout: Duration) -> io::Result<Writers> {
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
             let poll = Poll::new()?;
@@ -91,23 +122,27 @@ impl TcpWriters {
             std::thread::Builder::new().name(format!("tcp-writer-{i}")).spawn(move || worker.run())?;
             workers.push(shared);
         }
-        Ok(TcpWriters { workers, next: AtomicUsize::new(0) })
+        Ok(Writers { workers, next: AtomicUsize::new(0) })
     }
 
     /// Creates the outbox for a new client, served by one of the writers.
-    pub fn outbox(&self, stream: &TcpStream, capacity: usize) -> io::Result<Arc<TcpOutbox>> {
+    /// `stream` is the client's socket (a duplicate handle); with `held`,
+    /// nothing is sent until [`SocketOutbox::release`].
+    pub fn outbox(&self, stream: TcpStream, format: Format, capacity: usize, held: bool) -> Arc<SocketOutbox> {
         static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(0);
         let writer = self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()].clone();
-        let outbox = Arc::new(TcpOutbox {
+        let outbox = Arc::new(SocketOutbox {
             token: Token(NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)),
-            stream: stream.try_clone()?,
+            stream,
+            format,
             capacity,
             writer: writer.clone(),
-            state: Mutex::new(OutboxState::default()),
+            state: Mutex::new(OutboxState { held, ..OutboxState::default() }),
+            owner: Mutex::new(None),
         });
         let _ = writer.added.send(outbox.clone());
         writer.wake_always();
-        Ok(outbox)
+        outbox
     }
 }
 
@@ -118,10 +153,10 @@ impl Shared {
     }
 }
 
-impl TcpOutbox {
+impl SocketOutbox {
     /// Puts the outbox on its writer's ready list if it is not there yet.
     fn schedule(self: &Arc<Self>, state: &mut OutboxState) {
-        if !state.scheduled && state.blocked_since.is_none() {
+        if !state.scheduled && !state.held && state.blocked_since.is_none() {
             state.scheduled = true;
             let _ = self.writer.ready.send(self.clone());
             self.writer.wake();
@@ -132,13 +167,40 @@ impl TcpOutbox {
     pub fn is_finished(&self) -> bool {
         self.state.lock().unwrap().finished
     }
+
+    /// Starts sending what is queued (see [`Writers::outbox`]).
+    pub fn release(self: &Arc<Self>, skip_connected: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.held = false;
+        state.skip_connected = skip_connected;
+        if !state.events.is_empty() || state.closing.is_some() {
+            self.schedule(&mut state);
+        }
+    }
+
+    /// Parks the calling thread until the outbox is finished or `timeout`
+    /// passes; returns whether it is finished.
+    pub fn wait_finished(&self, timeout: Duration) -> bool {
+        *self.owner.lock().unwrap() = Some(std::thread::current());
+        if !self.is_finished() {
+            std::thread::park_timeout(timeout);
+        }
+        self.is_finished()
+    }
+
+    fn mark_finished(&self) {
+        self.state.lock().unwrap().finished = true;
+        if let Some(owner) = self.owner.lock().unwrap().as_ref() {
+            owner.unpark();
+        }
+    }
 }
 
 /// The router holds outboxes as `Arc<dyn Sink>`; scheduling needs the
 /// `Arc`, so the sink is implemented on a thin wrapper.
-pub struct TcpSink(pub Arc<TcpOutbox>);
+pub struct OutboxSink(pub Arc<SocketOutbox>);
 
-impl Sink for TcpSink {
+impl Sink for OutboxSink {
     fn deliver(&self, event: Event) -> Result<(), Overflow> {
         let mut state = self.0.state.lock().unwrap();
         if state.closing.is_some() || state.finished {
@@ -156,7 +218,8 @@ impl Sink for TcpSink {
         let mut state = self.0.state.lock().unwrap();
         if state.closing.is_none() {
             state.closing = Some(reason);
-            // A blocked client dropped for being slow will not unblock: end it now.
+            // A blocked client dropped for being slow will not unblock: try
+            // its last words now (the stall sweep ends it if they don't fit).
             if reason == CloseReason::TooSlow {
                 state.blocked_since = None;
             }
@@ -167,10 +230,10 @@ impl Sink for TcpSink {
 
 struct Worker {
     poll: Poll,
-    ready: Receiver<Arc<TcpOutbox>>,
-    added: Receiver<Arc<TcpOutbox>>,
+    ready: Receiver<Arc<SocketOutbox>>,
+    added: Receiver<Arc<SocketOutbox>>,
     shared: Arc<Shared>,
-    conns: HashMap<Token, Arc<TcpOutbox>>,
+    conns: HashMap<Token, Arc<SocketOutbox>>,
     write_timeout: Duration,
 }
 
@@ -224,32 +287,50 @@ impl Worker {
     }
 
     /// Sends everything the client has queued, as far as its socket takes it.
-    fn flush(&mut self, outbox: &Arc<TcpOutbox>, batch: &mut Vec<Event>) {
+    fn flush(&mut self, outbox: &Arc<SocketOutbox>, batch: &mut Vec<Event>) {
         loop {
             let mut state = outbox.state.lock().unwrap();
             state.scheduled = false;
-            if state.finished || state.blocked_since.is_some() {
+            if state.finished || state.held || state.blocked_since.is_some() {
                 return;
             }
-            if state.closing == Some(CloseReason::TooSlow) {
-                // What is queued is hopeless; say why if the socket still takes it.
+            let hopeless = state.closing == Some(CloseReason::TooSlow);
+            if hopeless {
+                // What is queued is hopeless; only the last words go out.
                 state.events.clear();
                 state.unsent.clear();
-                state.unsent.extend_from_slice(TOO_SLOW);
             } else {
                 batch.extend(state.events.drain(..));
             }
             let closing = state.closing;
+            let mut skip_connected = state.skip_connected;
             let mut unsent = std::mem::take(&mut state.unsent);
             drop(state);
 
             // Render and send without holding the lock the router delivers under.
+            let mut rendered = Vec::new();
             for event in batch.drain(..) {
-                render(&event, &mut unsent);
+                match outbox.format {
+                    Format::Tcp => super::tcp::render(&event, &mut rendered),
+                    Format::Sse { .. } => super::http::sse::render(&event, &mut rendered, &mut skip_connected),
+                }
+            }
+            if let Some(reason) = closing {
+                rendered.extend_from_slice(&last_words(outbox.format, reason));
+            }
+            match outbox.format {
+                Format::Sse { chunked: true } => {
+                    super::http::sse::frame_chunk(&rendered, &mut unsent);
+                    if closing.is_some() {
+                        unsent.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                _ => unsent.extend_from_slice(&rendered),
             }
             let sent = send_nonblocking(&outbox.stream, &unsent);
 
             let mut state = outbox.state.lock().unwrap();
+            state.skip_connected = skip_connected;
             match sent {
                 Ok(n) if n == unsent.len() => {
                     unsent.clear();
@@ -261,7 +342,6 @@ impl Worker {
                         continue; // more arrived while the lock was free
                     }
                     if closing.is_some() {
-                        state.finished = true;
                         drop(state);
                         self.finish(outbox);
                     }
@@ -274,7 +354,6 @@ impl Worker {
                     return;
                 }
                 Err(_) => {
-                    state.finished = true;
                     drop(state);
                     return self.finish(outbox);
                 }
@@ -283,7 +362,8 @@ impl Worker {
     }
 
     /// Shuts the socket (the reader thread sees the end) and stops watching it.
-    fn finish(&mut self, outbox: &Arc<TcpOutbox>) {
+    fn finish(&mut self, outbox: &Arc<SocketOutbox>) {
+        outbox.mark_finished();
         let _ = outbox.stream.shutdown(Shutdown::Both);
         let fd = outbox.stream.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
@@ -293,7 +373,7 @@ impl Worker {
     /// Disconnects clients whose socket has been full for too long.
     fn give_up_on_stalled(&mut self) {
         let now = Instant::now();
-        let stalled: Vec<Arc<TcpOutbox>> = self
+        let stalled: Vec<Arc<SocketOutbox>> = self
             .conns
             .values()
             .filter(|o| {
@@ -303,8 +383,7 @@ impl Worker {
             .cloned()
             .collect();
         for outbox in stalled {
-            log::info!("a TCP client has not read for {:?}; disconnecting it", self.write_timeout);
-            outbox.state.lock().unwrap().finished = true;
+            log::info!("a client has not read for {:?}; disconnecting it", self.write_timeout);
             self.finish(&outbox);
         }
     }
