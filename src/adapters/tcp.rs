@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lines::{LineEvent, LineReader};
-use super::writers::{Format, OutboxSink, Writers};
+use super::writers::{Format, OutboxSink, Socket, Writers};
 use super::{ConnectionLimit, ConnectionSlot};
 use crate::command::{parse_input, Input};
 use crate::config::Limits;
@@ -88,19 +88,15 @@ fn accept(mut stream: TcpStream, ctx: &TcpContext) {
 /// Runs one client's connection on its reader thread.
 fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let sink = match stream.try_clone() {
-        Ok(handle) => Arc::new(OutboxSink(ctx.writers.outbox(handle, Format::Tcp, ctx.limits.outbox_capacity, false))),
-        Err(e) => {
-            log::error!("cannot serve TCP client {peer}: {e}");
-            return;
-        }
-    };
+    let stream = Arc::new(stream);
+    let socket = Socket::Shared(stream.clone());
+    let sink = Arc::new(OutboxSink(ctx.writers.outbox(socket, Format::Tcp, ctx.limits.outbox_capacity, false)));
     let id = SessionId::next();
     ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
     log::debug!("TCP client {peer} connected as session {}", id.0);
     ctx.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink.clone()) });
 
-    let mut lines = LineReader::new(&stream, ctx.limits.max_line_bytes);
+    let mut lines = LineReader::new(&*stream, ctx.limits.max_line_bytes);
     if choose_nickname(&mut lines, sink.as_ref(), id, &ctx) {
         chat(&mut lines, id, &ctx);
     }

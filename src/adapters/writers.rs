@@ -36,6 +36,38 @@ pub enum Format {
     Sse { chunked: bool },
 }
 
+/// The socket an outbox writes to, without a descriptor of its own (file
+/// descriptors are the scarcest resource at 10,000 clients).
+pub enum Socket {
+    /// Shared with the TCP reader thread; closed when both are done.
+    Shared(Arc<TcpStream>),
+    /// Owned by someone else (tiny_http's connection) who keeps it open
+    /// until the outbox is finished.
+    Borrowed(std::mem::ManuallyDrop<TcpStream>),
+}
+
+impl Socket {
+    /// A socket owned elsewhere.
+    ///
+    /// # Safety
+    /// `fd` must stay open until the outbox using it is finished
+    /// ([`SocketOutbox::wait_finished`]).
+    pub unsafe fn borrowed(fd: std::os::unix::io::RawFd) -> Socket {
+        use std::os::unix::io::FromRawFd;
+        Socket::Borrowed(std::mem::ManuallyDrop::new(TcpStream::from_raw_fd(fd)))
+    }
+}
+
+impl std::ops::Deref for Socket {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        match self {
+            Socket::Shared(stream) => stream,
+            Socket::Borrowed(stream) => stream,
+        }
+    }
+}
+
 /// Why a client is being disconnected, as its last words (if any).
 fn last_words(format: Format, reason: CloseReason) -> Vec<u8> {
     const TOO_SLOW: &str = "you are not reading messages fast enough, so you were disconnected.";
@@ -79,8 +111,8 @@ impl Shared {
 /// One client's output queue; [`OutboxSink`] is the router's side of it.
 pub struct SocketOutbox {
     token: Token,
-    /// A handle of the client's socket, used only for writing.
-    stream: TcpStream,
+    /// The client's socket, used only for writing.
+    stream: Socket,
     format: Format,
     capacity: usize,
     writer: Arc<Shared>,
@@ -106,6 +138,8 @@ struct OutboxState {
     /// The next `RoomChanged` must not announce `connected` (SSE: the
     /// stream's thread already did, before its replay).
     skip_connected: bool,
+    /// Never used after all: forget it without touching the socket.
+    abandoned: bool,
 }
 
 impl Writers {
@@ -126,9 +160,8 @@ impl Writers {
     }
 
     /// Creates the outbox for a new client, served by one of the writers.
-    /// `stream` is the client's socket (a duplicate handle); with `held`,
-    /// nothing is sent until [`SocketOutbox::release`].
-    pub fn outbox(&self, stream: TcpStream, format: Format, capacity: usize, held: bool) -> Arc<SocketOutbox> {
+    /// With `held`, nothing is sent until [`SocketOutbox::release`].
+    pub fn outbox(&self, stream: Socket, format: Format, capacity: usize, held: bool) -> Arc<SocketOutbox> {
         static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(0);
         let writer = self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()].clone();
         let outbox = Arc::new(SocketOutbox {
@@ -176,6 +209,20 @@ impl SocketOutbox {
         if !state.events.is_empty() || state.closing.is_some() {
             self.schedule(&mut state);
         }
+    }
+
+    /// Drops a held outbox that was never released, without writing to or
+    /// shutting down the socket (its owner answers the request instead),
+    /// and waits until the writer has let go of the socket.
+    pub fn abandon(self: &Arc<Self>) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.abandoned = true;
+            state.held = false;
+            state.closing.get_or_insert(CloseReason::Normal);
+            self.schedule(&mut state);
+        }
+        while !self.wait_finished(Duration::from_secs(1)) {}
     }
 
     /// Parks the calling thread until the outbox is finished or `timeout`
@@ -291,6 +338,13 @@ impl Worker {
         loop {
             let mut state = outbox.state.lock().unwrap();
             state.scheduled = false;
+            if state.abandoned && !state.finished {
+                drop(state);
+                let fd = outbox.stream.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                self.conns.remove(&outbox.token);
+                return outbox.mark_finished();
+            }
             if state.finished || state.held || state.blocked_since.is_some() {
                 return;
             }
@@ -363,11 +417,12 @@ impl Worker {
 
     /// Shuts the socket (the reader thread sees the end) and stops watching it.
     fn finish(&mut self, outbox: &Arc<SocketOutbox>) {
-        outbox.mark_finished();
         let _ = outbox.stream.shutdown(Shutdown::Both);
         let fd = outbox.stream.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         self.conns.remove(&outbox.token);
+        // Last: a borrowed socket may be closed by its owner from here on.
+        outbox.mark_finished();
     }
 
     /// Disconnects clients whose socket has been full for too long.

@@ -43,7 +43,7 @@ use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::ConnectionSlot;
 use crate::error::ChatError;
-use crate::adapters::writers::{Format, OutboxSink};
+use crate::adapters::writers::{Format, OutboxSink, Socket};
 use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Wire};
 use crate::names::normalize_room;
 use crate::router::{RouterMsg, SessionRef};
@@ -194,12 +194,15 @@ fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
         Some(None) => return send(request, Refusal::from(ChatError::UnknownSession).into(), ctx),
         None => return send(request, Refusal::from(ChatError::ShuttingDown).into(), ctx),
     };
-    // The live part of the stream is written by the writer pool on its own
-    // handle of the socket; tiny_http's writer stays alive (and in charge of
-    // the connection) until the stream ends.
-    let Some(handle) = request.raw_fd().and_then(duplicate) else {
+    // The live part of the stream is written by the writer pool on the
+    // connection's socket, which tiny_http's writer keeps open: this thread
+    // holds that writer until the pool is finished with the socket.
+    let Some(fd) = request.raw_fd() else {
         return send(request, Refusal::new(500, "this connection cannot carry an event stream.").into(), ctx);
     };
+    // SAFETY: every path below waits for `wait_finished` (or closes the
+    // outbox before it was ever released) before the request's writer drops.
+    let handle = unsafe { Socket::borrowed(fd) };
     let format = Format::Sse { chunked: framing == Framing::Chunked };
     let outbox = ctx.writers.outbox(handle, format, ctx.limits.outbox_capacity, true);
     let sink: Arc<dyn Sink> = Arc::new(OutboxSink(outbox.clone()));
@@ -208,11 +211,11 @@ fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
         Ok(Attach::Attached) => true,
         Ok(Attach::Replay) => false,
         Ok(Attach::Superseded) => {
-            sink.close(CloseReason::Normal);
+            outbox.abandon();
             return send(request, Refusal::new(409, "a newer stream for this session has been opened.").into(), ctx);
         }
         Err(e) => {
-            sink.close(CloseReason::Normal);
+            outbox.abandon();
             return send(request, Refusal::from(e).into(), ctx);
         }
     };
@@ -254,15 +257,6 @@ fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
     sink.close(CloseReason::Normal);
     ctx.metrics.http_streams.fetch_sub(1, Relaxed);
     log::debug!("SSE stream for session {} ended", session.0);
-}
-
-/// A second handle of a connection's socket, for the writer pool.
-fn duplicate(fd: std::os::unix::io::RawFd) -> Option<std::net::TcpStream> {
-    use std::os::unix::io::FromRawFd;
-    // SAFETY: `fd` is the live socket of the request being served; `dup`
-    // gives a new descriptor that the returned stream owns and closes.
-    let copy = unsafe { libc::dup(fd) };
-    (copy >= 0).then(|| unsafe { std::net::TcpStream::from_raw_fd(copy) })
 }
 
 /// What an attach attempt came to.
