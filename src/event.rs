@@ -59,8 +59,9 @@ impl Rendered {
     }
 }
 
-/// A committed room message, as stored and delivered.
-#[derive(Debug)]
+/// A committed room message, as stored, delivered, and sent to other
+/// instances (serialized without its rendering cache).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     /// Store-assigned id; increases with commit order within a room.
     pub id: i64,
@@ -73,6 +74,7 @@ pub struct ChatMessage {
     pub content: String,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    #[serde(skip)]
     pub rendered: Rendered,
 }
 

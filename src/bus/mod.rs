@@ -51,48 +51,6 @@ impl Names {
     }
 }
 
-/// A committed room message as it crosses the bus.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireMessage {
-    pub id: i64,
-    pub seq: i64,
-    pub room_id: i64,
-    pub room: String,
-    pub user_id: i64,
-    pub nickname: String,
-    pub content: String,
-    pub created_at_ms: i64,
-}
-
-impl WireMessage {
-    pub fn from_message(m: &ChatMessage) -> WireMessage {
-        WireMessage {
-            id: m.id,
-            seq: m.seq,
-            room_id: m.room_id,
-            room: m.room.clone(),
-            user_id: m.user_id,
-            nickname: m.nickname.clone(),
-            content: m.content.clone(),
-            created_at_ms: m.created_at_ms,
-        }
-    }
-
-    pub fn into_message(self) -> ChatMessage {
-        ChatMessage {
-            id: self.id,
-            seq: self.seq,
-            room_id: self.room_id,
-            room: self.room,
-            user_id: self.user_id,
-            nickname: self.nickname,
-            content: self.content,
-            created_at_ms: self.created_at_ms,
-            rendered: Default::default(),
-        }
-    }
-}
-
 /// One user of an instance, for presence.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
@@ -102,11 +60,11 @@ pub struct Member {
 
 /// What instances tell each other. Every event names its sender; an
 /// instance ignores its own.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BusEvent {
     /// A committed room message.
-    Message { from: String, message: WireMessage },
+    Message { from: String, message: ChatMessage },
     /// A room was created (and stored).
     RoomCreated { from: String, id: i64, name: String, created_at_ms: i64 },
     /// A user of `from` is online, in `member.room`.

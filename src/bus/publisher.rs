@@ -70,6 +70,24 @@ impl BusHandle {
         self.publish(self.names.events(), event);
     }
 
+    /// Sends a committed message to every instance, serialized from the
+    /// shared message itself (the same JSON as [`BusEvent::Message`]).
+    pub fn broadcast_message(&self, from: &str, message: &crate::event::ChatMessage) {
+        #[derive(serde::Serialize)]
+        struct MessageEvent<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            from: &'a str,
+            message: &'a crate::event::ChatMessage,
+        }
+        match serde_json::to_string(&MessageEvent { kind: "message", from, message }) {
+            Ok(payload) => {
+                let _ = self.jobs.send(Job::Publish { channel: self.names.events(), payload });
+            }
+            Err(e) => log::error!("cannot encode a bus message: {e}"),
+        }
+    }
+
     /// Sends an event to one instance.
     pub fn send_to(&self, instance: &str, event: &BusEvent) {
         self.publish(self.names.instance_channel(instance), event);
@@ -267,6 +285,39 @@ impl Publisher {
                 }
                 Err(e) => return self.failed(e),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChatMessage;
+
+    #[test]
+    fn a_broadcast_message_reads_back_as_a_message_event() {
+        let (jobs, rx) = crossbeam_channel::unbounded();
+        let bus = BusHandle { jobs, names: Names { prefix: "p".into(), instance: "1".into() } };
+        let message = ChatMessage {
+            id: 7,
+            seq: 3,
+            room_id: 2,
+            room: "general".into(),
+            user_id: 5,
+            nickname: "alice".into(),
+            content: "hi \"there\"".into(),
+            created_at_ms: 1_767_268_800_000,
+            rendered: Default::default(),
+        };
+        bus.broadcast_message("1", &message);
+        let Ok(Job::Publish { channel, payload }) = rx.try_recv() else { panic!("nothing published") };
+        assert_eq!(channel, "p:events");
+        match serde_json::from_str::<BusEvent>(&payload).unwrap() {
+            BusEvent::Message { from, message: back } => {
+                assert_eq!(from, "1");
+                assert_eq!((back.id, back.seq, back.room.as_str(), back.content.as_str()), (7, 3, "general", "hi \"there\""));
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

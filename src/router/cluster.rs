@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::{RouterMsg, RouterState};
 use crate::bus::publisher::{ClaimOutcome, ClaimResult};
 use crate::bus::subscriber::Incoming;
-use crate::bus::{BusEvent, Member, WireMessage};
+use crate::bus::{BusEvent, Member};
 use crate::error::ChatError;
 use crate::event::{ChatMessage, DirectMessage, Event, SessionId};
 use crate::names::name_key;
@@ -171,7 +171,6 @@ impl RouterState {
         remote.last_heard = Instant::now();
         match event {
             BusEvent::Message { message, .. } => {
-                let message = message.into_message();
                 if !self.rooms.contains_key(&message.room) {
                     self.add_room(RoomRecord { id: message.room_id, name: message.room.clone(), created_at_ms: message.created_at_ms });
                 }
@@ -253,7 +252,10 @@ impl RouterState {
     }
 
     pub(super) fn publish_committed(&self, message: &ChatMessage) {
-        self.broadcast(BusEvent::Message { from: self.instance.clone(), message: WireMessage::from_message(message) });
+        if let Some(bus) = &self.bus {
+            // Serialized straight from the shared message, without a copy.
+            bus.broadcast_message(&self.instance, message);
+        }
     }
 
     /// The instance a user of another instance is on.
