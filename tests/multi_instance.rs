@@ -189,3 +189,50 @@ fn killing_the_subscriptions_mid_chat_loses_no_committed_message() {
         assert_eq!(room_lines(reader, "heal", total), expected, "a reader missed or reordered messages");
     }
 }
+
+#[test]
+fn while_redis_is_away_instances_serve_their_own_users_and_catch_up_after() {
+    use common::proxy::Proxy;
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap());
+    let redis_url = format!("redis://{}", proxy.addr);
+    let cluster = Cluster::start_with(2, |b| b.env("REDIS_URL", &redis_url).env("MSG_RATE", 0));
+    let mut alice = cluster.servers[0].login("alice");
+    alice.send("/create weather");
+    alice.wait_for(|l| l == "---");
+    let mut bob = cluster.servers[1].login("bob");
+    eventually(&mut bob, "/join weather", Duration::from_secs(5), |l| l == "Joined room: weather");
+    bob.wait_for(|l| l == "---");
+    alice.send("before");
+    assert_eq!(room_lines(&mut alice, "weather", 1), ["[weather] alice: before"]);
+    assert_eq!(room_lines(&mut bob, "weather", 1), ["[weather] alice: before"]);
+
+    proxy.cut();
+    let health = |server: &common::TestServer| common::http_get(server.http.unwrap(), "/api/health");
+    let started = Instant::now();
+    loop {
+        let (status, body) = health(&cluster.servers[0]);
+        if body.contains("\"redis\":false") {
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("\"status\":\"degraded\""), "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "health never reported Redis down: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each instance keeps serving its own users.
+    alice.send("during the outage");
+    assert_eq!(room_lines(&mut alice, "weather", 1), ["[weather] alice: during the outage"]);
+
+    proxy.restore();
+    // After the reconnect, bob gets what he missed, in order, once.
+    alice.send("after");
+    assert_eq!(
+        room_lines(&mut bob, "weather", 2),
+        ["[weather] alice: during the outage", "[weather] alice: after"]
+    );
+    let started = Instant::now();
+    while !health(&cluster.servers[1]).1.contains("\"redis\":true") {
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis never came back in health");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
