@@ -1,17 +1,15 @@
 //! What the router hands to sessions, and the outbox it hands it through.
 //!
 //! The router never touches a socket. Each session gives it a [`Sink`];
-//! the router pushes [`Event`]s into it without ever blocking. The usual sink
-//! is an [`Outbox`]: a queue with a capacity, read by the adapter's writer
-//! thread, which renders events into bytes for its protocol. Room messages
-//! and notices are shared (`Arc`) between all recipients and each protocol's
-//! rendering is cached on them, so a message is formatted once per protocol,
-//! not once per recipient.
+//! the router pushes [`Event`]s into it without ever blocking. The adapters'
+//! sink is a bounded per-client outbox sent by the writer pool
+//! (`adapters::writers`), which renders events into bytes for the client's
+//! protocol. Room messages and notices are shared (`Arc`) between all
+//! recipients and each protocol's rendering is cached on them, so a message
+//! is formatted once per protocol, not once per recipient.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-
-use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::ChatError;
 
@@ -136,8 +134,6 @@ pub enum Event {
     Error(ChatError),
     /// The session's room changed; carries the new room's recent messages.
     RoomChanged { room: Option<String>, history: Vec<Arc<ChatMessage>> },
-    /// Last event of a session: the writer flushes what it has and closes.
-    Close(CloseReason),
 }
 
 /// The session queue is full; the session must be dropped.
@@ -151,103 +147,6 @@ pub trait Sink: Send + Sync {
     fn deliver(&self, event: Event) -> Result<(), Overflow>;
     /// Ends the session's output; later deliveries are ignored.
     fn close(&self, reason: CloseReason);
-}
-
-/// A bounded queue of events for one session, read by one writer thread.
-///
-/// The channel itself is unbounded (it allocates lazily, so an idle session
-/// costs almost nothing) and the bound is checked on each delivery; the only
-/// producer is the router, so the check cannot race with another producer.
-pub struct Outbox {
-    tx: Sender<Event>,
-    capacity: usize,
-    closed: AtomicBool,
-}
-
-/// The writer's end of an [`Outbox`]. `recv` returns `None` once the
-/// session is closed and everything before the close has been taken.
-pub struct OutboxReader {
-    rx: Receiver<Event>,
-}
-
-impl Outbox {
-    pub fn new(capacity: usize) -> (Arc<Outbox>, OutboxReader) {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        (Arc::new(Outbox { tx, capacity, closed: AtomicBool::new(false) }), OutboxReader { rx })
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-}
-
-impl Sink for Outbox {
-    fn deliver(&self, event: Event) -> Result<(), Overflow> {
-        if self.is_closed() {
-            return Ok(());
-        }
-        if self.tx.len() >= self.capacity {
-            return Err(Overflow);
-        }
-        // The reader only goes away after it has seen `Close`, or when its
-        // thread died; either way there is nobody left to deliver to.
-        let _ = self.tx.send(event);
-        Ok(())
-    }
-
-    fn close(&self, reason: CloseReason) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.send(Event::Close(reason));
-        }
-    }
-}
-
-impl OutboxReader {
-    /// Blocks until at least one event is queued, then takes everything
-    /// queued (up to `max`) into `batch`, so the writer can send it in one
-    /// write. Returns the close reason once the session is closed.
-    pub fn recv_batch(&self, batch: &mut Vec<Event>, max: usize) -> Option<CloseReason> {
-        match self.rx.recv() {
-            Ok(event) => batch.push(event),
-            Err(_) => return Some(CloseReason::Normal),
-        }
-        while batch.len() < max {
-            match self.rx.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
-            }
-        }
-        batch.iter().find_map(|e| match e {
-            Event::Close(reason) => Some(*reason),
-            _ => None,
-        })
-    }
-
-    /// Like [`recv_batch`](Self::recv_batch) with a timeout; `Ok(None)` on timeout.
-    pub fn recv_batch_timeout(
-        &self,
-        batch: &mut Vec<Event>,
-        max: usize,
-        timeout: std::time::Duration,
-    ) -> Result<Option<CloseReason>, ()> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(event) => batch.push(event),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Err(()),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Ok(Some(CloseReason::Normal))
-            }
-        }
-        while batch.len() < max {
-            match self.rx.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
-            }
-        }
-        Ok(batch.iter().find_map(|e| match e {
-            Event::Close(reason) => Some(*reason),
-            _ => None,
-        }))
-    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -267,19 +166,6 @@ pub fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outbox_overflows_at_capacity_and_closes_once() {
-        let (outbox, reader) = Outbox::new(2);
-        assert!(outbox.deliver(Event::Reply("a".into())).is_ok());
-        assert!(outbox.deliver(Event::Reply("b".into())).is_ok());
-        assert_eq!(outbox.deliver(Event::Reply("c".into())), Err(Overflow));
-        outbox.close(CloseReason::TooSlow);
-        outbox.close(CloseReason::Normal);
-        let mut batch = Vec::new();
-        assert_eq!(reader.recv_batch(&mut batch, 100), Some(CloseReason::TooSlow));
-        assert_eq!(batch.len(), 3);
-    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

@@ -7,8 +7,8 @@
 //! - [`server`]: wires the threads together; start and graceful shutdown.
 //! - [`router`]: the router thread, sole owner of chat state (sessions,
 //!   nicknames, rooms, memberships, per-room ring buffers).
-//! - [`event`]: what the router delivers to sessions, and the bounded
-//!   per-session [`event::Outbox`] it delivers through.
+//! - [`event`]: what the router delivers to sessions, through each
+//!   session's [`event::Sink`].
 //! - [`command`]: slash-command parsing and the `/help` table.
 //! - [`names`]: nickname, room-name and message-text rules.
 //! - [`error`]: every user-visible refusal, as one enum.

@@ -3,7 +3,7 @@
 //! Each client costs one thread with a small stack (`CLIENT_STACK_KB`), its
 //! **reader**: it owns the socket's read side, runs the nickname prompt,
 //! then turns each line into a router request. Output goes through the
-//! client's [`TcpOutbox`], sent by the shared writer pool
+//! client's outbox, sent by the shared writer pool
 //! ([`super::writers`]).
 //!
 //! The router only ever queues into the outbox, so a client that stops
@@ -216,6 +216,6 @@ pub fn render(event: &Event, out: &mut Vec<u8>) {
         }
         Event::Error(error) => out.extend_from_slice(format!("Error: {error}\n").as_bytes()),
         Event::Prompt(prompt) => out.extend_from_slice(prompt.as_bytes()),
-        Event::RoomChanged { .. } | Event::Ping | Event::Close(_) => {}
+        Event::RoomChanged { .. } | Event::Ping => {}
     }
 }

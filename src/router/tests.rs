@@ -1,12 +1,42 @@
-//! The router driven through its channel, without sockets: each session is
-//! an [`Outbox`] whose events the test reads, the store is a real SQLite
-//! file in a temporary directory.
+//! The router driven through its channel, without sockets: each session's
+//! sink is a [`TestSink`] whose events the test reads, the store is a real
+//! SQLite file in a temporary directory.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::event::{Outbox, OutboxReader};
+use crate::event::Overflow;
+use crossbeam_channel::Receiver;
+use std::sync::atomic::AtomicBool;
+
+/// A session's sink for tests: a bounded queue the test reads.
+struct TestSink {
+    events: crossbeam_channel::Sender<Event>,
+    capacity: usize,
+    closed: Mutex<Option<CloseReason>>,
+    is_closed: AtomicBool,
+}
+
+impl Sink for TestSink {
+    fn deliver(&self, event: Event) -> Result<(), Overflow> {
+        if self.is_closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if self.events.len() >= self.capacity {
+            return Err(Overflow);
+        }
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.is_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closed.lock().unwrap().get_or_insert(reason);
+    }
+}
+
+use std::sync::Mutex;
 use crate::store::{sqlite::SqliteStore, worker};
 
 struct Harness {
@@ -16,8 +46,8 @@ struct Harness {
 
 struct TestSession {
     id: SessionId,
-    outbox: Arc<Outbox>,
-    events: OutboxReader,
+    sink: Arc<TestSink>,
+    events: Receiver<Event>,
 }
 
 fn settings() -> RouterSettings {
@@ -42,12 +72,14 @@ fn start(settings: RouterSettings) -> Harness {
 impl Harness {
     fn session(&self, nick: &str, capacity: usize) -> TestSession {
         let id = SessionId::next();
-        let (outbox, events) = Outbox::new(capacity);
-        let sink: Arc<dyn Sink> = outbox.clone();
+        let (tx, events) = crossbeam_channel::unbounded();
+        let test_sink =
+            Arc::new(TestSink { events: tx, capacity, closed: Mutex::new(None), is_closed: AtomicBool::new(false) });
+        let sink: Arc<dyn Sink> = test_sink.clone();
         self.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink) });
         let reply = self.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname: nick.into(), reply });
         assert!(matches!(reply, Ok(Reply::LoggedIn { .. })), "{reply:?}");
-        TestSession { id, outbox, events }
+        TestSession { id, sink: test_sink, events }
     }
 
     fn command(&self, session: &TestSession, command: Command) -> Outcome {
@@ -60,11 +92,9 @@ impl Harness {
 }
 
 impl TestSession {
-    /// The next event, skipping room changes unless asked for.
+    /// The next event.
     fn next(&self) -> Event {
-        let mut batch = Vec::new();
-        self.events.recv_batch_timeout(&mut batch, 1, Duration::from_secs(5)).expect("an event");
-        batch.pop().unwrap()
+        self.events.recv_timeout(Duration::from_secs(5)).expect("an event")
     }
 
     fn next_message(&self) -> String {
@@ -114,11 +144,9 @@ fn a_session_whose_outbox_overflows_is_dropped_and_closed() {
     for i in 0..20 {
         h.say(&sender, &format!("m{i}")).unwrap();
     }
-    assert!(slow.outbox.is_closed(), "the slow session was not closed");
+    assert_eq!(*slow.sink.closed.lock().unwrap(), Some(CloseReason::TooSlow), "the slow session was not closed");
     let members = h.router.inspect(|state| state.room_members("room")).unwrap().unwrap();
     assert_eq!(members, ["sender"]);
-    let mut batch = Vec::new();
-    assert_eq!(slow.events.recv_batch(&mut batch, 1000), Some(CloseReason::TooSlow));
 }
 
 #[test]

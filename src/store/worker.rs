@@ -21,12 +21,15 @@ use super::{NewMessage, Store, StoreError};
 use crate::event::ChatMessage;
 use crate::metrics::Metrics;
 
+/// Anything to run against the store on the storage thread.
+type StoreJob = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
 /// A job for the storage thread.
 enum Job {
     /// Commit a message; `ticket` comes back with the result.
     Append { ticket: u64, message: NewMessage },
     /// Run anything else against the store.
-    Run(Box<dyn FnOnce(&mut dyn Store) + Send>),
+    Run(StoreJob),
     /// Commit what is queued and end the thread.
     Stop,
 }

@@ -418,7 +418,7 @@ pub(crate) fn render(event: &Event, out: &mut Vec<u8>, skip_connected: &mut bool
         }
         Event::Ping => out.extend_from_slice(b": ping\n\n"),
         // Command replies and refusals go back in the HTTP answers.
-        Event::Reply(_) | Event::Error(_) | Event::Prompt(_) | Event::Close(_) => {}
+        Event::Reply(_) | Event::Error(_) | Event::Prompt(_) => {}
     }
 }
 
