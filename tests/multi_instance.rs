@@ -118,6 +118,9 @@ fn concurrent_senders_on_three_instances_are_seen_in_one_order() {
 fn a_nickname_online_on_one_instance_is_refused_on_another() {
     let cluster = Cluster::start(2);
     let _alice = cluster.servers[0].login("alice");
+    // The claim in Redis decides at once, before any presence news arrives.
+    let key = format!("{}:nick:alice", cluster.prefix);
+    assert_eq!(Cluster::redis(&["GET", &key]).trim(), "i1");
     let mut other = cluster.servers[1].connect();
     other.expect("Welcome to Baby Discord!");
     other.expect_prompt();

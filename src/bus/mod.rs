@@ -46,8 +46,9 @@ impl Names {
         format!("{}:instance:{}", self.prefix, instance)
     }
 
-    pub fn nick_key(&self, key: &str) -> String {
-        format!("{}:nick:{}", self.prefix, key)
+    /// The key holding a nickname's claim: case-insensitive, like nicknames.
+    pub fn nick_key(&self, nick: &str) -> String {
+        format!("{}:nick:{}", self.prefix, crate::names::name_key(nick))
     }
 }
 
@@ -142,4 +143,16 @@ pub fn start(
     let handle = publisher::spawn(client.clone(), names.clone(), health.clone(), claims_done);
     subscriber::spawn(client, names, health.clone(), deliver);
     Ok((handle, health))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nickname_claims_ignore_case() {
+        let names = Names { prefix: "p".into(), instance: "1".into() };
+        assert_eq!(names.nick_key("ALICE"), names.nick_key("alice"));
+        assert_eq!(names.nick_key("Bob"), "p:nick:bob");
+    }
 }
