@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:?usage: bench/single.sh sqlite|postgres [loadgen options...]}
 shift
-cargo build --release --quiet --bin baby-discord -p baby-discord -p loadgen
+cargo build --release --quiet -p baby-discord -p loadgen
 
 data=$(mktemp -d)
 env=(DATA_DIR="$data" MSG_RATE=0 TCP_PORT=19401 HTTP_PORT=13401 LOG_LEVEL=warn)

@@ -7,7 +7,7 @@
 # creates and drops its own database and uses its own Redis prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin baby-discord -p baby-discord -p loadgen
+cargo build --release --quiet -p baby-discord -p loadgen
 
 db="bench3_$$"
 psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" postgres
