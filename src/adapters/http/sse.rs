@@ -246,10 +246,12 @@ fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
             if let Some(why) = last_words {
                 let _ = stream.write(&error_event(&why));
             }
-            // The pool ends the response (last chunk) and closes the socket.
+            // The pool ends the response (last chunk) and closes the socket;
+            // the socket must outlive its use there (a stalled client is
+            // given up after WRITE_TIMEOUT_SECS).
             sink.close(CloseReason::Normal);
             outbox.release(false);
-            outbox.wait_finished(Duration::from_secs(5));
+            while !outbox.wait_finished(Duration::from_secs(1)) {}
         }
     }
     // Whatever happened, this stream no longer takes events.
