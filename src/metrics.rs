@@ -7,15 +7,15 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::event::Protocol;
 
-/// A histogram of durations with fixed bucket bounds (seconds).
+/// A histogram with fixed bucket bounds (seconds, or a plain count).
 pub struct Histogram {
     bounds: &'static [f64],
     /// One counter per bound, non-cumulative; cumulated when rendered.
     counts: Vec<AtomicU64>,
     overflow: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Sum of observed values, in millionths.
+    sum_millionths: AtomicU64,
 }
 
 impl Histogram {
@@ -24,17 +24,21 @@ impl Histogram {
             bounds,
             counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
             overflow: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            sum_millionths: AtomicU64::new(0),
         }
     }
 
+    /// Records a duration, in seconds.
     pub fn observe(&self, value: Duration) {
-        let secs = value.as_secs_f64();
-        match self.bounds.iter().position(|b| secs <= *b) {
+        self.observe_value(value.as_secs_f64());
+    }
+
+    pub fn observe_value(&self, value: f64) {
+        match self.bounds.iter().position(|b| value <= *b) {
             Some(i) => self.counts[i].fetch_add(1, Relaxed),
             None => self.overflow.fetch_add(1, Relaxed),
         };
-        self.sum_micros.fetch_add(value.as_micros() as u64, Relaxed);
+        self.sum_millionths.fetch_add((value * 1e6) as u64, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -46,7 +50,7 @@ impl Histogram {
         }
         cumulative += self.overflow.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_sum {}", self.sum_millionths.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
@@ -66,7 +70,7 @@ pub struct Metrics {
     /// Time from a message's arrival at the router to its fan-out.
     pub delivery_latency: Histogram,
     pub commit_latency: Histogram,
-    /// Messages per commit; observed as "seconds" = count, rendered as a plain histogram.
+    /// Messages per commit.
     batch_sizes: Histogram,
 }
 
@@ -91,15 +95,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn record_commit(&self, batch: usize, latency: Duration) {
         self.commit_latency.observe(latency);
-        self.batch_sizes.observe(Duration::from_secs(batch as u64));
-    }
-
-    /// Open connections of one protocol.
-    pub fn connections(&self, protocol: Protocol) -> &AtomicU64 {
-        match protocol {
-            Protocol::Tcp => &self.tcp_connections,
-            Protocol::Http => &self.http_streams,
-        }
+        self.batch_sizes.observe_value(batch as f64);
     }
 
     /// The Prometheus text exposition of every metric.

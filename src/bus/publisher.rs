@@ -112,9 +112,6 @@ impl BusHandle {
         let _ = self.jobs.send(Job::Release { nick: nick.to_string() });
     }
 
-    pub fn instance(&self) -> &str {
-        &self.names.instance
-    }
 }
 
 pub(super) fn spawn(

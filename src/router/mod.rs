@@ -570,8 +570,4 @@ impl RouterState {
         nicks
     }
 
-    /// Open sessions by protocol (named or not).
-    pub fn session_count(&self, protocol: Protocol) -> usize {
-        self.sessions.values().filter(|s| s.protocol == protocol).count()
-    }
 }
