@@ -272,6 +272,16 @@ impl Iterator for ClientConnection {
                 _ => (),
             };
 
+            // Patched for baby-discord (see vendor/README.md): an event stream
+            // is the last request on its connection, so this thread need not
+            // wait beside it for a next request that cannot come.
+            let event_stream = rq.headers().iter().any(|h| {
+                h.field.equiv("Accept") && h.value.as_str().contains("text/event-stream")
+            });
+            if event_stream {
+                self.no_more_requests = true;
+            }
+
             // returning the request
             return Some(rq);
         }
