@@ -36,8 +36,7 @@ fn eventually(client: &mut Client, command: &str, deadline: Duration, pred: impl
 fn users_on_three_instances_chat_in_one_room() {
     let cluster = Cluster::start(3);
     let mut alice = cluster.servers[0].login("alice");
-    alice.send("/create general");
-    alice.wait_for(|l| l == "---");
+    alice.create("general");
     let mut bob = cluster.servers[1].login("bob");
     let mut carol = cluster.servers[2].login("carol");
     // The room was created on instance 1; the others learn of it over the bus.
@@ -68,8 +67,7 @@ fn concurrent_senders_on_three_instances_are_seen_in_one_order() {
         let mut member = server.login(&format!("member{i}"));
         let sender = server.login(&format!("sender{i}"));
         if i == 0 {
-            member.send("/create race");
-            member.wait_for(|l| l == "---");
+            member.create("race");
         }
         members.push(member);
         senders.push(sender);
@@ -153,8 +151,7 @@ fn a_direct_message_crosses_instances() {
 fn a_killed_instance_leaves_everyones_list_within_30_seconds() {
     let mut cluster = Cluster::start(2);
     let mut alice = cluster.servers[0].login("alice");
-    alice.send("/create r");
-    alice.wait_for(|l| l == "---");
+    alice.create("r");
     let mut doomed = cluster.servers[1].login("doomed");
     eventually(&mut doomed, "/join r", Duration::from_secs(5), |l| l == "Joined room: r");
     doomed.wait_for(|l| l == "---");
@@ -169,8 +166,7 @@ fn a_killed_instance_leaves_everyones_list_within_30_seconds() {
 fn killing_the_subscriptions_mid_chat_loses_no_committed_message() {
     let cluster = Cluster::start_with(3, |b| b.env("MSG_RATE", 0));
     let mut sender = cluster.servers[0].login("sender");
-    sender.send("/create heal");
-    sender.wait_for(|l| l == "---");
+    sender.create("heal");
     let mut readers: Vec<Client> = (1..3).map(|i| cluster.servers[i].login(&format!("reader{i}"))).collect();
     for reader in &mut readers {
         eventually(reader, "/join heal", Duration::from_secs(5), |l| l == "Joined room: heal");
@@ -200,8 +196,7 @@ fn while_redis_is_away_instances_serve_their_own_users_and_catch_up_after() {
     let redis_url = format!("redis://{}", proxy.addr);
     let cluster = Cluster::start_with(2, |b| b.env("REDIS_URL", &redis_url).env("MSG_RATE", 0));
     let mut alice = cluster.servers[0].login("alice");
-    alice.send("/create weather");
-    alice.wait_for(|l| l == "---");
+    alice.create("weather");
     let mut bob = cluster.servers[1].login("bob");
     eventually(&mut bob, "/join weather", Duration::from_secs(5), |l| l == "Joined room: weather");
     bob.wait_for(|l| l == "---");

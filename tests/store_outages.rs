@@ -20,11 +20,9 @@ fn a_database_outage_refuses_sends_clearly_and_heals_by_itself() {
     let (proxy, url) = via_proxy(&database);
     let server = TestServer::builder(Store::Postgres).env("DATABASE_URL", &url).env("MSG_RATE", 0).start();
     let mut alice = server.login("alice");
-    alice.send("/create outage");
-    alice.wait_for(|l| l == "---");
+    alice.create("outage");
     let mut bob = server.login("bob");
-    bob.send("/join outage");
-    bob.wait_for(|l| l == "---");
+    bob.join("outage");
     alice.send("before");
     alice.expect("[system] bob joined outage");
     alice.expect("[outage] alice: before");
@@ -59,8 +57,7 @@ fn terminated_database_sessions_lose_no_acknowledged_message() {
     let server = TestServer::builder(Store::Postgres).env("MSG_RATE", 0).start();
     let database = server.database.as_ref().unwrap();
     let mut alice = server.login("alice");
-    alice.send("/create term");
-    alice.wait_for(|l| l == "---");
+    alice.create("term");
     let mut acknowledged = Vec::new();
     for n in 0..30 {
         if n % 10 == 5 {

@@ -104,8 +104,7 @@ for_each_store! {
         bob.expect("Error: nickname 'Alice' is already taken. Choose another one.");
         bob.send("/nick b@d");
         bob.expect("Error: invalid nickname: 'b@d' contains '@'; use only letters, digits, '_' or '-'.");
-        bob.send("/join general");
-        bob.wait_for(|l| l == "---");
+        bob.join("general");
         alice.expect("[system] bob joined general");
         bob.send("/nick robert");
         bob.expect("You are now known as robert");
@@ -146,8 +145,7 @@ for_each_store! {
     fn history_on_join_is_exactly_the_last_ten_oldest_first(store) {
         let server = TestServer::builder(store).env("MSG_RATE", 0).start();
         let mut alice = server.login("alice");
-        alice.send("/create busy");
-        alice.wait_for(|l| l == "---");
+        alice.create("busy");
         for i in 1..=25 {
             alice.send(&format!("message {i}"));
             alice.expect(&format!("[busy] alice: message {i}"));
@@ -165,12 +163,9 @@ for_each_store! {
     fn rooms_and_history_survive_a_restart(store) {
         let mut server = TestServer::start(store);
         let mut alice = server.login("alice");
-        alice.send("/create keep");
-        alice.wait_for(|l| l == "---");
-        alice.send("/create empty");
-        alice.wait_for(|l| l == "---");
-        alice.send("/join keep");
-        alice.wait_for(|l| l == "---");
+        alice.create("keep");
+        alice.create("empty");
+        alice.join("keep");
         alice.send("still here");
         alice.expect("[keep] alice: still here");
         drop(alice);
@@ -186,8 +181,7 @@ for_each_store! {
     fn a_message_echoed_before_kill_9_is_there_after_restart(store) {
         let mut server = TestServer::start(store);
         let mut alice = server.login("alice");
-        alice.send("/create durable");
-        alice.wait_for(|l| l == "---");
+        alice.create("durable");
         alice.send("acknowledged");
         alice.expect("[durable] alice: acknowledged");
         server.kill9();
@@ -204,14 +198,11 @@ for_each_store! {
             .env("WRITE_TIMEOUT_SECS", 1)
             .start();
         let mut flooder = server.login("flooder");
-        flooder.send("/create flood");
-        flooder.wait_for(|l| l == "---");
+        flooder.create("flood");
         let mut stalled = server.login("stalled");
-        stalled.send("/join flood");
-        stalled.wait_for(|l| l == "---");
+        stalled.join("flood");
         let mut reader = server.login("reader");
-        reader.send("/join flood");
-        reader.wait_for(|l| l == "---");
+        reader.join("flood");
         flooder.expect("[system] stalled joined flood");
         flooder.expect("[system] reader joined flood");
 
@@ -256,8 +247,7 @@ for_each_store! {
         // for the final line.
         let server = TestServer::builder(store).env("MSG_RATE", 0).env("OUTBOX_CAPACITY", 8).start();
         let mut victim = server.login("victim");
-        victim.send("/create burst");
-        victim.wait_for(|l| l == "---");
+        victim.create("burst");
         let burst: String = (0..500).map(|i| format!("burst {i}\n")).collect();
         victim.send_raw(burst.as_bytes());
         let lines = victim.expect_closed();
@@ -281,8 +271,7 @@ for_each_store! {
     fn invalid_utf8_is_refused_and_nothing_is_delivered(store) {
         let server = TestServer::start(store);
         let mut alice = server.login("alice");
-        alice.send("/create bytes");
-        alice.wait_for(|l| l == "---");
+        alice.create("bytes");
         alice.send_raw(b"caf\xe9 \xff\xfe\n");
         alice.expect("Error: invalid UTF-8: send text encoded as UTF-8. The line was discarded.");
         alice.send("café");
@@ -292,8 +281,7 @@ for_each_store! {
     fn control_characters_are_removed_and_long_messages_refused(store) {
         let server = TestServer::start(store);
         let mut alice = server.login("alice");
-        alice.send("/create clean");
-        alice.wait_for(|l| l == "---");
+        alice.create("clean");
         alice.send("red\x1b[31m alert\x07\x08!");
         alice.expect("[clean] alice: red[31m alert!");
         alice.send(&"é".repeat(2001));
@@ -305,8 +293,7 @@ for_each_store! {
     fn the_rate_limit_refuses_excess_messages(store) {
         let server = TestServer::builder(store).env("MSG_RATE", 1).env("MSG_BURST", 3).start();
         let mut alice = server.login("alice");
-        alice.send("/create fast");
-        alice.wait_for(|l| l == "---");
+        alice.create("fast");
         for i in 0..5 {
             alice.send(&format!("m{i}"));
         }
@@ -344,15 +331,12 @@ for_each_store! {
     fn big_rooms_do_not_announce_joins(store) {
         let server = TestServer::builder(store).env("ANNOUNCE_LIMIT", 2).start();
         let mut a = server.login("a");
-        a.send("/create crowd");
-        a.wait_for(|l| l == "---");
+        a.create("crowd");
         let mut b = server.login("b");
-        b.send("/join crowd");
-        b.wait_for(|l| l == "---");
+        b.join("crowd");
         a.expect("[system] b joined crowd");
         let mut c = server.login("c");
-        c.send("/join crowd");
-        c.wait_for(|l| l == "---");
+        c.join("crowd");
         // Three members now: over the limit, so no announcement.
         a.send("/list");
         a.expect("Users in crowd (3): a, b, c");
@@ -361,8 +345,7 @@ for_each_store! {
     fn sigterm_tells_clients_flushes_and_exits_zero(store) {
         let mut server = TestServer::start(store);
         let mut alice = server.login("alice");
-        alice.send("/create last");
-        alice.wait_for(|l| l == "---");
+        alice.create("last");
         alice.send("final words");
         alice.expect("[last] alice: final words");
         let status = server.terminate();

@@ -126,6 +126,18 @@ impl Client {
         lines
     }
 
+    /// `/create room`, then waits for the end of its (empty) history.
+    pub fn create(&mut self, room: &str) {
+        self.send(&format!("/create {room}"));
+        self.wait_for(|l| l == "---");
+    }
+
+    /// `/join room`, then waits for the end of its history.
+    pub fn join(&mut self, room: &str) {
+        self.send(&format!("/join {room}"));
+        self.wait_for(|l| l == "---");
+    }
+
     /// Sends a command and returns the reply lines up to and including the
     /// line that satisfies `last`.
     pub fn ask(&mut self, command: &str, last: impl Fn(&str) -> bool) -> Vec<String> {
