@@ -75,7 +75,9 @@ impl RouterState {
             }
             let first_waiting = *room.waiting.keys().next().expect("a gap has a waiting message");
             room.fetching = true;
-            wanted.push((room.name.clone(), room.id, room.next_seq, (first_waiting - room.next_seq) as usize));
+            // A long gap (a room learned late) is read in steps, not at once.
+            let missing = ((first_waiting - room.next_seq) as usize).min(CATCH_UP_BATCH);
+            wanted.push((room.name.clone(), room.id, room.next_seq, missing));
         }
         for (name, room_id, from_seq, count) in wanted {
             log::debug!("reading {count} messages of {name} from seq {from_seq} from the store");
