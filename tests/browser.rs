@@ -165,3 +165,58 @@ fn browser_and_netcat_chat_in_the_same_room() {
     });
     assert!(browser.find("#room-list li[data-room=lobby]").is_displayed(), "lobby is listed in the open drawer");
 }
+
+/// A port that is free right now (for a server that must come back on the
+/// same address after a restart).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn the_page_reconnects_after_a_server_restart_without_losing_messages() {
+    let mut server = TestServer::builder(Store::Sqlite)
+        .env("TCP_PORT", free_port())
+        .env("HTTP_PORT", free_port())
+        .start();
+    let http = server.http.expect("the server logs its HTTP address");
+    let browser = Browser::start();
+    browser.navigate(&format!("http://{http}/"));
+    browser.wait_until("the nickname form", SHOWN_WITHIN, |b| b.try_find("#nick-input").filter(|e| e.is_displayed()));
+    browser.find("#nick-input").send_keys("webuser");
+    browser.find("#nick-form button[type=submit]").click();
+    browser.find("#new-room-input").send_keys("lobby");
+    browser.find("#new-room-form button[type=submit]").click();
+    browser.wait_until("#current-room to show lobby", SHOWN_WITHIN, |b| {
+        (b.text_of("#current-room")? == "lobby").then_some(())
+    });
+    let mut tcp = server.login("tcpuser");
+    tcp.join("lobby");
+    tcp.send("before the restart");
+    tcp.expect("[lobby] tcpuser: before the restart");
+    wait_for_message(&browser, "tcpuser", "before the restart");
+
+    // The server goes away and comes back on the same ports, with its store.
+    assert!(server.terminate().success());
+    server.restart();
+    let _log = ServerLogOnPanic(&server);
+    // Sent while the page is still reconnecting: it must not be lost.
+    let mut tcp = server.login("tcpuser");
+    tcp.join("lobby");
+    tcp.send("while you were away");
+    tcp.expect("[lobby] tcpuser: while you were away");
+
+    browser.wait_until("the page to reconnect", Duration::from_secs(10), |b| {
+        room_messages(b).iter().any(|(_, c)| c == "while you were away").then_some(())
+    });
+    tcp.send("after the reconnect");
+    wait_for_message(&browser, "tcpuser", "after the reconnect");
+    let contents: Vec<String> = room_messages(&browser).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        contents.iter().filter(|c| c.as_str() == "before the restart").count(),
+        1,
+        "a message shown twice after the reconnect: {contents:?}"
+    );
+    let order: Vec<&String> =
+        contents.iter().filter(|c| ["before the restart", "while you were away", "after the reconnect"].contains(&c.as_str())).collect();
+    assert_eq!(order, ["before the restart", "while you were away", "after the reconnect"]);
+}
