@@ -296,6 +296,7 @@ impl RouterState {
     fn leave(&mut self, id: SessionId) -> Result<Reply, ChatError> {
         let room = self.sessions[&id].room.clone().ok_or(ChatError::NotInRoom)?;
         self.leave_room(id, |nick, room| format!("{nick} left {room}"));
+        self.announce_presence(id);
         self.deliver_to(id, Event::RoomChanged { room: None, history: Vec::new() });
         Ok(Reply::Text(format!("Left room: {room}")))
     }

@@ -464,7 +464,8 @@ impl RouterState {
         self.rooms.get(room).is_some_and(|r| r.members.len() <= self.settings.announce_limit)
     }
 
-    /// Removes a session from its room, telling the others why.
+    /// Removes a session from its room, telling the others why. Callers
+    /// that keep the session tell other instances where it is now.
     fn leave_room(&mut self, id: SessionId, notice: impl FnOnce(&str, &str) -> String) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let Some(room_name) = session.room.take() else { return };
@@ -476,7 +477,6 @@ impl RouterState {
         if announce {
             self.announce(&room_name, notice(&nick, &room_name), None);
         }
-        self.announce_presence(id);
     }
 
     /// Ends a session: leaves its room, frees its nickname, closes its sink.
