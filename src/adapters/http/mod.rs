@@ -25,6 +25,20 @@ mod response;
 mod routes;
 pub(crate) mod sse;
 
+/// Entry points for the fuzz targets in `fuzz/`: the production parsers,
+/// reachable without a socket. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The endpoints that take a JSON body, in the order `parse_body` numbers them.
+    pub const BODIES: &[&str] = super::routes::BODIES;
+
+    /// Parses `body` as the JSON body of `BODIES[endpoint]` exactly as a
+    /// request's would be; a refusal comes back as its status and sentence.
+    pub fn parse_body(endpoint: usize, body: &[u8]) -> Result<(), (u16, String)> {
+        super::routes::decode_body(endpoint, body).map_err(|r| (r.status, r.message))
+    }
+}
+
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -123,8 +123,12 @@ pub trait JsonBody: DeserializeOwned {
 /// Reads and checks a JSON body: 400 for invalid UTF-8, malformed JSON, a
 /// missing field or a field of the wrong type, each with the reason.
 pub fn read_json<T: JsonBody>(request: &mut Request, max: usize) -> Result<T, Refusal> {
-    let body = read_body(request, max)?;
-    let text = std::str::from_utf8(&body).map_err(|_| Refusal::bad("the request body is not valid UTF-8."))?;
+    parse_json(&read_body(request, max)?)
+}
+
+/// Checks and decodes a body already read (see [`read_json`]).
+pub fn parse_json<T: JsonBody>(body: &[u8]) -> Result<T, Refusal> {
+    let text = std::str::from_utf8(body).map_err(|_| Refusal::bad("the request body is not valid UTF-8."))?;
     if text.trim().is_empty() {
         return Err(Refusal::bad("the request body is empty; send a JSON object."));
     }

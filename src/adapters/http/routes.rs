@@ -10,7 +10,9 @@ use tiny_http::{Method, Request};
 use uuid::Uuid;
 
 use super::assets::{self, Asset};
-use super::request::{check_limits, percent_decode, query_param, read_json, session_token, split_url, JsonBody};
+use super::request::{
+    check_limits, parse_json, percent_decode, query_param, read_json, session_token, split_url, JsonBody,
+};
 use super::response::{send, Answer, Handled, Refusal};
 use super::{sse, HttpContext};
 use crate::command::{parse_input, Input};
@@ -184,6 +186,39 @@ struct MessageBody {
 
 impl JsonBody for MessageBody {
     const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true), ("content", true), ("room", false)];
+}
+
+/// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
+pub(super) const BODIES: &[&str] = &["/api/connect", "/api/disconnect", "/api/command", "/api/message"];
+
+/// Decodes `body` as the JSON body of `BODIES[endpoint]`, through the same
+/// checks as a request, then the same first steps its handler takes on the
+/// fields (the session token, the command parser, the room name).
+pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
+    match BODIES.get(endpoint).copied() {
+        Some("/api/connect") => {
+            let body: ConnectBody = parse_json(body)?;
+            crate::names::validate_nickname(body.nickname.trim())?;
+        }
+        Some("/api/disconnect") => {
+            session_token(&parse_json::<SessionBody>(body)?.session_id)?;
+        }
+        Some("/api/command") => {
+            let body: CommandBody = parse_json(body)?;
+            session_token(&body.session_id)?;
+            parse_input(&body.command)?;
+        }
+        Some("/api/message") => {
+            let body: MessageBody = parse_json(body)?;
+            session_token(&body.session_id)?;
+            if let Some(room) = &body.room {
+                normalize_room(room)?;
+            }
+            crate::names::clean_message(&body.content, 2000)?;
+        }
+        _ => return Err(Refusal::new(404, "no such endpoint")),
+    }
+    Ok(())
 }
 
 /// `POST /api/connect {"nickname"}`: a new session, named under the same

@@ -120,6 +120,9 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+#[cfg(unix)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod request;
 mod response;
 mod ssl;
