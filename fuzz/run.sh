@@ -31,7 +31,9 @@ logs="$(mktemp -d)"
 for target in "${targets[@]}"; do
   mkdir -p "$fuzz_dir/corpus/$target"
   echo "== $target: ${seconds}s"
-  fuzz run "$target" -- -max_total_time="$seconds" -timeout=30 -print_final_stats=1 \
+  dict=()
+  if [ -f "$fuzz_dir/$target.dict" ]; then dict=(-dict="$fuzz_dir/$target.dict"); fi
+  fuzz run "$target" -- -max_total_time="$seconds" -timeout=30 -print_final_stats=1 "${dict[@]}" \
     >"$logs/$target.log" 2>&1
   status=$?
   runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target.log" | grep -o '[0-9]*$' | tail -n 1)"
