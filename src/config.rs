@@ -69,6 +69,11 @@ pub struct Limits {
     /// Interval of the `: ping` comment on an idle SSE stream; a write that
     /// fails is also how a stream notices its client has gone.
     pub sse_ping: Duration,
+    /// An HTTP request head, and a body up to `max_body_bytes`, must arrive
+    /// within this (from its first byte), else 408 and the connection closes.
+    pub http_read_timeout: Duration,
+    /// A keep-alive HTTP connection with no new request for this long closes.
+    pub http_idle: Duration,
     /// Threads answering ordinary HTTP requests (streams have their own).
     /// A `POST /api/message` holds one until its message is committed.
     pub http_workers: usize,
@@ -137,6 +142,8 @@ impl Config {
             max_body_bytes: env.number("MAX_BODY_BYTES", 64 * 1024, 1024, 64 << 20)?,
             max_header_bytes: env.number("MAX_HEADER_BYTES", 8 * 1024, 1024, 1 << 20)?,
             sse_ping: Duration::from_secs(env.number("SSE_PING_SECS", 15, 1, 3600)?),
+            http_read_timeout: Duration::from_secs(env.number("HTTP_READ_TIMEOUT_SECS", 10, 1, 3600)?),
+            http_idle: Duration::from_secs(env.number("HTTP_IDLE_SECS", 30, 1, 86_400)?),
             http_workers: env.number("HTTP_WORKERS", 16, 1, 1024)?,
             store_batch_max: env.number("STORE_BATCH_MAX", 512, 1, 100_000)?,
             store_queue_max: env.number("STORE_QUEUE_MAX", 50_000, 1, 10_000_000)?,

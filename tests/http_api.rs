@@ -291,8 +291,8 @@ fn streams_beyond_max_connections_are_refused_with_503() {
     // The limit is shared with TCP.
     let mut tcp = server.connect();
     assert_eq!(tcp.line(), "Error: server full, try again later.");
-    // Ordinary requests take no place.
-    assert_eq!(get(&server, "/api/rooms").status, 200);
+    // Every open HTTP connection holds a place, not only streams.
+    refused(&get(&server, "/api/rooms"), 503, "server full");
     first.expect_event("connected");
     drop(first);
     wait_until("the closed stream frees its place", PATIENCE, || {

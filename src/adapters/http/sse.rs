@@ -41,7 +41,6 @@ use uuid::Uuid;
 use super::request::{header, query_param, session_token, split_url};
 use super::response::{send, Refusal};
 use super::HttpContext;
-use crate::adapters::ConnectionSlot;
 use crate::error::ChatError;
 use crate::adapters::writers::{Format, OutboxSink, Socket};
 use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Wire};
@@ -110,18 +109,15 @@ enum Framing {
     Plain,
 }
 
-/// Starts a stream (on a worker thread): checks the request, takes a
-/// connection place and hands the request to a new stream thread.
+/// Starts a stream (on a worker thread): checks the request and hands it
+/// to a new stream thread. The connection already holds its place under
+/// `MAX_CONNECTIONS` (see `connection_limits` in the parent module).
 pub fn open(request: Request, room: String, ctx: &HttpContext) {
     let mut wanted = match check(&request, &room) {
         Ok(wanted) => wanted,
         Err(refusal) => return send(request, refusal.into(), ctx),
     };
     wanted.turn = ctx.streams.take(wanted.token);
-    let Some(slot) = ctx.connections.try_acquire() else {
-        ctx.metrics.rejected_connections.fetch_add(1, Relaxed);
-        return send(request, Refusal::from(ChatError::ServerFull).into(), ctx);
-    };
     // The request travels through a channel so that it can be answered
     // here if the thread cannot be started.
     let (tx, rx) = crossbeam_channel::bounded(1);
@@ -130,7 +126,7 @@ pub fn open(request: Request, room: String, ctx: &HttpContext) {
     let spawned =
         std::thread::Builder::new().name("sse".into()).stack_size(ctx.limits.client_stack_bytes).spawn(move || {
             if let Ok(request) = thread_rx.recv() {
-                serve(request, wanted, &thread_ctx, slot);
+                serve(request, wanted, &thread_ctx);
             }
         });
     if let Err(e) = spawned {
@@ -181,7 +177,7 @@ enum End {
 }
 
 /// The life of one stream, on its own thread.
-fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: ConnectionSlot) {
+fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
     let (token, turn) = (wanted.token, wanted.turn);
     serve_turn(request, wanted, ctx);
     ctx.streams.release(token, turn);
