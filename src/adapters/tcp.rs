@@ -10,7 +10,8 @@
 //! reading delays nobody: its outbox fills and the router drops it. A socket
 //! that stays full longer than `WRITE_TIMEOUT_SECS` ends the connection too.
 
-use std::io::{self, Write};
+use std::cell::Cell;
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -96,7 +97,8 @@ fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     log::debug!("TCP client {peer} connected as session {}", id.0);
     ctx.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink.clone()) });
 
-    let mut lines = LineReader::new(&*stream, ctx.limits.max_line_bytes);
+    let input = ClientInput { stream: &stream, until: Cell::new(None) };
+    let mut lines = LineReader::new(input, ctx.limits.max_line_bytes);
     if choose_nickname(&mut lines, sink.as_ref(), id, &ctx) {
         chat(&mut lines, id, &ctx);
     }
@@ -109,19 +111,37 @@ fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     log::debug!("TCP client {peer} (session {}) disconnected", id.0);
 }
 
+/// A client's socket as its line reader sees it: while `until` is set,
+/// every read waits at most until then, so a deadline covers everything
+/// read before it, however the client splits its bytes (a nickname typed
+/// one byte at a time cannot outlive `NICK_TIMEOUT_SECS`).
+struct ClientInput<'a> {
+    stream: &'a TcpStream,
+    until: Cell<Option<Instant>>,
+}
+
+impl Read for ClientInput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until.get() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        (&*self.stream).read(buf)
+    }
+}
+
 /// The nickname prompt. Returns true once the session has a nickname.
-fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &dyn Sink, id: SessionId, ctx: &TcpContext) -> bool {
-    let deadline = Instant::now() + ctx.limits.nick_timeout;
+fn choose_nickname(lines: &mut LineReader<ClientInput<'_>>, outbox: &dyn Sink, id: SessionId, ctx: &TcpContext) -> bool {
+    lines.get_ref().until.set(Some(Instant::now() + ctx.limits.nick_timeout));
     let say = |event: Event| {
         let _ = outbox.deliver(event);
     };
     say(Event::Reply(GREETING.trim_end().into()));
     say(Event::Prompt(PROMPT));
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || lines.get_ref().set_read_timeout(Some(remaining)).is_err() {
-            return nickname_timeout(outbox, ctx);
-        }
         let nickname = match lines.next_line() {
             Ok(Some(LineEvent::Line(line))) => line.trim().to_string(),
             Ok(Some(LineEvent::TooLong)) => {
@@ -152,7 +172,9 @@ fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &dyn Sink, id: Se
         match outcome {
             Ok(Reply::LoggedIn { nickname, .. }) => {
                 say(Event::Reply(format!("Welcome, {nickname}!\nType /help for available commands.")));
-                let _ = lines.get_ref().set_read_timeout(None);
+                let input = lines.get_ref();
+                input.until.set(None);
+                let _ = input.stream.set_read_timeout(None);
                 return true;
             }
             Ok(_) => return false,
@@ -174,7 +196,7 @@ fn nickname_timeout(outbox: &dyn Sink, ctx: &TcpContext) -> bool {
 }
 
 /// The chat loop: every line becomes a router request.
-fn chat(lines: &mut LineReader<&TcpStream>, id: SessionId, ctx: &TcpContext) {
+fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext) {
     let session = SessionRef::Id(id);
     let reply = || crate::router::Responder::Session;
     loop {
