@@ -4,7 +4,7 @@
 //! (on port 0, with a temporary `DATA_DIR`); [`Server::shutdown`] is the
 //! graceful stop of SPEC §7.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -88,7 +88,7 @@ impl Server {
 
         let connections = ConnectionLimit::new(config.limits.max_connections);
         let stopping = Arc::new(AtomicBool::new(false));
-        let tcp_listener = TcpListener::bind((config.bind_addr, config.tcp_port))
+        let tcp_listener = crate::adapters::listen((config.bind_addr, config.tcp_port).into())
             .map_err(|e| format!("cannot listen on TCP_PORT {} at BIND_ADDR {}: {e}", config.tcp_port, config.bind_addr))?;
         let tcp_addr = tcp_listener.local_addr().map_err(|e| e.to_string())?;
         let writers = Arc::new(

@@ -268,7 +268,7 @@ impl Drop for Admission {
 
 /// Binds `addr` for HTTP; the error names the variables to fix.
 pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
-    let listener = TcpListener::bind(addr)
+    let listener = super::listen(addr)
         .map_err(|e| format!("cannot listen on HTTP_PORT {} at BIND_ADDR {}: {e}", addr.port(), addr.ip()))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     Ok((listener, local))
