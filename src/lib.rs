@@ -33,3 +33,4 @@ pub mod names;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod vital;

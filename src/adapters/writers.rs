@@ -153,7 +153,7 @@ impl Writers {
             let (added, added_rx) = crossbeam_channel::unbounded();
             let shared = Arc::new(Shared { ready, added, waker, sleeping: AtomicBool::new(false) });
             let worker = Worker { poll, ready: ready_rx, added: added_rx, shared: shared.clone(), conns: HashMap::new(), write_timeout };
-            std::thread::Builder::new().name(format!("tcp-writer-{i}")).spawn(move || worker.run())?;
+            crate::vital::spawn(&format!("writer-{i}"), None, move || worker.run())?;
             workers.push(shared);
         }
         Ok(Writers { workers, next: AtomicUsize::new(0) })

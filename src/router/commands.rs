@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{PendingSend, Reply, Responder, RouterMsg, RouterState, StoreDone};
+use super::{PendingSend, Reply, Responder, RoomSummary, RouterMsg, RouterState, StoreDone};
 use crate::command::{help_text, Command};
 use crate::error::ChatError;
 use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId, Sink};
@@ -184,7 +184,7 @@ impl RouterState {
             return "No rooms yet. Use /create <room> to create one.".into();
         }
         let mut text = format!("Rooms ({}):", self.rooms.len());
-        for (name, n, _) in self.room_list() {
+        for RoomSummary { name, members: n, .. } in self.room_list() {
             text.push_str(&format!("\n  {name} ({n} {})", if n == 1 { "member" } else { "members" }));
         }
         text

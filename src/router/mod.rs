@@ -94,8 +94,8 @@ pub enum RouterMsg {
     Refuse { session: SessionId, error: ChatError },
     /// The connection is gone (or `POST /api/disconnect`).
     Close { session: SessionRef },
-    /// Runs a read-only look at the state on the router thread.
-    Inspect(Box<dyn FnOnce(&RouterState) + Send>),
+    /// A read-only question about the state, with a typed answer.
+    Query(Query),
     /// Results of a group commit, in commit order.
     Committed(Vec<AppendResult>),
     /// A store call the router started has finished.
@@ -110,6 +110,40 @@ pub enum RouterMsg {
     RoomsLoaded(Vec<RoomRecord>),
     /// Stop: finish pending commits, tell everyone, close every session.
     Shutdown,
+}
+
+/// A read-only question to the router. Each carries the channel its
+/// answer goes to, typed by the question.
+pub enum Query {
+    /// Proves the router thread is alive and taking requests.
+    Ping(Sender<()>),
+    /// Every room here with its service-wide member count, sorted by name.
+    Rooms(Sender<Vec<RoomSummary>>),
+    /// The nicknames in a room on every instance, sorted; `None` if the room
+    /// does not exist.
+    Members { room: String, reply: Sender<Option<Vec<String>>> },
+    /// A room's store id and ring-buffer state; `None` if it does not exist.
+    Room { room: String, reply: Sender<Option<RoomInfo>> },
+    /// The session an HTTP `sessionId` names, if any.
+    Session { token: Uuid, reply: Sender<Option<SessionId>> },
+}
+
+/// One line of the room list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub name: String,
+    /// Members on every instance.
+    pub members: usize,
+    pub created_at_ms: i64,
+}
+
+/// What a caller outside the router may know of one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room's id in the store.
+    pub id: i64,
+    /// Id of the newest message the ring buffer no longer holds (0: none).
+    pub evicted_up_to: i64,
 }
 
 /// Completions of store calls the router made for itself.
@@ -139,13 +173,39 @@ impl RouterHandle {
         rx.recv_timeout(CALL_TIMEOUT).unwrap_or(Err(ChatError::ShuttingDown))
     }
 
-    /// Runs `look` on the router thread and returns its result.
-    pub fn inspect<T: Send + 'static>(&self, look: impl FnOnce(&RouterState) -> T + Send + 'static) -> Option<T> {
+    /// Asks the router a question and waits at most `timeout` for the
+    /// answer; `None` if none came (the router is stopping, or stuck).
+    pub fn ask<T>(&self, question: impl FnOnce(Sender<T>) -> Query, timeout: Duration) -> Option<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(RouterMsg::Inspect(Box::new(move |state| {
-            let _ = tx.send(look(state));
-        })));
-        rx.recv_timeout(CALL_TIMEOUT).ok()
+        self.send(RouterMsg::Query(question(tx)));
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Whether the router answers a request within `deadline`.
+    pub fn ping(&self, deadline: Duration) -> bool {
+        self.ask(Query::Ping, deadline).is_some()
+    }
+
+    /// Every room with its member count, sorted by name.
+    pub fn rooms(&self) -> Result<Vec<RoomSummary>, ChatError> {
+        self.ask(Query::Rooms, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// The members of `room` (a normalized name); `None` if there is no such room.
+    pub fn members(&self, room: &str) -> Result<Option<Vec<String>>, ChatError> {
+        let room = room.to_string();
+        self.ask(|reply| Query::Members { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// What is known of `room` (a normalized name); `None` if there is no such room.
+    pub fn room(&self, room: &str) -> Result<Option<RoomInfo>, ChatError> {
+        let room = room.to_string();
+        self.ask(|reply| Query::Room { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// The session of an HTTP `sessionId`; `None` if there is none.
+    pub fn session(&self, token: Uuid) -> Result<Option<SessionId>, ChatError> {
+        self.ask(|reply| Query::Session { token, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 }
 
@@ -289,7 +349,7 @@ impl Router {
     }
 
     pub fn spawn(self) -> JoinHandle<()> {
-        std::thread::Builder::new().name("router".into()).spawn(move || self.run()).expect("spawn router thread")
+        crate::vital::spawn("router", None, move || self.run()).expect("spawn router thread")
     }
 
     /// Handles messages until shutdown has finished.
@@ -346,7 +406,7 @@ impl RouterState {
                     self.end_session(id, CloseReason::Normal);
                 }
             }
-            RouterMsg::Inspect(look) => look(self),
+            RouterMsg::Query(query) => self.answer(query),
             RouterMsg::Committed(results) => self.committed(results),
             RouterMsg::StoreDone(done) => self.store_done(done),
             RouterMsg::Bus(incoming) => self.bus_incoming(incoming),
@@ -543,11 +603,37 @@ impl RouterState {
         self.sessions.clear();
     }
 
+    /// Answers a read-only question.
+    fn answer(&self, query: Query) {
+        match query {
+            Query::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            Query::Rooms(reply) => {
+                let _ = reply.send(self.room_list());
+            }
+            Query::Members { room, reply } => {
+                let _ = reply.send(self.room_members(&room));
+            }
+            Query::Room { room, reply } => {
+                let info = self.rooms.get(&room).map(|r| RoomInfo { id: r.id, evicted_up_to: r.evicted_up_to });
+                let _ = reply.send(info);
+            }
+            Query::Session { token, reply } => {
+                let _ = reply.send(self.tokens.get(&token).copied());
+            }
+        }
+    }
+
     /// Room names with service-wide member counts, sorted by name.
-    pub fn room_list(&self) -> Vec<(String, usize, i64)> {
+    pub fn room_list(&self) -> Vec<RoomSummary> {
         self.rooms
             .values()
-            .map(|r| (r.name.clone(), r.members.len() + self.remote_members(Some(&r.name)).count(), r.created_at_ms))
+            .map(|r| RoomSummary {
+                name: r.name.clone(),
+                members: r.members.len() + self.remote_members(Some(&r.name)).count(),
+                created_at_ms: r.created_at_ms,
+            })
             .collect()
     }
 

@@ -145,7 +145,7 @@ fn a_session_whose_outbox_overflows_is_dropped_and_closed() {
         h.say(&sender, &format!("m{i}")).unwrap();
     }
     assert_eq!(*slow.sink.closed.lock().unwrap(), Some(CloseReason::TooSlow), "the slow session was not closed");
-    let members = h.router.inspect(|state| state.room_members("room")).unwrap().unwrap();
+    let members = h.router.members("room").unwrap().unwrap();
     assert_eq!(members, ["sender"]);
 }
 

@@ -189,10 +189,10 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext, _slot: Conn
 
 fn serve_turn(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
     let StreamRequest { token, room, after, framing, turn } = wanted;
-    let session = match ctx.router.inspect(move |state| state.tokens.get(&token).copied()) {
-        Some(Some(id)) => id,
-        Some(None) => return send(request, Refusal::from(ChatError::UnknownSession).into(), ctx),
-        None => return send(request, Refusal::from(ChatError::ShuttingDown).into(), ctx),
+    let session = match ctx.router.session(token) {
+        Ok(Some(id)) => id,
+        Ok(None) => return send(request, Refusal::from(ChatError::UnknownSession).into(), ctx),
+        Err(e) => return send(request, Refusal::from(e).into(), ctx),
     };
     // The live part of the stream is written by the writer pool on the
     // connection's socket, which tiny_http's writer keeps open: this thread
@@ -355,12 +355,13 @@ impl Stream {
         let (ctx, room) = (attacher.ctx, attacher.room);
         self.write(&connected_event(Some(room))).map_err(|_| End::ClientGone)?;
         self.skip_connected = true;
-        let key = room.to_string();
         let room_id = ctx
             .router
-            .inspect(move |state| state.rooms.get(&key).map(|r| r.id))
+            .room(room)
+            .ok()
             .flatten()
-            .ok_or_else(|| End::Failed(ChatError::NoSuchRoom(room.to_string()).to_string()))?;
+            .ok_or_else(|| End::Failed(ChatError::NoSuchRoom(room.to_string()).to_string()))?
+            .id;
         loop {
             let page =
                 ctx.store.query(move |store| store.messages_after(room_id, after, REPLAY_PAGE)).map_err(|e| {
@@ -373,8 +374,7 @@ impl Stream {
             if page.is_empty() {
                 // The store has nothing newer though the ring buffer says it
                 // has moved on: go on from where the ring buffer starts.
-                let key = room.to_string();
-                let evicted = ctx.router.inspect(move |state| state.rooms.get(&key).map(|r| r.evicted_up_to)).flatten();
+                let evicted = ctx.router.room(room).ok().flatten().map(|r| r.evicted_up_to);
                 after = after.max(evicted.unwrap_or(after));
             }
             let mut bytes = Vec::new();
