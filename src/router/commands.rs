@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{PendingSend, Reply, Responder, RoomSummary, RouterMsg, RouterState, StoreDone};
 use crate::command::{help_text, Command};
 use crate::error::ChatError;
-use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId, Sink};
+use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId};
 use crate::names::{clean_message, name_key, normalize_room, validate_nickname};
 use crate::store::{AppendResult, NewMessage, StoreError};
 
@@ -271,7 +271,7 @@ impl RouterState {
     /// Moves a session into a room: leave notices, join notice, membership,
     /// the stream's `RoomChanged` with the room's history.
     /// `history` replaces the ring buffer for a stream that resumes.
-    fn enter_room(&mut self, id: SessionId, name: &str, history: Option<Vec<Arc<ChatMessage>>>) {
+    pub(super) fn enter_room(&mut self, id: SessionId, name: &str, history: Option<Vec<Arc<ChatMessage>>>) {
         self.leave_room(id, |nick, room| format!("{nick} left {room}"));
         let session = self.sessions.get_mut(&id).expect("caller checked");
         session.room = Some(name.to_string());
@@ -414,51 +414,5 @@ impl RouterState {
         room.remember(message.clone(), self.settings.history_size);
         let name = message.room.clone();
         self.deliver_to_room(&name, &Event::Message(message), None);
-    }
-
-    /// Attaches an HTTP session's event stream, joining `room` if needed.
-    /// Answers `Ok(false)` when `after` is older than the ring buffer holds:
-    /// the caller replays from the store and tries again with a newer id.
-    pub(super) fn attach_stream(
-        &mut self,
-        id: SessionId,
-        room: &str,
-        sink: Arc<dyn Sink>,
-        after: Option<i64>,
-    ) -> Result<bool, ChatError> {
-        if self.sessions[&id].nickname.is_none() {
-            return Err(ChatError::NoNickname);
-        }
-        let name = normalize_room(room)?;
-        let target = self.rooms.get(&name).ok_or_else(|| ChatError::NoSuchRoom(name.clone()))?;
-        let replay = match after {
-            Some(after) => match target.history_after(after) {
-                Some(messages) => Some(messages),
-                None => return Ok(false),
-            },
-            None => None,
-        };
-        let session = self.sessions.get_mut(&id).expect("resolved");
-        if let Some(old) = session.sink.replace(sink) {
-            old.close(CloseReason::Replaced);
-        }
-        if session.room.as_deref() != Some(name.as_str()) {
-            self.enter_room(id, &name, replay);
-        } else {
-            let history = replay.unwrap_or_else(|| self.rooms[&name].history.iter().cloned().collect());
-            self.deliver_to(id, Event::RoomChanged { room: Some(name.clone()), history });
-        }
-        Ok(true)
-    }
-
-    /// Detaches a stream that ended, if it is still the session's stream.
-    pub(crate) fn detach_stream(&mut self, id: SessionId, sink: &Arc<dyn Sink>) {
-        if let Some(session) = self.sessions.get_mut(&id) {
-            let same = |s: &Arc<dyn Sink>| Arc::as_ptr(s) as *const () == Arc::as_ptr(sink) as *const ();
-            if session.sink.as_ref().is_some_and(same) {
-                session.sink = None;
-                session.last_active = Instant::now();
-            }
-        }
     }
 }

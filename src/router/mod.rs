@@ -14,6 +14,7 @@
 mod cluster;
 mod commands;
 mod state;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -83,10 +84,16 @@ pub enum RouterMsg {
     /// A chat message for the current room (`room`, if given, must match it).
     Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
     /// Attach an event stream to an HTTP session, joining `room` if needed.
-    /// With `after`, the stream starts with the room's messages after that id
-    /// instead of the recent history; the answer is `Ok(false)` when the ring
-    /// buffer no longer holds them all, and the caller must read the store.
-    AttachStream { session: SessionRef, room: String, sink: Arc<dyn Sink>, after: Option<i64>, reply: Sender<Result<bool, ChatError>> },
+    /// With `after`, the stream starts with the room's messages after that
+    /// id (read back from the store if need be) instead of the recent
+    /// history. Answered with the session once the stream is the session's.
+    AttachStream {
+        session: SessionRef,
+        room: String,
+        sink: Arc<dyn Sink>,
+        after: Option<i64>,
+        reply: Sender<Result<SessionId, ChatError>>,
+    },
     /// An event stream ended; the session stays (HTTP idle expiry applies).
     DetachStream { session: SessionId, sink: Arc<dyn Sink> },
     /// Input the adapter refused (too long, not UTF-8, unknown command),
@@ -108,6 +115,8 @@ pub enum RouterMsg {
     Fetched { room: String, messages: Vec<ChatMessage>, limit: usize },
     /// Every room, read back from the store (rooms created elsewhere).
     RoomsLoaded(Vec<RoomRecord>),
+    /// A page of a stream's replay, read back from the store.
+    Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
     /// Stop: finish pending commits, tell everyone, close every session.
     Shutdown,
 }
@@ -220,6 +229,8 @@ pub struct RouterSettings {
     pub msg_burst: u32,
     pub session_idle: Duration,
     pub store_queue_max: usize,
+    /// A stream's backlog (bytes) under which its replay reads on.
+    pub replay_backlog: usize,
 }
 
 impl RouterSettings {
@@ -233,6 +244,7 @@ impl RouterSettings {
             msg_burst: config.limits.msg_burst,
             session_idle: config.limits.session_idle,
             store_queue_max: config.limits.store_queue_max,
+            replay_backlog: config.limits.sendq_bytes / 2,
         }
     }
 }
@@ -277,6 +289,9 @@ pub struct RouterState {
     /// Other instances and their users, as last heard on the bus.
     pub remote: HashMap<String, cluster::RemoteInstance>,
     pending_claims: HashMap<SessionId, PendingClaim>,
+    /// Streams catching up from the store, not yet attached.
+    replays: HashMap<SessionId, streams::Replay>,
+    next_replay: u64,
     last_heartbeat: Instant,
     last_second: Instant,
 }
@@ -312,6 +327,8 @@ impl Router {
             bus,
             remote: HashMap::new(),
             pending_claims: HashMap::new(),
+            replays: HashMap::new(),
+            next_replay: 0,
             last_heartbeat: Instant::now(),
             last_second: Instant::now(),
             settings,
@@ -396,7 +413,7 @@ impl RouterState {
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {
-                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after));
+                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after).map(|()| id));
                 let _ = reply.send(outcome);
             }
             RouterMsg::Refuse { session, error } => self.deliver_to(session, Event::Error(error)),
@@ -413,6 +430,7 @@ impl RouterState {
             RouterMsg::Claimed(result) => self.claimed(result),
             RouterMsg::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
             RouterMsg::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
+            RouterMsg::Replayed { session, serial, page } => self.replayed(session, serial, page),
             RouterMsg::Shutdown => {
                 log::info!("router shutting down; {} messages still being committed", self.pending_sends.len());
                 self.stopping = Some(Instant::now());
@@ -547,6 +565,7 @@ impl RouterState {
         }
         let Some(session) = self.sessions.remove(&id) else { return };
         self.pending_claims.remove(&id);
+        self.end_replay(id, reason);
         if let Some(nick) = &session.nickname {
             self.announce_gone(nick);
         }
@@ -568,6 +587,7 @@ impl RouterState {
     /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
         self.fill_gaps(now);
+        self.step_replays();
         if now.duration_since(self.last_second) < Duration::from_secs(1) {
             return;
         }
@@ -577,7 +597,8 @@ impl RouterState {
         let expired: Vec<SessionId> = self
             .sessions
             .values()
-            .filter(|s| s.protocol == Protocol::Http && s.sink.is_none() && now.duration_since(s.last_active) > idle)
+            .filter(|s| s.protocol == Protocol::Http && s.sink.is_none() && !self.replays.contains_key(&s.id))
+            .filter(|s| now.duration_since(s.last_active) > idle)
             .map(|s| s.id)
             .collect();
         for id in expired {
@@ -599,6 +620,9 @@ impl RouterState {
             if let Some(sink) = &session.sink {
                 sink.close(CloseReason::Shutdown);
             }
+        }
+        for (_, replay) in self.replays.drain() {
+            replay.sink.close(CloseReason::Shutdown);
         }
         self.sessions.clear();
     }

@@ -59,9 +59,7 @@ pub struct HttpContext {
     /// instance runs without Redis (reported as `"redis": null`).
     pub redis: Option<Arc<BusHealth>>,
     pub stats: Arc<HttpStats>,
-    /// Which stream of each session is the newest.
-    pub(crate) streams: Arc<sse::StreamTurns>,
-    /// Sends the live part of every stream (shared with the TCP adapter).
+    /// Sends every stream (shared with the TCP adapter).
     pub writers: Arc<Writers>,
 }
 
@@ -85,7 +83,6 @@ impl HttpContext {
             started: Instant::now(),
             redis: None,
             stats: Arc::new(HttpStats::default()),
-            streams: Arc::default(),
             writers,
         }
     }
