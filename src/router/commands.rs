@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{PendingSend, Reply, Responder, RoomSummary, RouterMsg, RouterState, StoreDone};
+use super::{PendingSend, Reply, Responder, RoomSummary, Completion, RouterState, StoreDone};
 use crate::command::{help_text, Command};
 use crate::error::ChatError;
 use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId};
@@ -66,7 +66,7 @@ impl RouterState {
         self.store.run(move |store| {
             let result = store.upsert_user(&nickname, now_ms());
             let done = StoreDone::UserRecorded { session, nickname, rename, result, reply };
-            let _ = inbox.send(RouterMsg::StoreDone(done));
+            let _ = inbox.send(Completion::StoreDone(done));
         });
     }
 
@@ -203,7 +203,7 @@ impl RouterState {
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
             let result = store.create_room(&name, now_ms());
-            let _ = inbox.send(RouterMsg::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
+            let _ = inbox.send(Completion::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
         });
     }
 

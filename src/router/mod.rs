@@ -1,15 +1,24 @@
 //! The router thread: the only code that changes chat state.
 //!
 //! It owns every session, nickname, room, membership and per-room ring
-//! buffer. Adapters, the storage thread and the timer reach it only through
-//! [`RouterMsg`]s on one channel; it answers through each request's
-//! [`Responder`] and pushes [`Event`]s into session sinks without ever
-//! blocking. It knows nothing about sockets, so the same core serves the
-//! TCP and HTTP adapters and is driven directly in unit tests.
+//! buffer; its state is private. Two inboxes reach it:
+//! - **requests** ([`RouterMsg`]) from adapters, through a [`RouterHandle`]:
+//!   logins, commands, messages, streams, and typed read-only [`Query`]s;
+//! - **completions** ([`Completion`]) of work it started or subscribed to:
+//!   store commits and reads, Redis bus events and nickname claims.
 //!
-//! Messages are persisted before they are delivered: `Say` hands the message
-//! to the storage thread, and only the committed result (`Committed`) is
-//! put in the ring buffer and fanned out, echo to the sender included.
+//! Completions are served first: the router drains them before it takes the
+//! next request, so a commit is never stuck behind a burst of new messages.
+//! A ticker drives timers (gap fills, replays, heartbeats, idle sessions).
+//! It answers through each request's [`Responder`] and pushes [`Event`]s
+//! into session sinks without ever blocking. It knows nothing about
+//! sockets, so the same core serves the TCP and HTTP adapters and is driven
+//! directly in unit tests.
+//!
+//! Messages are persisted before they are delivered, and the path of one
+//! message is one way: adapter → router (`Say`) → storage thread → router
+//! (`Completion::Committed`) → ring buffer and every member's sink →
+//! writer pool, echo to the sender included.
 
 mod cluster;
 mod commands;
@@ -37,7 +46,7 @@ use crate::event::{now_ms, ChatMessage, CloseReason, Event, Notice, Protocol, Se
 use crate::metrics::Metrics;
 use crate::store::{AppendResult, RoomRecord, StoreError, StoreHandle};
 
-pub use state::{RateLimiter, Room, Session};
+use state::{RateLimiter, Room, Session};
 
 /// How a request names its session: by id (TCP, in-process) or by the HTTP
 /// `sessionId` token.
@@ -74,7 +83,7 @@ pub enum Responder {
     Channel(Sender<Outcome>),
 }
 
-/// Everything the router can be asked.
+/// A request from an adapter: everything a client can ask of the router.
 pub enum RouterMsg {
     /// A new connection or HTTP session, without a nickname yet.
     Open { session: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>> },
@@ -103,6 +112,13 @@ pub enum RouterMsg {
     Close { session: SessionRef },
     /// A read-only question about the state, with a typed answer.
     Query(Query),
+    /// Stop: finish pending commits, tell everyone, close every session.
+    Shutdown,
+}
+
+/// The outcome of work the router started (store calls) or listens to (the
+/// Redis bus). Served before any waiting request.
+pub enum Completion {
     /// Results of a group commit, in commit order.
     Committed(Vec<AppendResult>),
     /// A store call the router started has finished.
@@ -117,8 +133,20 @@ pub enum RouterMsg {
     RoomsLoaded(Vec<RoomRecord>),
     /// A page of a stream's replay, read back from the store.
     Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
-    /// Stop: finish pending commits, tell everyone, close every session.
-    Shutdown,
+}
+
+/// The router's two inboxes, made before the threads that report into
+/// them (the storage thread, the bus) and handed to [`Router::new`].
+pub struct Inboxes {
+    requests: (Sender<RouterMsg>, Receiver<RouterMsg>),
+    completions: (Sender<Completion>, Receiver<Completion>),
+}
+
+impl Inboxes {
+    /// Where the storage thread and the bus report to the router.
+    pub fn completions(&self) -> Sender<Completion> {
+        self.completions.0.clone()
+    }
 }
 
 /// A read-only question to the router. Each carries the channel its
@@ -263,31 +291,32 @@ struct PendingClaim {
     reply: Responder,
 }
 
-/// The chat state. Public fields are read by [`RouterMsg::Inspect`] closures.
+/// The chat state, owned by the router thread and private to the router:
+/// others ask [`Query`]s.
 pub struct RouterState {
-    pub settings: RouterSettings,
-    pub sessions: HashMap<SessionId, Session>,
-    pub tokens: HashMap<Uuid, SessionId>,
+    settings: RouterSettings,
+    sessions: HashMap<SessionId, Session>,
+    tokens: HashMap<Uuid, SessionId>,
     /// Lower-case nickname → session, including nicknames reserved while
     /// the store records them.
-    pub nicknames: HashMap<String, SessionId>,
+    nicknames: HashMap<String, SessionId>,
     /// Rooms by (lower-case) name, sorted for `/rooms`.
-    pub rooms: BTreeMap<String, Room>,
+    rooms: BTreeMap<String, Room>,
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
     next_ticket: u64,
     store: StoreHandle,
-    /// The router's own inbox, for store completions.
-    inbox: Sender<RouterMsg>,
-    pub metrics: Arc<Metrics>,
+    /// The router's completion inbox, for store calls it starts.
+    inbox: Sender<Completion>,
+    metrics: Arc<Metrics>,
     stopping: Option<Instant>,
     /// This instance's id, as other instances know it.
     instance: String,
     /// The Redis bus; `None` for a single instance.
     bus: Option<BusHandle>,
     /// Other instances and their users, as last heard on the bus.
-    pub remote: HashMap<String, cluster::RemoteInstance>,
+    remote: HashMap<String, cluster::RemoteInstance>,
     pending_claims: HashMap<SessionId, PendingClaim>,
     /// Streams catching up from the store, not yet attached.
     replays: HashMap<SessionId, streams::Replay>,
@@ -299,29 +328,32 @@ pub struct RouterState {
 /// The router thread's loop around [`RouterState`].
 pub struct Router {
     state: RouterState,
-    rx: Receiver<RouterMsg>,
+    /// Kept only to make handles before the thread starts; dropped then, so
+    /// the loop ends when every handle is gone.
+    requests_tx: Option<Sender<RouterMsg>>,
+    requests: Receiver<RouterMsg>,
+    completions: Receiver<Completion>,
 }
 
 /// How often the router looks at timers (gaps, heartbeats, idle sessions).
 const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for messages already handed to the store.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Capacity of the router's inbox; producers wait when it is full.
+/// Capacity of each of the router's inboxes; producers wait when it is full.
 const INBOX_CAPACITY: usize = 65_536;
 
 impl Router {
     /// Builds the router with the rooms and recent history read from the
-    /// store at start-up. Returns the router and the channel pair for the
-    /// storage thread's results (`inbox` must be given to the store worker).
+    /// store at start-up, around `inboxes` (see [`Router::inboxes`]).
     pub fn new(
         settings: RouterSettings,
         store: StoreHandle,
         metrics: Arc<Metrics>,
         rooms: Vec<(RoomRecord, Vec<ChatMessage>)>,
-        channel: (Sender<RouterMsg>, Receiver<RouterMsg>),
+        inboxes: Inboxes,
         bus: Option<BusHandle>,
     ) -> Router {
-        let (inbox, rx) = channel;
+        let Inboxes { requests: (requests_tx, requests), completions: (inbox, completions) } = inboxes;
         let mut state = RouterState {
             instance: settings.instance_id.clone(),
             bus,
@@ -352,29 +384,43 @@ impl Router {
             }
             state.rooms.insert(record.name, room);
         }
-        Router { state, rx }
+        Router { state, requests_tx: Some(requests_tx), requests, completions }
     }
 
-    /// The router's inbox channel; create it before the store worker so the
-    /// worker can report commits into it.
-    pub fn channel() -> (Sender<RouterMsg>, Receiver<RouterMsg>) {
-        crossbeam_channel::bounded(INBOX_CAPACITY)
+    /// The router's inboxes; make them before the storage thread and the
+    /// bus, which report into [`Inboxes::completions`].
+    pub fn inboxes() -> Inboxes {
+        Inboxes {
+            requests: crossbeam_channel::bounded(INBOX_CAPACITY),
+            completions: crossbeam_channel::bounded(INBOX_CAPACITY),
+        }
     }
 
     pub fn handle(&self) -> RouterHandle {
-        RouterHandle { tx: self.state.inbox.clone() }
+        RouterHandle { tx: self.requests_tx.clone().expect("handles are made before the router runs") }
     }
 
     pub fn spawn(self) -> JoinHandle<()> {
         crate::vital::spawn("router", None, move || self.run()).expect("spawn router thread")
     }
 
-    /// Handles messages until shutdown has finished.
+    /// Handles messages until shutdown has finished (or every handle is gone).
     pub fn run(mut self) {
+        self.requests_tx = None;
         let ticker = crossbeam_channel::tick(TICK);
         loop {
+            // Completions first: what the store and the bus finished is
+            // served before any request waiting behind it.
+            while let Ok(done) = self.completions.try_recv() {
+                self.state.complete(done);
+            }
             select! {
-                recv(self.rx) -> msg => match msg {
+                recv(self.completions) -> done => {
+                    if let Ok(done) = done {
+                        self.state.complete(done);
+                    }
+                }
+                recv(self.requests) -> msg => match msg {
                     Ok(msg) => self.state.handle(msg),
                     Err(_) => break,
                 },
@@ -396,8 +442,8 @@ fn sort_nicks(nicks: &mut [String]) {
 }
 
 impl RouterState {
-    /// Handles one message. Public so tests can drive the state directly.
-    pub fn handle(&mut self, msg: RouterMsg) {
+    /// Handles one request.
+    fn handle(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Open { session, protocol, token, sink } => self.open(session, protocol, token, sink),
             RouterMsg::Login { session, nickname, reply } => match self.resolve(session) {
@@ -424,17 +470,23 @@ impl RouterState {
                 }
             }
             RouterMsg::Query(query) => self.answer(query),
-            RouterMsg::Committed(results) => self.committed(results),
-            RouterMsg::StoreDone(done) => self.store_done(done),
-            RouterMsg::Bus(incoming) => self.bus_incoming(incoming),
-            RouterMsg::Claimed(result) => self.claimed(result),
-            RouterMsg::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
-            RouterMsg::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
-            RouterMsg::Replayed { session, serial, page } => self.replayed(session, serial, page),
             RouterMsg::Shutdown => {
                 log::info!("router shutting down; {} messages still being committed", self.pending_sends.len());
                 self.stopping = Some(Instant::now());
             }
+        }
+    }
+
+    /// Handles one completion.
+    fn complete(&mut self, done: Completion) {
+        match done {
+            Completion::Committed(results) => self.committed(results),
+            Completion::StoreDone(done) => self.store_done(done),
+            Completion::Bus(incoming) => self.bus_incoming(incoming),
+            Completion::Claimed(result) => self.claimed(result),
+            Completion::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
+            Completion::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
+            Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
         }
     }
 
@@ -650,7 +702,7 @@ impl RouterState {
     }
 
     /// Room names with service-wide member counts, sorted by name.
-    pub fn room_list(&self) -> Vec<RoomSummary> {
+    fn room_list(&self) -> Vec<RoomSummary> {
         self.rooms
             .values()
             .map(|r| RoomSummary {
@@ -663,7 +715,7 @@ impl RouterState {
 
     /// Nicknames in a room on every instance, sorted; `None` if the room
     /// does not exist.
-    pub fn room_members(&self, room: &str) -> Option<Vec<String>> {
+    fn room_members(&self, room: &str) -> Option<Vec<String>> {
         let local = self.rooms.get(room)?;
         let mut nicks: Vec<String> =
             local.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
@@ -673,7 +725,7 @@ impl RouterState {
     }
 
     /// Every online nickname on every instance, sorted.
-    pub fn online_users(&self) -> Vec<String> {
+    fn online_users(&self) -> Vec<String> {
         let mut nicks: Vec<String> = self.sessions.values().filter_map(|s| s.nickname.clone()).collect();
         nicks.extend(self.remote_members(None).map(|m| m.nick.clone()));
         sort_nicks(&mut nicks);

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{RouterMsg, RouterState};
+use super::{Completion, RouterState};
 use crate::error::ChatError;
 use crate::event::{ChatMessage, CloseReason, Event, SessionId, Sink};
 use crate::names::normalize_room;
@@ -147,7 +147,7 @@ impl RouterState {
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
             let page = store.messages_after(room_id, after, REPLAY_PAGE);
-            let _ = inbox.send(RouterMsg::Replayed { session: id, serial, page });
+            let _ = inbox.send(Completion::Replayed { session: id, serial, page });
         });
     }
 
