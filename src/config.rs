@@ -57,7 +57,8 @@ pub struct Limits {
     /// Bytes queued for one session (waiting, or encoded and not yet taken
     /// by its socket) before it counts as too slow and is dropped.
     pub sendq_bytes: usize,
-    /// How long a write to a client may block before the client is given up.
+    /// How long a client's socket may stay full (the client not reading)
+    /// before the client is given up.
     pub write_timeout: Duration,
     /// HTTP sessions with no stream and no request for this long are ended.
     pub session_idle: Duration,

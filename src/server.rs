@@ -2,7 +2,8 @@
 //!
 //! [`Server::start`] is what `main` runs and what the integration tests run
 //! (on port 0, with a temporary `DATA_DIR`); [`Server::shutdown`] is the
-//! graceful stop of SPEC §7.
+//! graceful stop on SIGINT/SIGTERM: no new connections, every client told,
+//! the store flushed.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

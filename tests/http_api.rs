@@ -1,4 +1,5 @@
-//! The HTTP API and SSE streams (SPEC §4, §6, §7), over real sockets with
+//! The HTTP API and SSE streams (`docs/protocol.md`): answers, guarantees
+//! and limits, over real sockets with
 //! hand-written HTTP/1.1, against the real binary.
 
 mod common;
@@ -229,7 +230,7 @@ fn bad_input_is_refused_with_the_reason() {
     assert_eq!(r.header("Allow"), Some("GET, HEAD, OPTIONS"));
     refused(&raw(&server, "POST", "/api/messages/general", &[], b""), 405, "not allowed");
 
-    // SPEC §7 sizes: a body over 64 KiB, declared or chunked, and headers over 8 KiB.
+    // The default sizes: a body over 64 KiB, declared or chunked, and headers over 8 KiB.
     let big = format!("{{\"nickname\":\"{}\"}}", "a".repeat(70_000));
     refused(&json_post("/api/connect", big.as_bytes()), 413, "too large");
     let chunked =

@@ -1,4 +1,4 @@
-//! PostgreSQL going away under a running server (SPEC §6): clear errors,
+//! PostgreSQL going away or refusing writes under a running server: clear errors,
 //! nothing delivered that is not stored, recovery without a restart.
 
 mod common;

@@ -1,5 +1,6 @@
 //! What each request does to the chat state. Every handler starts with the
-//! grammar it serves; the replies are the exact texts of SPEC §3.
+//! grammar it serves; the replies are the exact texts of the line protocol
+//! (`docs/protocol.md`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -67,8 +67,6 @@ pub enum Reply {
     LoggedIn { session: SessionId, user_id: i64, nickname: String },
     /// A message was committed under `id`.
     Sent { id: i64, room: String, created_at_ms: i64 },
-    /// A stream was attached to its session.
-    Attached,
     Done,
 }
 

@@ -3,7 +3,7 @@
 //! Others reach it through a [`StoreHandle`]. Appended messages are
 //! committed in batches: the thread takes everything queued (up to
 //! `STORE_BATCH_MAX` messages), commits it in one transaction, and hands the
-//! results, in order, to the `on_appended` callback (the router's inbox).
+//! results, in order, to the `on_appended` callback (the router's completion inbox).
 //! Every other job is a closure run on the thread in arrival order.
 //!
 //! When the store fails, the thread marks itself unhealthy and pings it

@@ -1,4 +1,5 @@
-//! The route table and the JSON endpoints of SPEC §4.
+//! The route table and the JSON endpoints of the HTTP API
+//! (`docs/protocol.md`).
 //!
 //! [`handle`] is the whole life of an ordinary request on a worker thread:
 //! limits, route, method, handler, answer. A stream request leaves here
@@ -243,7 +244,7 @@ fn command(body: CommandBody, ctx: &HttpContext) -> Handled {
 }
 
 /// `POST /api/message {"sessionId","content","room"?}`: answered once the
-/// message is committed (SPEC §6).
+/// message is committed (a 200 means it is stored).
 fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
     let token = session_token(&body.session_id)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
