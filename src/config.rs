@@ -54,20 +54,25 @@ pub struct Limits {
     pub max_connections: usize,
     /// Events queued for one session before it counts as too slow and is dropped.
     pub outbox_capacity: usize,
-    /// How long a write to a client may block before the client is given up.
+    /// Bytes queued for one session (waiting, or encoded and not yet taken
+    /// by its socket) before it counts as too slow and is dropped.
+    pub sendq_bytes: usize,
+    /// How long a client's socket may stay full (the client not reading)
+    /// before the client is given up.
     pub write_timeout: Duration,
     /// HTTP sessions with no stream and no request for this long are ended.
     pub session_idle: Duration,
-    /// Stack size of each per-client thread.
+    /// Stack size of each per-client thread (a TCP client's reader, an SSE
+    /// stream's thread).
     pub client_stack_bytes: usize,
-    /// Threads that send TCP clients their output.
+    /// Writer threads that send every client its output (TCP and SSE).
     pub tcp_writer_threads: usize,
     /// Largest HTTP request body.
     pub max_body_bytes: usize,
     /// Largest total size of HTTP request headers.
     pub max_header_bytes: usize,
-    /// Interval of the `: ping` comment on an idle SSE stream; a write that
-    /// fails is also how a stream notices its client has gone.
+    /// Interval of the `: ping` comment on an SSE stream; a write that
+    /// fails is also how the writer pool notices a client has gone.
     pub sse_ping: Duration,
     /// An HTTP request head, and a body up to `max_body_bytes`, must arrive
     /// within this (from its first byte), else 408 and the connection closes.
@@ -81,6 +86,13 @@ pub struct Limits {
     pub store_batch_max: usize,
     /// Messages waiting for the store before new ones are refused as "busy".
     pub store_queue_max: usize,
+}
+
+impl Limits {
+    /// The bounds of one client's outbound queue.
+    pub fn queue_limits(&self) -> crate::adapters::writers::QueueLimits {
+        crate::adapters::writers::QueueLimits { events: self.outbox_capacity, bytes: self.sendq_bytes }
+    }
 }
 
 /// A configuration value that could not be used; names the variable.
@@ -135,6 +147,7 @@ impl Config {
             msg_burst: env.number("MSG_BURST", 10, 1, 1_000_000)?,
             max_connections: env.number("MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
             outbox_capacity: env.number("OUTBOX_CAPACITY", 1024, 8, 1_000_000)?,
+            sendq_bytes: env.number("SENDQ_BYTES", 1 << 20, 16 * 1024, 1 << 30)?,
             write_timeout: Duration::from_secs(env.number("WRITE_TIMEOUT_SECS", 10, 1, 3600)?),
             session_idle: Duration::from_secs(env.number("SESSION_IDLE_SECS", 300, 1, 86_400 * 7)?),
             client_stack_bytes: env.number::<usize>("CLIENT_STACK_KB", 64, 32, 8192)? * 1024,
@@ -234,6 +247,7 @@ mod tests {
         assert_eq!(c.limits.max_line_bytes, 4096);
         assert_eq!(c.limits.msg_rate, 5);
         assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.sendq_bytes, 1024 * 1024);
         assert!(c.database_url.is_none() && c.redis_url.is_none());
     }
 

@@ -39,7 +39,7 @@ pub enum ChatError {
 }
 
 impl ChatError {
-    /// The HTTP status this error maps to (SPEC §4).
+    /// The HTTP status this error maps to (see `docs/protocol.md`).
     pub fn http_status(&self) -> u16 {
         use ChatError::*;
         match self {

@@ -1,4 +1,4 @@
-//! The netcat line protocol of SPEC §3 and the limits of SPEC §7, over real
+//! The netcat line protocol (`docs/protocol.md`) and its limits, over real
 //! sockets against the real binary, on every store.
 
 mod common;

@@ -1,9 +1,11 @@
 //! Adapters translate bytes into router requests and events into bytes.
 //! They hold no chat state of their own.
 //!
-//! - [`tcp`]: the netcat line protocol (a reader thread per client).
-//! - [`writers`]: the small pool of threads that send every client's live
-//!   output (TCP lines and SSE streams).
+//! - [`tcp`]: the netcat line protocol (a reader thread per client) and its
+//!   encoder.
+//! - [`writers`]: the delivery layer, a small pool of threads that send
+//!   every client's output through its transport's encoder (TCP lines, SSE
+//!   events), with queues bounded in events and bytes.
 //! - [`lines`]: bounded line reading shared by the TCP adapter.
 //! - [`http`]: the JSON API, Server-Sent Events and the web page.
 

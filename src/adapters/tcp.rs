@@ -1,10 +1,12 @@
-//! The netcat line protocol (SPEC §3).
+//! The netcat line protocol (written up in `docs/protocol.md`).
 //!
 //! Each client costs one thread with a small stack (`CLIENT_STACK_KB`), its
-//! **reader**: it owns the socket's read side, runs the nickname prompt,
-//! then turns each line into a router request. Output goes through the
-//! client's outbox, sent by the shared writer pool
-//! ([`super::writers`]).
+//! **reader**: it reads the socket, runs the nickname prompt, then turns
+//! each line into a router request. Output goes through the client's
+//! outbox, sent by the shared writer pool ([`super::writers`]) through this
+//! adapter's [`LineEncoder`]. The socket is one descriptor, shared (`Arc`)
+//! by the reader and the outbox; the writer pool shuts it when the output
+//! ends, which is how the reader learns to stop.
 //!
 //! The router only ever queues into the outbox, so a client that stops
 //! reading delays nobody: its outbox fills and the router drops it. A socket
@@ -19,12 +21,29 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lines::{LineEvent, LineReader};
-use super::writers::{Format, OutboxSink, Socket, Writers};
+use super::writers::{Conn, Encoder, Writers};
 use super::{ConnectionLimit, ConnectionSlot};
 use crate::command::{parse_input, Input};
 use crate::config::Limits;
 use crate::error::ChatError;
 use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Wire};
+
+/// How TCP output looks on the wire: one line per event (the prompt
+/// without its line ending); the last words of a dropped client are an
+/// `Error:` line.
+pub struct LineEncoder;
+
+impl Encoder for LineEncoder {
+    fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
+        render(event, out);
+    }
+
+    fn last_words(&mut self, reason: CloseReason, out: &mut Vec<u8>) {
+        if let Some(why) = reason.explanation() {
+            out.extend_from_slice(format!("Error: {why}\n").as_bytes());
+        }
+    }
+}
 use crate::metrics::Metrics;
 use crate::router::{Reply, RouterHandle, RouterMsg, SessionRef};
 
@@ -90,8 +109,9 @@ fn accept(mut stream: TcpStream, ctx: &TcpContext) {
 fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let stream = Arc::new(stream);
-    let socket = Socket::Shared(stream.clone());
-    let sink = Arc::new(OutboxSink(ctx.writers.outbox(socket, Format::Tcp, ctx.limits.outbox_capacity, false)));
+    let outbox = ctx.writers.outbox(Box::new(LineEncoder), ctx.limits.queue_limits());
+    outbox.start(Conn::new(stream.clone()));
+    let sink: Arc<dyn Sink> = outbox;
     let id = SessionId::next();
     ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
     log::debug!("TCP client {peer} connected as session {}", id.0);

@@ -58,12 +58,12 @@ fn start(settings: RouterSettings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Box::new(SqliteStore::open(dir.path()).unwrap());
     let metrics = Arc::new(Metrics::default());
-    let channel = Router::channel();
-    let committed = channel.0.clone();
+    let inboxes = Router::inboxes();
+    let committed = inboxes.completions();
     let (store, _thread) = worker::spawn(store, 64, metrics.clone(), move |results| {
-        let _ = committed.send(RouterMsg::Committed(results));
+        let _ = committed.send(Completion::Committed(results));
     });
-    let router = Router::new(settings, store, metrics, Vec::new(), channel, None);
+    let router = Router::new(settings, store, metrics, Vec::new(), inboxes, None);
     let handle = router.handle();
     router.spawn();
     Harness { router: handle, _dir: dir }
@@ -145,7 +145,7 @@ fn a_session_whose_outbox_overflows_is_dropped_and_closed() {
         h.say(&sender, &format!("m{i}")).unwrap();
     }
     assert_eq!(*slow.sink.closed.lock().unwrap(), Some(CloseReason::TooSlow), "the slow session was not closed");
-    let members = h.router.inspect(|state| state.room_members("room")).unwrap().unwrap();
+    let members = h.router.members("room").unwrap().unwrap();
     assert_eq!(members, ["sender"]);
 }
 

@@ -1,23 +1,25 @@
-//! The HTTP API, Server-Sent Events and the web page (SPEC §4, §5).
+//! The HTTP API, Server-Sent Events and the web page (the wire formats
+//! are written up in `docs/protocol.md`).
 //!
 //! tiny_http parses requests; everything else is ours:
 //! - a fixed pool of **worker** threads (`HTTP_WORKERS`) takes requests from
-//!   tiny_http's queue, checks the limits of SPEC §7 (tiny_http enforces
-//!   none), routes them ([`routes`]) and answers with JSON ([`response`]);
-//! - each SSE stream gets its own **stream** thread ([`sse`]) that owns the
-//!   connection until it ends, like a TCP client's writer thread;
+//!   tiny_http's queue, checks the request limits, routes them ([`routes`])
+//!   and answers with JSON ([`response`]);
+//! - each SSE stream gets its own **stream** thread ([`sse`]) that attaches
+//!   it to its session and lives as long as it; the stream's bytes are sent
+//!   by the shared writer pool ([`crate::adapters::writers`]);
 //! - the web page is compiled into the binary ([`assets`]).
 //!
 //! Chat state is only ever changed by the router: handlers send it
-//! [`RouterMsg`](crate::router::RouterMsg)s and read it with
-//! [`RouterHandle::inspect`]. Request bodies and URLs are decoded in
-//! [`request`].
+//! [`RouterMsg`](crate::router::RouterMsg)s and read it through typed
+//! queries ([`RouterHandle::rooms`] and the like). Request bodies and URLs
+//! are decoded in [`request`].
 //!
 //! Threads: besides ours, tiny_http runs one accept thread and one thread
 //! per open keep-alive connection (its pool grows with the connections and
-//! shrinks 5 s after they close). An SSE stream therefore costs two
-//! threads while its connection is keep-alive (a browser's), one if the
-//! request said `Connection: close`.
+//! shrinks 5 s after they close). An event-stream request is the last on
+//! its connection (a patch in `vendor/`), so tiny_http's thread lets go of
+//! it: an open SSE stream costs one thread, its own.
 
 mod assets;
 mod request;
@@ -59,9 +61,7 @@ pub struct HttpContext {
     /// instance runs without Redis (reported as `"redis": null`).
     pub redis: Option<Arc<BusHealth>>,
     pub stats: Arc<HttpStats>,
-    /// Which stream of each session is the newest.
-    pub(crate) streams: Arc<sse::StreamTurns>,
-    /// Sends the live part of every stream (shared with the TCP adapter).
+    /// Sends every stream (shared with the TCP adapter).
     pub writers: Arc<Writers>,
 }
 
@@ -85,7 +85,6 @@ impl HttpContext {
             started: Instant::now(),
             redis: None,
             stats: Arc::new(HttpStats::default()),
-            streams: Arc::default(),
             writers,
         }
     }

@@ -1,5 +1,5 @@
-//! Reading requests: URL pieces, query parameters, the limits of SPEC §7
-//! and JSON bodies.
+//! Reading requests: URL pieces, query parameters, the size limits
+//! (`MAX_BODY_BYTES`, `MAX_HEADER_BYTES`) and JSON bodies.
 //!
 //! tiny_http itself limits nothing. It reads the request line and headers
 //! into memory however long they are (tiny-http issue #56; the PR adding a

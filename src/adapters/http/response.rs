@@ -1,4 +1,4 @@
-//! Answers: the JSON shapes of SPEC §4, refusals with their status, and
+//! Answers: the JSON shapes of the HTTP API (`docs/protocol.md`), refusals with their status, and
 //! sending both through tiny_http.
 //!
 //! Every JSON answer carries `success`; a refusal carries `error`, the same
