@@ -292,3 +292,15 @@ fn a_replay_waits_for_its_reader_and_gives_way_to_a_newer_stream() {
     assert_eq!(contents(&newer_events, 1), ["live"]);
     assert_eq!(*older.closed.lock().unwrap(), Some(CloseReason::Replaced));
 }
+
+#[test]
+fn ping_tells_a_router_that_answers_from_one_that_does_not() {
+    let h = start(settings());
+    assert!(h.router.ping(Duration::from_secs(2)));
+    // A handle whose router never reads its inbox (stuck, or gone).
+    let (tx, _inbox) = crossbeam_channel::bounded(16);
+    let stuck = RouterHandle { tx };
+    let started = std::time::Instant::now();
+    assert!(!stuck.ping(Duration::from_millis(200)));
+    assert!(started.elapsed() < Duration::from_secs(1), "the deadline bounds the wait");
+}
