@@ -49,7 +49,7 @@
 //!   [`router::RouterHandle`] (bounded); answers come back on a one-shot
 //!   channel in the request, or as events in the session's own stream;
 //! - storage thread and bus → router: [`router::Completion`]s on a second
-//!   inbox (bounded), served before any waiting request;
+//!   inbox (bounded), served before waiting requests (a few at a time);
 //! - router → storage thread: appends and store calls through a
 //!   [`store::StoreHandle`] (unbounded; the router caps what it queues);
 //! - router → bus publisher: events and nickname claims through a
