@@ -54,21 +54,31 @@ pub struct Limits {
     pub max_connections: usize,
     /// Events queued for one session before it counts as too slow and is dropped.
     pub outbox_capacity: usize,
-    /// How long a write to a client may block before the client is given up.
+    /// Bytes queued for one session (waiting, or encoded and not yet taken
+    /// by its socket) before it counts as too slow and is dropped.
+    pub sendq_bytes: usize,
+    /// How long a client's socket may stay full (the client not reading)
+    /// before the client is given up.
     pub write_timeout: Duration,
     /// HTTP sessions with no stream and no request for this long are ended.
     pub session_idle: Duration,
-    /// Stack size of each per-client thread.
+    /// Stack size of each per-client thread (a TCP client's reader, an SSE
+    /// stream's thread).
     pub client_stack_bytes: usize,
-    /// Threads that send TCP clients their output.
+    /// Writer threads that send every client its output (TCP and SSE).
     pub tcp_writer_threads: usize,
     /// Largest HTTP request body.
     pub max_body_bytes: usize,
     /// Largest total size of HTTP request headers.
     pub max_header_bytes: usize,
-    /// Interval of the `: ping` comment on an idle SSE stream; a write that
-    /// fails is also how a stream notices its client has gone.
+    /// Interval of the `: ping` comment on an SSE stream; a write that
+    /// fails is also how the writer pool notices a client has gone.
     pub sse_ping: Duration,
+    /// An HTTP request head, and a body up to `max_body_bytes`, must arrive
+    /// within this (from its first byte), else 408 and the connection closes.
+    pub http_read_timeout: Duration,
+    /// A keep-alive HTTP connection with no new request for this long closes.
+    pub http_idle: Duration,
     /// Threads answering ordinary HTTP requests (streams have their own).
     /// A `POST /api/message` holds one until its message is committed.
     pub http_workers: usize,
@@ -76,6 +86,13 @@ pub struct Limits {
     pub store_batch_max: usize,
     /// Messages waiting for the store before new ones are refused as "busy".
     pub store_queue_max: usize,
+}
+
+impl Limits {
+    /// The bounds of one client's outbound queue.
+    pub fn queue_limits(&self) -> crate::adapters::writers::QueueLimits {
+        crate::adapters::writers::QueueLimits { events: self.outbox_capacity, bytes: self.sendq_bytes }
+    }
 }
 
 /// A configuration value that could not be used; names the variable.
@@ -130,6 +147,7 @@ impl Config {
             msg_burst: env.number("MSG_BURST", 10, 1, 1_000_000)?,
             max_connections: env.number("MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
             outbox_capacity: env.number("OUTBOX_CAPACITY", 1024, 8, 1_000_000)?,
+            sendq_bytes: env.number("SENDQ_BYTES", 1 << 20, 16 * 1024, 1 << 30)?,
             write_timeout: Duration::from_secs(env.number("WRITE_TIMEOUT_SECS", 10, 1, 3600)?),
             session_idle: Duration::from_secs(env.number("SESSION_IDLE_SECS", 300, 1, 86_400 * 7)?),
             client_stack_bytes: env.number::<usize>("CLIENT_STACK_KB", 64, 32, 8192)? * 1024,
@@ -137,6 +155,8 @@ impl Config {
             max_body_bytes: env.number("MAX_BODY_BYTES", 64 * 1024, 1024, 64 << 20)?,
             max_header_bytes: env.number("MAX_HEADER_BYTES", 8 * 1024, 1024, 1 << 20)?,
             sse_ping: Duration::from_secs(env.number("SSE_PING_SECS", 15, 1, 3600)?),
+            http_read_timeout: Duration::from_secs(env.number("HTTP_READ_TIMEOUT_SECS", 10, 1, 3600)?),
+            http_idle: Duration::from_secs(env.number("HTTP_IDLE_SECS", 30, 1, 86_400)?),
             http_workers: env.number("HTTP_WORKERS", 16, 1, 1024)?,
             store_batch_max: env.number("STORE_BATCH_MAX", 512, 1, 100_000)?,
             store_queue_max: env.number("STORE_QUEUE_MAX", 50_000, 1, 10_000_000)?,
@@ -227,6 +247,7 @@ mod tests {
         assert_eq!(c.limits.max_line_bytes, 4096);
         assert_eq!(c.limits.msg_rate, 5);
         assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.sendq_bytes, 1024 * 1024);
         assert!(c.database_url.is_none() && c.redis_url.is_none());
     }
 

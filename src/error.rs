@@ -41,7 +41,7 @@ pub enum ChatError {
 }
 
 impl ChatError {
-    /// The HTTP status this error maps to.
+    /// The HTTP status this error maps to (see `docs/protocol.md`).
     pub fn http_status(&self) -> u16 {
         use ChatError::*;
         match self {

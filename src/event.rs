@@ -2,11 +2,12 @@
 //!
 //! The router never touches a socket. Each session gives it a [`Sink`];
 //! the router pushes [`Event`]s into it without ever blocking. The adapters'
-//! sink is a bounded per-client outbox sent by the writer pool
-//! (`adapters::writers`), which renders events into bytes for the client's
-//! protocol. Room messages and notices are shared (`Arc`) between all
-//! recipients and each protocol's rendering is cached on them, so a message
-//! is formatted once per protocol, not once per recipient.
+//! sink is a per-client outbox, bounded in events and in bytes, sent by the
+//! writer pool (`adapters::writers`) through the client's encoder, which
+//! turns events into its protocol's bytes. Room messages and notices are
+//! shared (`Arc`) between all recipients and each protocol's rendering is
+//! cached on them, so a message is formatted once per protocol, not once
+//! per recipient.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -115,6 +116,22 @@ pub enum CloseReason {
     Replaced,
     /// The session was idle too long (HTTP).
     Expired,
+    /// Missed messages could not be read back from the store (SSE resume).
+    ReplayFailed,
+}
+
+impl CloseReason {
+    /// What the client is told as the stream ends, if anything.
+    pub fn explanation(self) -> Option<&'static str> {
+        match self {
+            CloseReason::TooSlow => Some("you are not reading messages fast enough, so you were disconnected."),
+            CloseReason::Replaced => Some("a newer stream took over this session."),
+            CloseReason::ReplayFailed => Some(
+                "the message store is unavailable, so missed messages cannot be replayed. Reconnect shortly.",
+            ),
+            CloseReason::Normal | CloseReason::Shutdown | CloseReason::Expired => None,
+        }
+    }
 }
 
 /// Something a session should see.
@@ -136,6 +153,26 @@ pub enum Event {
     RoomChanged { room: Option<String>, history: Vec<Arc<ChatMessage>> },
 }
 
+impl Event {
+    /// About how many bytes the event takes on the wire, for queues bounded
+    /// in bytes (`SENDQ_BYTES`): its text plus a fixed allowance for the
+    /// framing. Cheap: nothing is rendered.
+    pub fn weight(&self) -> usize {
+        const FRAMING: usize = 96;
+        FRAMING
+            + match self {
+                Event::Message(m) => m.content.len() + m.nickname.len() + m.room.len(),
+                Event::Notice(n) => n.text.len(),
+                Event::Dm { dm, .. } => dm.text.len() + dm.from.len() + dm.to.len(),
+                Event::Prompt(text) => text.len(),
+                Event::Ping => 0,
+                Event::Reply(text) => text.len(),
+                Event::Error(_) => 64,
+                Event::RoomChanged { history, .. } => history.iter().map(|m| FRAMING + m.content.len()).sum(),
+            }
+    }
+}
+
 /// The session queue is full; the session must be dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
@@ -147,6 +184,16 @@ pub trait Sink: Send + Sync {
     fn deliver(&self, event: Event) -> Result<(), Overflow>;
     /// Ends the session's output; later deliveries are ignored.
     fn close(&self, reason: CloseReason);
+    /// Queues an event read back from the store for a resuming stream,
+    /// whatever the queue's bounds: the router paces a replay itself by
+    /// [`Sink::backlog`], one store page at a time.
+    fn replay(&self, event: Event) {
+        let _ = self.deliver(event);
+    }
+    /// About how many bytes are queued and not yet taken by the client.
+    fn backlog(&self) -> usize {
+        0
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -61,6 +61,8 @@ const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 50
 pub struct Metrics {
     pub tcp_connections: AtomicU64,
     pub http_streams: AtomicU64,
+    /// Open HTTP connections (those carrying event streams included).
+    pub http_connections: AtomicU64,
     pub http_sessions: AtomicU64,
     pub messages: AtomicU64,
     pub deliveries: AtomicU64,
@@ -79,6 +81,7 @@ impl Default for Metrics {
         Metrics {
             tcp_connections: AtomicU64::new(0),
             http_streams: AtomicU64::new(0),
+            http_connections: AtomicU64::new(0),
             http_sessions: AtomicU64::new(0),
             messages: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
@@ -110,6 +113,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"tcp\"}} {}", self.tcp_connections.load(Relaxed));
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"sse\"}} {}", self.http_streams.load(Relaxed));
+        let _ = writeln!(out, "baby_discord_connections{{protocol=\"http\"}} {}", self.http_connections.load(Relaxed));
         gauge(&mut out, "baby_discord_http_sessions", "Open HTTP sessions.", "gauge", "", self.http_sessions.load(Relaxed));
         gauge(&mut out, "baby_discord_messages_total", "Room messages committed.", "counter", "", self.messages.load(Relaxed));
         gauge(&mut out, "baby_discord_deliveries_total", "Events queued to sessions.", "counter", "", self.deliveries.load(Relaxed));

@@ -2,9 +2,10 @@
 //!
 //! [`Server::start`] is what `main` runs and what the integration tests run
 //! (on port 0, with a temporary `DATA_DIR`); [`Server::shutdown`] is the
-//! graceful stop of SPEC §7.
+//! graceful stop on SIGINT/SIGTERM: no new connections, every client told,
+//! the store flushed.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,7 +18,7 @@ use crate::adapters::ConnectionLimit;
 use crate::bus::{self, BusHealth};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::router::{Router, RouterHandle, RouterMsg, RouterSettings};
+use crate::router::{Completion, Router, RouterHandle, RouterMsg, RouterSettings};
 use crate::store::{self, worker, StoreHandle};
 
 /// A running server.
@@ -56,24 +57,24 @@ impl Server {
         log::info!("loaded {} rooms", rooms.len());
 
         let metrics = Arc::new(Metrics::default());
-        let channel = Router::channel();
-        let committed = channel.0.clone();
+        let inboxes = Router::inboxes();
+        let committed = inboxes.completions();
         let (store, storage_thread) =
             worker::spawn(store, config.limits.store_batch_max, metrics.clone(), move |results| {
-                let _ = committed.send(RouterMsg::Committed(results));
+                let _ = committed.send(Completion::Committed(results));
             });
         let (bus, bus_health) = match &config.redis_url {
             Some(url) => {
                 let names = bus::Names { prefix: config.redis_prefix.clone(), instance: config.instance_id.clone() };
-                let (events, claims) = (channel.0.clone(), channel.0.clone());
+                let (events, claims) = (inboxes.completions(), inboxes.completions());
                 let (handle, health) = bus::start(
                     url,
                     names,
                     move |incoming| {
-                        let _ = events.send(RouterMsg::Bus(incoming));
+                        let _ = events.send(Completion::Bus(incoming));
                     },
                     move |claim| {
-                        let _ = claims.send(RouterMsg::Claimed(claim));
+                        let _ = claims.send(Completion::Claimed(claim));
                     },
                 )?;
                 log::info!("multi-instance mode: Redis bus under prefix {}", config.redis_prefix);
@@ -82,13 +83,13 @@ impl Server {
             None => (None, None),
         };
         let router =
-            Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, channel, bus);
+            Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, inboxes, bus);
         let handle = router.handle();
         let router_thread = router.spawn();
 
         let connections = ConnectionLimit::new(config.limits.max_connections);
         let stopping = Arc::new(AtomicBool::new(false));
-        let tcp_listener = TcpListener::bind((config.bind_addr, config.tcp_port))
+        let tcp_listener = crate::adapters::listen((config.bind_addr, config.tcp_port).into())
             .map_err(|e| format!("cannot listen on TCP_PORT {} at BIND_ADDR {}: {e}", config.tcp_port, config.bind_addr))?;
         let tcp_addr = tcp_listener.local_addr().map_err(|e| e.to_string())?;
         let writers = Arc::new(

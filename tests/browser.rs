@@ -1,4 +1,4 @@
-//! The web page of SPEC §5 in headless Chromium (WebDriver), chatting with a
+//! The web page in headless Chromium (WebDriver), chatting with a
 //! netcat-style TCP client in the same room: nickname screen, creating a
 //! room, sending and receiving messages, user text shown as text (never as
 //! HTML), DMs and the member list. Saves screenshots of the desktop and the

@@ -1,4 +1,4 @@
-//! Several instances as one service (SPEC §6 "Multi-instance"): real
+//! Several instances as one service (one Redis, one PostgreSQL): real
 //! processes sharing one PostgreSQL database and one Redis, each cluster
 //! under its own Redis prefix and database so tests run in parallel.
 

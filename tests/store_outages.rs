@@ -1,4 +1,4 @@
-//! PostgreSQL going away under a running server (SPEC §6): clear errors,
+//! PostgreSQL going away or refusing writes under a running server: clear errors,
 //! nothing delivered that is not stored, recovery without a restart.
 
 mod common;
@@ -97,4 +97,59 @@ fn an_unreachable_database_at_start_up_fails_fast_naming_database_url() {
     let errors: Vec<&str> = output.lines().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "{output}");
     assert!(errors[0].contains("DATABASE_URL") && !errors[0].contains("secret"), "{output}");
+}
+
+/// A database that answers but refuses every write (its disk is full): the
+/// sender is told, and `/api/health` says `degraded` with `"db": false` for
+/// as long as writes fail, though pings still succeed; a commit that
+/// succeeds clears it.
+#[test]
+fn health_reports_a_store_that_refuses_every_write() {
+    let server = TestServer::builder(Store::Postgres).env("MSG_RATE", 0).start();
+    let database = server.database.as_ref().unwrap();
+    let health = || {
+        let (status, body) = common::http_get(server.http.unwrap(), "/api/health");
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap())
+    };
+    let mut alice = server.login("alice");
+    alice.create("full");
+    alice.send("before");
+    alice.expect("[full] alice: before");
+    let (status, body) = health();
+    assert_eq!((status, &body["status"], &body["db"]), (200, &"healthy".into(), &true.into()), "{body}");
+
+    let mut db = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    db.batch_execute(
+        "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$;
+         CREATE TRIGGER disk_full BEFORE INSERT ON messages FOR EACH STATEMENT EXECUTE FUNCTION refuse_writes();",
+    )
+    .unwrap();
+    alice.send("during");
+    alice.expect("Error: the message store is unavailable, so the message was not sent. Try again shortly.");
+    // Longer than the storage thread's idle ping: a store that answers
+    // pings but takes no write is still not healthy.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let (status, body) = health();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["status"], "degraded", "{body}");
+        assert_eq!(body["db"], false, "{body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    db.batch_execute("DROP TRIGGER disk_full ON messages").unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        alice.send(&format!("after {n}"));
+        if alice.line() == format!("[full] alice: after {n}") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "writes did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = health();
+    assert_eq!((status, &body["status"], &body["db"]), (200, &"healthy".into(), &true.into()), "{body}");
 }

@@ -1,4 +1,4 @@
-//! The netcat line protocol of SPEC §3 and the limits of SPEC §7, over real
+//! The netcat line protocol (`docs/protocol.md`) and its limits, over real
 //! sockets against the real binary, on every store.
 
 mod common;
@@ -318,6 +318,25 @@ for_each_store! {
         let rest = idle.expect_closed();
         assert_eq!(rest, ["", "Error: no nickname given within 1 seconds; closing the connection."]);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    fn a_nickname_typed_one_byte_at_a_time_cannot_outlive_the_timeout(store) {
+        let server = TestServer::builder(store).env("NICK_TIMEOUT_SECS", 1).start();
+        let mut slow = server.connect();
+        slow.expect("Welcome to Baby Discord!");
+        slow.expect_prompt();
+        let started = Instant::now();
+        // A byte every 300 ms, for up to 3 s: each read is quick, the
+        // whole prompt is not.
+        for byte in b"alice-the-very-patient".iter() {
+            if !slow.try_send_raw(&[*byte]) || started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let rest = slow.expect_closed();
+        assert_eq!(rest.last().unwrap(), "Error: no nickname given within 1 seconds; closing the connection.");
+        assert!(started.elapsed() < Duration::from_secs(2), "closed after {:?}", started.elapsed());
     }
 
     fn connections_beyond_the_limit_are_told_the_server_is_full(store) {

@@ -7,7 +7,7 @@
  * messages, system lines, DMs, command output, errors, older history) and the
  * input (plain messages and slash commands); the status label and error bar.
  *
- * Talks only to the same-origin HTTP API (SPEC.md section 4).
+ * Talks only to the same-origin HTTP API (docs/protocol.md).
  * Every piece of user or server text is inserted with textContent, never as HTML.
  */
 'use strict';

@@ -1,9 +1,11 @@
 //! Adapters translate bytes into router requests and events into bytes.
 //! They hold no chat state of their own.
 //!
-//! - [`tcp`]: the netcat line protocol (a reader thread per client).
-//! - [`writers`]: the small pool of threads that send every client's live
-//!   output (TCP lines and SSE streams).
+//! - [`tcp`]: the netcat line protocol (a reader thread per client) and its
+//!   encoder.
+//! - [`writers`]: the delivery layer, a small pool of threads that send
+//!   every client's output through its transport's encoder (TCP lines, SSE
+//!   events), with queues bounded in events and bytes.
 //! - [`lines`]: bounded line reading shared by the TCP adapter.
 //! - [`http`]: the JSON API, Server-Sent Events and the web page.
 
@@ -12,8 +14,29 @@ pub mod lines;
 pub mod tcp;
 pub mod writers;
 
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// How many finished handshakes the kernel may hold for a listener before
+/// it is accepted (capped by `net.core.somaxconn`). The standard library
+/// asks for 128: in a storm of thousands of clients connecting at once the
+/// queue overflows, and since our servers speak first (the nickname
+/// prompt), a client whose handshake the kernel dropped waits forever for
+/// a greeting that never comes.
+const LISTEN_BACKLOG: i32 = 65_535;
+
+/// Binds `addr` and listens with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind(addr)?;
+    // Calling listen(2) again on a listening socket only changes its backlog.
+    // SAFETY: a plain system call on a descriptor `listener` owns.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(listener)
+}
 
 /// Counts open client connections across both adapters (`MAX_CONNECTIONS`).
 pub struct ConnectionLimit {

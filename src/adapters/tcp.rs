@@ -1,16 +1,19 @@
-//! The netcat line protocol (SPEC §3).
+//! The netcat line protocol (written up in `docs/protocol.md`).
 //!
 //! Each client costs one thread with a small stack (`CLIENT_STACK_KB`), its
-//! **reader**: it owns the socket's read side, runs the nickname prompt,
-//! then turns each line into a router request. Output goes through the
-//! client's outbox, sent by the shared writer pool
-//! ([`super::writers`]).
+//! **reader**: it reads the socket, runs the nickname prompt, then turns
+//! each line into a router request. Output goes through the client's
+//! outbox, sent by the shared writer pool ([`super::writers`]) through this
+//! adapter's [`LineEncoder`]. The socket is one descriptor, shared (`Arc`)
+//! by the reader and the outbox; the writer pool shuts it when the output
+//! ends, which is how the reader learns to stop.
 //!
 //! The router only ever queues into the outbox, so a client that stops
 //! reading delays nobody: its outbox fills and the router drops it. A socket
 //! that stays full longer than `WRITE_TIMEOUT_SECS` ends the connection too.
 
-use std::io::{self, Write};
+use std::cell::Cell;
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,12 +21,29 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lines::{LineEvent, LineReader};
-use super::writers::{Format, OutboxSink, Socket, Writers};
+use super::writers::{Conn, Encoder, Writers};
 use super::{ConnectionLimit, ConnectionSlot};
 use crate::command::{parse_input, Input};
 use crate::config::Limits;
 use crate::error::ChatError;
 use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Wire};
+
+/// How TCP output looks on the wire: one line per event (the prompt
+/// without its line ending); the last words of a dropped client are an
+/// `Error:` line.
+pub struct LineEncoder;
+
+impl Encoder for LineEncoder {
+    fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
+        render(event, out);
+    }
+
+    fn last_words(&mut self, reason: CloseReason, out: &mut Vec<u8>) {
+        if let Some(why) = reason.explanation() {
+            out.extend_from_slice(format!("Error: {why}\n").as_bytes());
+        }
+    }
+}
 use crate::metrics::Metrics;
 use crate::router::{Reply, RouterHandle, RouterMsg, SessionRef};
 
@@ -89,14 +109,16 @@ fn accept(mut stream: TcpStream, ctx: &TcpContext) {
 fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let stream = Arc::new(stream);
-    let socket = Socket::Shared(stream.clone());
-    let sink = Arc::new(OutboxSink(ctx.writers.outbox(socket, Format::Tcp, ctx.limits.outbox_capacity, false)));
+    let outbox = ctx.writers.outbox(Box::new(LineEncoder), ctx.limits.queue_limits());
+    outbox.start(Conn::new(stream.clone()));
+    let sink: Arc<dyn Sink> = outbox;
     let id = SessionId::next();
     ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
     log::debug!("TCP client {peer} connected as session {}", id.0);
     ctx.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink.clone()) });
 
-    let mut lines = LineReader::new(&*stream, ctx.limits.max_line_bytes);
+    let input = ClientInput { stream: &stream, until: Cell::new(None) };
+    let mut lines = LineReader::new(input, ctx.limits.max_line_bytes);
     if choose_nickname(&mut lines, sink.as_ref(), id, &ctx) {
         chat(&mut lines, id, &ctx);
     }
@@ -109,19 +131,37 @@ fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
     log::debug!("TCP client {peer} (session {}) disconnected", id.0);
 }
 
+/// A client's socket as its line reader sees it: while `until` is set,
+/// every read waits at most until then, so a deadline covers everything
+/// read before it, however the client splits its bytes (a nickname typed
+/// one byte at a time cannot outlive `NICK_TIMEOUT_SECS`).
+struct ClientInput<'a> {
+    stream: &'a TcpStream,
+    until: Cell<Option<Instant>>,
+}
+
+impl Read for ClientInput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until.get() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        (&*self.stream).read(buf)
+    }
+}
+
 /// The nickname prompt. Returns true once the session has a nickname.
-fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &dyn Sink, id: SessionId, ctx: &TcpContext) -> bool {
-    let deadline = Instant::now() + ctx.limits.nick_timeout;
+fn choose_nickname(lines: &mut LineReader<ClientInput<'_>>, outbox: &dyn Sink, id: SessionId, ctx: &TcpContext) -> bool {
+    lines.get_ref().until.set(Some(Instant::now() + ctx.limits.nick_timeout));
     let say = |event: Event| {
         let _ = outbox.deliver(event);
     };
     say(Event::Reply(GREETING.trim_end().into()));
     say(Event::Prompt(PROMPT));
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || lines.get_ref().set_read_timeout(Some(remaining)).is_err() {
-            return nickname_timeout(outbox, ctx);
-        }
         let nickname = match lines.next_line() {
             Ok(Some(LineEvent::Line(line))) => line.trim().to_string(),
             Ok(Some(LineEvent::TooLong)) => {
@@ -152,7 +192,9 @@ fn choose_nickname(lines: &mut LineReader<&TcpStream>, outbox: &dyn Sink, id: Se
         match outcome {
             Ok(Reply::LoggedIn { nickname, .. }) => {
                 say(Event::Reply(format!("Welcome, {nickname}!\nType /help for available commands.")));
-                let _ = lines.get_ref().set_read_timeout(None);
+                let input = lines.get_ref();
+                input.until.set(None);
+                let _ = input.stream.set_read_timeout(None);
                 return true;
             }
             Ok(_) => return false,
@@ -174,7 +216,7 @@ fn nickname_timeout(outbox: &dyn Sink, ctx: &TcpContext) -> bool {
 }
 
 /// The chat loop: every line becomes a router request.
-fn chat(lines: &mut LineReader<&TcpStream>, id: SessionId, ctx: &TcpContext) {
+fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext) {
     let session = SessionRef::Id(id);
     let reply = || crate::router::Responder::Session;
     loop {

@@ -1,24 +1,38 @@
-//! The writer pool: a few threads that send every client's live output,
-//! TCP lines and Server-Sent Events alike.
+//! The delivery layer: a few writer threads that send every client's
+//! output, whatever its protocol.
 //!
-//! A TCP client's reader thread blocks in `read`, and an SSE stream's thread
-//! only opens, replays and pings its stream; neither writes live traffic.
-//! The router queues events into the client's [`SocketOutbox`] (never
-//! blocking); the first event queued on an idle client puts it on its
-//! writer's ready list. Waking a few writers instead of one thread per
-//! client is what keeps fan-out to thousands of clients cheap. A writer takes each ready client's whole queue,
-//! renders it into one buffer and sends it with a non-blocking `send`. A
-//! client whose socket is full is parked until epoll says it is writable
-//! again; one parked longer than `WRITE_TIMEOUT_SECS` is disconnected. So a
-//! stalled client costs its own queue and nothing else, and under load each
-//! client gets one `send` per batch of messages, not one per message.
+//! The pool knows sockets, queues and back-pressure, and nothing about any
+//! protocol. A transport is an [`Encoder`]: how an event becomes bytes, with
+//! its own per-stream state (the TCP adapter's lines, the SSE adapter's
+//! event stream and its chunked framing). The router queues events into a
+//! client's [`Outbox`] (never blocking); the first event queued on an idle
+//! client puts it on its writer's ready list. A writer takes the client's
+//! whole queue, encodes it into one buffer and sends it with one
+//! non-blocking `send`, so under load each client costs one `send` per
+//! batch, not one per message, and a few threads serve thousands of clients.
+//!
+//! Back-pressure: a queue holds at most `OUTBOX_CAPACITY` events and
+//! `SENDQ_BYTES` bytes (queued plus encoded-but-unsent); a delivery beyond
+//! either is refused with [`Overflow`], and the router drops the client as
+//! too slow (its last words, from its encoder, are still tried). A client
+//! whose socket is full is parked until epoll says it is writable again; one
+//! parked longer than `WRITE_TIMEOUT_SECS` is disconnected. So a stalled
+//! client costs its own queue and nothing else.
+//!
+//! A write that fails is how a client that has gone away is noticed; the
+//! outbox is then finished, and whoever waits on it
+//! ([`Outbox::wait_finished`]) is woken.
+//!
+//! Who owns what: an [`Outbox`] is shared (`Arc`) by the router (as the
+//! session's [`Sink`]), the writer thread serving it, and whoever started
+//! it. It owns its socket through a [`Conn`], so the descriptor stays open
+//! until the last of them lets go; the writer thread alone writes to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -27,60 +41,109 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::event::{CloseReason, Event, Overflow, Sink};
 
-/// The wire format of one client's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Netcat lines.
-    Tcp,
-    /// An event stream; `chunked` when it is framed in HTTP chunks of ours.
-    Sse { chunked: bool },
+/// How one transport turns events into bytes. One encoder per stream, used
+/// only by the writer thread serving it.
+pub trait Encoder: Send {
+    /// Appends the bytes of `event` to `out`.
+    fn encode(&mut self, event: &Event, out: &mut Vec<u8>);
+    /// Appends what the client is told as its output ends for `reason`.
+    fn last_words(&mut self, reason: CloseReason, out: &mut Vec<u8>);
+    /// Appends one batch of encoded bytes as it goes on the wire (`last`:
+    /// nothing follows it). By default the bytes go as they are.
+    fn frame(&mut self, batch: &[u8], last: bool, out: &mut Vec<u8>) {
+        let _ = last;
+        out.extend_from_slice(batch);
+    }
 }
 
-/// The socket an outbox writes to, without a descriptor of its own (file
-/// descriptors are the scarcest resource at 10,000 clients).
-pub enum Socket {
-    /// Shared with the TCP reader thread; closed when both are done.
-    Shared(Arc<TcpStream>),
-    /// Owned by someone else (tiny_http's connection) who keeps it open
-    /// until the outbox is finished.
-    Borrowed(std::mem::ManuallyDrop<TcpStream>),
+/// A socket the pool writes to, with whatever keeps its descriptor open.
+///
+/// The descriptor stays valid for as long as the `Conn` lives; the writer
+/// thread serving the outbox is the only one that writes through it (the
+/// owner may still read from its own handle, as a TCP client's reader does).
+pub struct Conn {
+    fd: RawFd,
+    /// Owns the descriptor (and anything that must live as long); never
+    /// used, only dropped. The mutex makes the `Conn` shareable.
+    _owner: Mutex<Box<dyn Send>>,
 }
 
-impl Socket {
-    /// A socket owned elsewhere.
+impl Conn {
+    /// A socket the `Conn` owns (or shares, e.g. an `Arc<TcpStream>`).
+    pub fn new<S: AsRawFd + Send + 'static>(socket: S) -> Conn {
+        Conn { fd: socket.as_raw_fd(), _owner: Mutex::new(Box::new(socket)) }
+    }
+
+    /// A socket whose descriptor `owner` keeps open, for a library that
+    /// gives out its socket's number but not the socket (tiny_http).
     ///
     /// # Safety
-    /// `fd` must stay open until the outbox using it is finished
-    /// ([`SocketOutbox::wait_finished`]).
-    pub unsafe fn borrowed(fd: std::os::unix::io::RawFd) -> Socket {
-        use std::os::unix::io::FromRawFd;
-        Socket::Borrowed(std::mem::ManuallyDrop::new(TcpStream::from_raw_fd(fd)))
+    /// `fd` must stay open for as long as `owner` is alive, and nothing
+    /// else may close it.
+    pub unsafe fn kept_open_by(fd: RawFd, owner: impl Send + 'static) -> Conn {
+        Conn { fd, _owner: Mutex::new(Box::new(owner)) }
+    }
+
+    /// `send` without blocking and without SIGPIPE; how much was taken.
+    fn send(&self, bytes: &[u8]) -> io::Result<usize> {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let rest = &bytes[sent..];
+            // SAFETY: `self.fd` is open while `self` lives; the pointer and
+            // length describe `rest`, which outlives the call.
+            let n = unsafe {
+                libc::send(self.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                sent += n as usize;
+                continue;
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => return Ok(sent),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(error),
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Turns Nagle's algorithm off (`TCP_NODELAY`): the pool already sends
+    /// whole batches, and Nagle would hold a batch back until the peer
+    /// acknowledges the one before, up to its delayed-ACK timer (40 ms).
+    /// Not a TCP socket (a test's Unix socket): nothing to do.
+    fn no_delay(&self) {
+        let on: libc::c_int = 1;
+        // SAFETY: `self.fd` is open while `self` lives; the option value is
+        // a live `c_int` of the size given.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+
+    /// Shuts both directions: the peer sees the end, and so does a thread
+    /// of ours reading the same socket.
+    fn shutdown(&self) {
+        // SAFETY: `self.fd` is open while `self` lives.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
     }
 }
 
-impl std::ops::Deref for Socket {
-    type Target = TcpStream;
-    fn deref(&self) -> &TcpStream {
-        match self {
-            Socket::Shared(stream) => stream,
-            Socket::Borrowed(stream) => stream,
-        }
-    }
+/// Bounds of one client's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Events queued (`OUTBOX_CAPACITY`).
+    pub events: usize,
+    /// Bytes queued or encoded and not yet sent (`SENDQ_BYTES`).
+    pub bytes: usize,
 }
 
-/// Why a client is being disconnected, as its last words (if any).
-fn last_words(format: Format, reason: CloseReason) -> Vec<u8> {
-    const TOO_SLOW: &str = "you are not reading messages fast enough, so you were disconnected.";
-    match (format, reason) {
-        (Format::Tcp, CloseReason::TooSlow) => format!("Error: {TOO_SLOW}\n").into_bytes(),
-        (Format::Tcp, _) => Vec::new(),
-        (Format::Sse { .. }, CloseReason::TooSlow) => super::http::sse::error_event(TOO_SLOW),
-        (Format::Sse { .. }, CloseReason::Replaced) => {
-            super::http::sse::error_event("a newer stream took over this session.")
-        }
-        (Format::Sse { .. }, _) => Vec::new(),
-    }
-}
 const WAKER: Token = Token(usize::MAX);
 
 /// A pool of writer threads.
@@ -91,10 +154,10 @@ pub struct Writers {
 
 /// What a writer thread shares with the outboxes it serves.
 struct Shared {
-    /// Outboxes with something to send.
-    ready: Sender<Arc<SocketOutbox>>,
-    /// Outboxes to start watching.
-    added: Sender<Arc<SocketOutbox>>,
+    /// Outboxes with something to send; sent by outboxes, received by the writer.
+    ready: Sender<Arc<Outbox>>,
+    /// Outboxes that were just started, for the writer to watch.
+    added: Sender<Arc<Outbox>>,
     waker: Waker,
     /// Set while the writer waits in `poll`: only then is a wake-up needed.
     sleeping: AtomicBool,
@@ -106,44 +169,51 @@ impl Shared {
             let _ = self.waker.wake();
         }
     }
+
+    fn wake_always(&self) {
+        self.sleeping.store(false, Ordering::Release);
+        let _ = self.waker.wake();
+    }
 }
 
-/// One client's output queue; [`OutboxSink`] is the router's side of it.
-pub struct SocketOutbox {
+/// One client's output queue. The router holds it as the session's
+/// [`Sink`]; nothing is sent before [`Outbox::start`] gives it a socket.
+pub struct Outbox {
     token: Token,
-    /// The client's socket, used only for writing.
-    stream: Socket,
-    format: Format,
-    capacity: usize,
+    this: Weak<Outbox>,
+    limits: QueueLimits,
     writer: Arc<Shared>,
     state: Mutex<OutboxState>,
-    /// Woken when the outbox is finished (an SSE stream's thread waits).
-    owner: Mutex<Option<std::thread::Thread>>,
+    /// Set once, by `start`.
+    conn: OnceLock<Conn>,
+    /// Locked only by the writer thread serving the outbox.
+    encoder: Mutex<Box<dyn Encoder>>,
+    /// The thread waiting in [`Outbox::wait_finished`], woken at the end.
+    waiter: Mutex<Option<std::thread::Thread>>,
 }
 
-#[derive(Default)]
 struct OutboxState {
     events: VecDeque<Event>,
+    /// Sum of the queued events' [`Event::weight`].
+    queued_bytes: usize,
+    /// Encoded bytes the socket has not taken yet.
+    unsent: Vec<u8>,
     closing: Option<CloseReason>,
+    /// The last words are encoded (in `unsent` until the socket takes them).
+    said_last_words: bool,
+    /// Has a socket: the writer may send.
+    started: bool,
     /// On the writer's ready list already.
     scheduled: bool,
     /// The socket was full; waiting for epoll to say it is writable.
     blocked_since: Option<Instant>,
-    /// Rendered bytes the socket has not taken yet.
-    unsent: Vec<u8>,
-    /// Everything is sent and the socket shut down.
+    /// Everything is sent (or the client is gone) and the socket shut.
     finished: bool,
-    /// Queued but not sent until released (an SSE stream still replaying).
-    held: bool,
-    /// The next `RoomChanged` must not announce `connected` (SSE: the
-    /// stream's thread already did, before its replay).
-    skip_connected: bool,
-    /// Never used after all: forget it without touching the socket.
-    abandoned: bool,
 }
 
 impl Writers {
-    /// Starts `threads` writer threads.
+    /// Starts `threads` writer threads. Clients parked longer than
+    /// `write_timeout` are disconnected.
     pub fn start(threads: usize, write_timeout: Duration) -> io::Result<Writers> {
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
@@ -152,117 +222,137 @@ impl Writers {
             let (ready, ready_rx) = crossbeam_channel::unbounded();
             let (added, added_rx) = crossbeam_channel::unbounded();
             let shared = Arc::new(Shared { ready, added, waker, sleeping: AtomicBool::new(false) });
-            let worker = Worker { poll, ready: ready_rx, added: added_rx, shared: shared.clone(), conns: HashMap::new(), write_timeout };
-            std::thread::Builder::new().name(format!("tcp-writer-{i}")).spawn(move || worker.run())?;
+            let worker = Worker {
+                poll,
+                ready: ready_rx,
+                added: added_rx,
+                shared: shared.clone(),
+                conns: HashMap::new(),
+                write_timeout,
+                batch: Vec::new(),
+                encoded: Vec::new(),
+            };
+            crate::vital::spawn(&format!("writer-{i}"), None, move || worker.run())?;
             workers.push(shared);
         }
         Ok(Writers { workers, next: AtomicUsize::new(0) })
     }
 
-    /// Creates the outbox for a new client, served by one of the writers.
-    /// With `held`, nothing is sent until [`SocketOutbox::release`].
-    pub fn outbox(&self, stream: Socket, format: Format, capacity: usize, held: bool) -> Arc<SocketOutbox> {
+    /// A new client's outbox, served by one of the writers. It queues from
+    /// now on and sends once [`Outbox::start`]ed.
+    pub fn outbox(&self, encoder: Box<dyn Encoder>, limits: QueueLimits) -> Arc<Outbox> {
         static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(0);
         let writer = self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()].clone();
-        let outbox = Arc::new(SocketOutbox {
+        Arc::new_cyclic(|this| Outbox {
             token: Token(NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)),
-            stream,
-            format,
-            capacity,
-            writer: writer.clone(),
-            state: Mutex::new(OutboxState { held, ..OutboxState::default() }),
-            owner: Mutex::new(None),
-        });
-        let _ = writer.added.send(outbox.clone());
-        writer.wake_always();
-        outbox
+            this: this.clone(),
+            limits,
+            writer,
+            state: Mutex::new(OutboxState {
+                events: VecDeque::new(),
+                queued_bytes: 0,
+                unsent: Vec::new(),
+                closing: None,
+                said_last_words: false,
+                started: false,
+                scheduled: false,
+                blocked_since: None,
+                finished: false,
+            }),
+            conn: OnceLock::new(),
+            encoder: Mutex::new(encoder),
+            waiter: Mutex::new(None),
+        })
     }
 }
 
-impl Shared {
-    fn wake_always(&self) {
-        self.sleeping.store(false, Ordering::Release);
-        let _ = self.waker.wake();
-    }
-}
-
-impl SocketOutbox {
-    /// Puts the outbox on its writer's ready list if it is not there yet.
-    fn schedule(self: &Arc<Self>, state: &mut OutboxState) {
-        if !state.scheduled && !state.held && state.blocked_since.is_none() {
-            state.scheduled = true;
-            let _ = self.writer.ready.send(self.clone());
-            self.writer.wake();
+impl Outbox {
+    /// Gives the outbox its socket and starts sending what is queued.
+    /// A second call is ignored.
+    pub fn start(&self, conn: Conn) {
+        conn.no_delay();
+        if self.conn.set(conn).is_err() {
+            return;
         }
-    }
-
-    /// Whether the client is gone and everything is over.
-    pub fn is_finished(&self) -> bool {
-        self.state.lock().unwrap().finished
-    }
-
-    /// Starts sending what is queued (see [`Writers::outbox`]).
-    pub fn release(self: &Arc<Self>, skip_connected: bool) {
+        let Some(this) = self.this.upgrade() else { return };
+        let _ = self.writer.added.send(this);
+        self.writer.wake_always();
         let mut state = self.state.lock().unwrap();
-        state.held = false;
-        state.skip_connected = skip_connected;
+        state.started = true;
         if !state.events.is_empty() || state.closing.is_some() {
             self.schedule(&mut state);
         }
     }
 
-    /// Drops a held outbox that was never released, without writing to or
-    /// shutting down the socket (its owner answers the request instead),
-    /// and waits until the writer has let go of the socket.
-    pub fn abandon(self: &Arc<Self>) {
-        {
-            let mut state = self.state.lock().unwrap();
-            state.abandoned = true;
-            state.held = false;
-            state.closing.get_or_insert(CloseReason::Normal);
-            self.schedule(&mut state);
-        }
-        while !self.wait_finished(Duration::from_secs(1)) {}
+    /// Whether everything is over: all sent and the socket shut, or the client gone.
+    pub fn is_finished(&self) -> bool {
+        self.state.lock().unwrap().finished
     }
 
     /// Parks the calling thread until the outbox is finished or `timeout`
-    /// passes; returns whether it is finished.
+    /// passes; returns whether it is finished. One thread waits at a time.
     pub fn wait_finished(&self, timeout: Duration) -> bool {
-        *self.owner.lock().unwrap() = Some(std::thread::current());
-        if !self.is_finished() {
-            std::thread::park_timeout(timeout);
+        *self.waiter.lock().unwrap() = Some(std::thread::current());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_finished() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::park_timeout(left);
         }
-        self.is_finished()
     }
 
-    fn mark_finished(&self) {
-        self.state.lock().unwrap().finished = true;
-        if let Some(owner) = self.owner.lock().unwrap().as_ref() {
-            owner.unpark();
+    /// Puts the outbox on its writer's ready list if it is not there yet.
+    fn schedule(&self, state: &mut OutboxState) {
+        if state.scheduled || !state.started || state.blocked_since.is_some() || state.finished {
+            return;
+        }
+        if let Some(this) = self.this.upgrade() {
+            state.scheduled = true;
+            let _ = self.writer.ready.send(this);
+            self.writer.wake();
         }
     }
-}
 
-/// The router holds outboxes as `Arc<dyn Sink>`; scheduling needs the
-/// `Arc`, so the sink is implemented on a thin wrapper.
-pub struct OutboxSink(pub Arc<SocketOutbox>);
-
-impl Sink for OutboxSink {
-    fn deliver(&self, event: Event) -> Result<(), Overflow> {
-        let mut state = self.0.state.lock().unwrap();
+    fn push(&self, event: Event, bounded: bool) -> Result<(), Overflow> {
+        let mut state = self.state.lock().unwrap();
         if state.closing.is_some() || state.finished {
             return Ok(());
         }
-        if state.events.len() >= self.0.capacity {
+        let weight = event.weight();
+        if bounded
+            && (state.events.len() >= self.limits.events
+                || state.queued_bytes + state.unsent.len() + weight > self.limits.bytes)
+        {
             return Err(Overflow);
         }
         state.events.push_back(event);
-        self.0.schedule(&mut state);
+        state.queued_bytes += weight;
+        self.schedule(&mut state);
         Ok(())
+    }
+}
+
+impl Sink for Outbox {
+    fn deliver(&self, event: Event) -> Result<(), Overflow> {
+        self.push(event, true)
+    }
+
+    fn replay(&self, event: Event) {
+        let _ = self.push(event, false);
+    }
+
+    fn backlog(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.queued_bytes + state.unsent.len()
     }
 
     fn close(&self, reason: CloseReason) {
-        let mut state = self.0.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
         if state.closing.is_none() {
             state.closing = Some(reason);
             // A blocked client dropped for being slow will not unblock: try
@@ -270,41 +360,43 @@ impl Sink for OutboxSink {
             if reason == CloseReason::TooSlow {
                 state.blocked_since = None;
             }
-            self.0.schedule(&mut state);
+            self.schedule(&mut state);
         }
     }
 }
 
 struct Worker {
     poll: Poll,
-    ready: Receiver<Arc<SocketOutbox>>,
-    added: Receiver<Arc<SocketOutbox>>,
+    ready: Receiver<Arc<Outbox>>,
+    added: Receiver<Arc<Outbox>>,
     shared: Arc<Shared>,
-    conns: HashMap<Token, Arc<SocketOutbox>>,
+    conns: HashMap<Token, Arc<Outbox>>,
     write_timeout: Duration,
+    /// Reused buffers: the events taken from a queue, and their bytes.
+    batch: Vec<Event>,
+    encoded: Vec<u8>,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut batch = Vec::new();
         let mut last_sweep = Instant::now();
         loop {
             for outbox in self.added.try_iter() {
-                let fd = outbox.stream.as_raw_fd();
+                let fd = outbox.conn.get().expect("started outboxes have a socket").fd;
                 if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), outbox.token, Interest::WRITABLE) {
-                    log::warn!("cannot watch a TCP client for writing: {e}");
+                    log::warn!("cannot watch a client's socket for writing: {e}");
                 }
                 self.conns.insert(outbox.token, outbox);
             }
             let mut worked = false;
             while let Ok(outbox) = self.ready.try_recv() {
                 worked = true;
-                self.flush(&outbox, &mut batch);
+                self.flush(&outbox);
             }
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
-                self.give_up_on_stalled();
+                self.sweep();
             }
             if worked {
                 continue;
@@ -317,7 +409,7 @@ impl Worker {
             }
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("TCP writer poll failed: {e}");
+                    log::error!("writer poll failed: {e}");
                 }
             }
             self.shared.sleeping.store(false, Ordering::Release);
@@ -327,64 +419,55 @@ impl Worker {
                 }
                 if let Some(outbox) = self.conns.get(&event.token()).cloned() {
                     outbox.state.lock().unwrap().blocked_since = None;
-                    self.flush(&outbox, &mut batch);
+                    self.flush(&outbox);
                 }
             }
         }
     }
 
     /// Sends everything the client has queued, as far as its socket takes it.
-    fn flush(&mut self, outbox: &Arc<SocketOutbox>, batch: &mut Vec<Event>) {
+    fn flush(&mut self, outbox: &Arc<Outbox>) {
+        let Some(conn) = outbox.conn.get() else { return };
         loop {
             let mut state = outbox.state.lock().unwrap();
             state.scheduled = false;
-            if state.abandoned && !state.finished {
-                drop(state);
-                let fd = outbox.stream.as_raw_fd();
-                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                self.conns.remove(&outbox.token);
-                return outbox.mark_finished();
-            }
-            if state.finished || state.held || state.blocked_since.is_some() {
+            if state.finished || state.blocked_since.is_some() {
                 return;
             }
-            let hopeless = state.closing == Some(CloseReason::TooSlow);
-            if hopeless {
+            if state.closing == Some(CloseReason::TooSlow) && !state.said_last_words {
                 // What is queued is hopeless; only the last words go out.
                 state.events.clear();
                 state.unsent.clear();
             } else {
-                batch.extend(state.events.drain(..));
+                self.batch.extend(state.events.drain(..));
             }
+            state.queued_bytes = 0;
             let closing = state.closing;
-            let mut skip_connected = state.skip_connected;
+            let last_words = closing.filter(|_| !state.said_last_words);
+            state.said_last_words |= closing.is_some();
             let mut unsent = std::mem::take(&mut state.unsent);
             drop(state);
 
-            // Render and send without holding the lock the router delivers under.
-            let mut rendered = Vec::new();
-            for event in batch.drain(..) {
-                match outbox.format {
-                    Format::Tcp => super::tcp::render(&event, &mut rendered),
-                    Format::Sse { .. } => super::http::sse::render(&event, &mut rendered, &mut skip_connected),
+            // Encode and send without holding the lock the router delivers under.
+            {
+                let mut encoder = outbox.encoder.lock().unwrap();
+                self.encoded.clear();
+                for event in self.batch.drain(..) {
+                    encoder.encode(&event, &mut self.encoded);
+                }
+                if let Some(reason) = last_words {
+                    encoder.last_words(reason, &mut self.encoded);
+                }
+                if !self.encoded.is_empty() || last_words.is_some() {
+                    encoder.frame(&self.encoded, last_words.is_some(), &mut unsent);
                 }
             }
-            if let Some(reason) = closing {
-                rendered.extend_from_slice(&last_words(outbox.format, reason));
+            if self.encoded.capacity() > 256 * 1024 {
+                self.encoded = Vec::new();
             }
-            match outbox.format {
-                Format::Sse { chunked: true } => {
-                    super::http::sse::frame_chunk(&rendered, &mut unsent);
-                    if closing.is_some() {
-                        unsent.extend_from_slice(b"0\r\n\r\n");
-                    }
-                }
-                _ => unsent.extend_from_slice(&rendered),
-            }
-            let sent = send_nonblocking(&outbox.stream, &unsent);
+            let sent = conn.send(&unsent);
 
             let mut state = outbox.state.lock().unwrap();
-            state.skip_connected = skip_connected;
             match sent {
                 Ok(n) if n == unsent.len() => {
                     unsent.clear();
@@ -415,20 +498,29 @@ impl Worker {
         }
     }
 
-    /// Shuts the socket (the reader thread sees the end) and stops watching it.
-    fn finish(&mut self, outbox: &Arc<SocketOutbox>) {
-        let _ = outbox.stream.shutdown(Shutdown::Both);
-        let fd = outbox.stream.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+    /// Shuts the socket (a reader of ours sees the end), stops watching it
+    /// and wakes whoever waits for the end.
+    fn finish(&mut self, outbox: &Arc<Outbox>) {
+        if let Some(conn) = outbox.conn.get() {
+            conn.shutdown();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&conn.fd));
+        }
         self.conns.remove(&outbox.token);
-        // Last: a borrowed socket may be closed by its owner from here on.
-        outbox.mark_finished();
+        {
+            let mut state = outbox.state.lock().unwrap();
+            state.finished = true;
+            state.events.clear();
+            state.unsent = Vec::new();
+        }
+        if let Some(waiter) = outbox.waiter.lock().unwrap().as_ref() {
+            waiter.unpark();
+        }
     }
 
-    /// Disconnects clients whose socket has been full for too long.
-    fn give_up_on_stalled(&mut self) {
+    /// Once a second: disconnects clients whose socket has been full for too long.
+    fn sweep(&mut self) {
         let now = Instant::now();
-        let stalled: Vec<Arc<SocketOutbox>> = self
+        let stalled: Vec<Arc<Outbox>> = self
             .conns
             .values()
             .filter(|o| {
@@ -444,25 +536,5 @@ impl Worker {
     }
 }
 
-/// `send` without blocking and without SIGPIPE; returns how much was taken.
-fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        let rest = &bytes[sent..];
-        // SAFETY: the pointer and length describe `rest`, which outlives the call.
-        let n = unsafe {
-            libc::send(stream.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        };
-        if n >= 0 {
-            sent += n as usize;
-            continue;
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::WouldBlock => return Ok(sent),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(error),
-        }
-    }
-    Ok(sent)
-}
+#[cfg(test)]
+mod tests;

@@ -130,9 +130,7 @@ pub(super) fn spawn(
         backoff: Duration::ZERO,
         held: HashSet::new(),
     };
-    std::thread::Builder::new()
-        .name("redis-publisher".into())
-        .spawn(move || publisher.run(rx, claims_done))
+    crate::vital::spawn("redis-publisher", None, move || publisher.run(rx, claims_done))
         .expect("spawn Redis publisher thread");
     BusHandle { jobs, names }
 }

@@ -27,9 +27,7 @@ pub(super) fn spawn(
     health: Arc<BusHealth>,
     deliver: impl Fn(Incoming) + Send + 'static,
 ) {
-    std::thread::Builder::new()
-        .name("redis-subscriber".into())
-        .spawn(move || run(client, names, health, deliver))
+    crate::vital::spawn("redis-subscriber", None, move || run(client, names, health, deliver))
         .expect("spawn Redis subscriber thread");
 }
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{RouterMsg, RouterState};
+use super::{Completion, RouterState};
 use crate::bus::publisher::{ClaimOutcome, ClaimResult};
 use crate::bus::subscriber::Incoming;
 use crate::bus::{BusEvent, Member};
@@ -92,7 +92,7 @@ impl RouterState {
                 log::warn!("cannot read missed messages of {room}: {e}");
                 Vec::new()
             });
-            let _ = inbox.send(RouterMsg::Fetched { room, messages, limit });
+            let _ = inbox.send(Completion::Fetched { room, messages, limit });
         });
     }
 
@@ -128,7 +128,7 @@ impl RouterState {
         let inbox = self.inbox.clone();
         self.store.run(move |store| match store.rooms() {
             Ok(rooms) => {
-                let _ = inbox.send(RouterMsg::RoomsLoaded(rooms));
+                let _ = inbox.send(Completion::RoomsLoaded(rooms));
             }
             Err(e) => log::warn!("cannot reload rooms: {e}"),
         });

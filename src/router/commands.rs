@@ -1,14 +1,15 @@
 //! What each request does to the chat state. Every handler starts with the
-//! grammar it serves; the replies are the exact texts of SPEC §3.
+//! grammar it serves; the replies are the exact texts of the line protocol
+//! (`docs/protocol.md`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{PendingSend, Reply, Responder, RouterMsg, RouterState, StoreDone};
+use super::{PendingSend, Reply, Responder, RoomSummary, Completion, RouterState, StoreDone};
 use crate::command::{help_text, Command};
 use crate::error::ChatError;
-use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId, Sink};
+use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId};
 use crate::names::{clean_message, name_key, normalize_room, validate_nickname};
 use crate::store::{AppendResult, NewMessage, StoreError};
 
@@ -66,7 +67,7 @@ impl RouterState {
         self.store.run(move |store| {
             let result = store.upsert_user(&nickname, now_ms());
             let done = StoreDone::UserRecorded { session, nickname, rename, result, reply };
-            let _ = inbox.send(RouterMsg::StoreDone(done));
+            let _ = inbox.send(Completion::StoreDone(done));
         });
     }
 
@@ -184,7 +185,7 @@ impl RouterState {
             return "No rooms yet. Use /create <room> to create one.".into();
         }
         let mut text = format!("Rooms ({}):", self.rooms.len());
-        for (name, n, _) in self.room_list() {
+        for RoomSummary { name, members: n, .. } in self.room_list() {
             text.push_str(&format!("\n  {name} ({n} {})", if n == 1 { "member" } else { "members" }));
         }
         text
@@ -203,7 +204,7 @@ impl RouterState {
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
             let result = store.create_room(&name, now_ms());
-            let _ = inbox.send(RouterMsg::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
+            let _ = inbox.send(Completion::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
         });
     }
 
@@ -271,7 +272,7 @@ impl RouterState {
     /// Moves a session into a room: leave notices, join notice, membership,
     /// the stream's `RoomChanged` with the room's history.
     /// `history` replaces the ring buffer for a stream that resumes.
-    fn enter_room(&mut self, id: SessionId, name: &str, history: Option<Vec<Arc<ChatMessage>>>) {
+    pub(super) fn enter_room(&mut self, id: SessionId, name: &str, history: Option<Vec<Arc<ChatMessage>>>) {
         self.leave_room(id, |nick, room| format!("{nick} left {room}"));
         let session = self.sessions.get_mut(&id).expect("caller checked");
         session.room = Some(name.to_string());
@@ -414,51 +415,5 @@ impl RouterState {
         room.remember(message.clone(), self.settings.history_size);
         let name = message.room.clone();
         self.deliver_to_room(&name, &Event::Message(message), None);
-    }
-
-    /// Attaches an HTTP session's event stream, joining `room` if needed.
-    /// Answers `Ok(false)` when `after` is older than the ring buffer holds:
-    /// the caller replays from the store and tries again with a newer id.
-    pub(super) fn attach_stream(
-        &mut self,
-        id: SessionId,
-        room: &str,
-        sink: Arc<dyn Sink>,
-        after: Option<i64>,
-    ) -> Result<bool, ChatError> {
-        if self.sessions[&id].nickname.is_none() {
-            return Err(ChatError::NoNickname);
-        }
-        let name = normalize_room(room)?;
-        let target = self.rooms.get(&name).ok_or_else(|| ChatError::NoSuchRoom(name.clone()))?;
-        let replay = match after {
-            Some(after) => match target.history_after(after) {
-                Some(messages) => Some(messages),
-                None => return Ok(false),
-            },
-            None => None,
-        };
-        let session = self.sessions.get_mut(&id).expect("resolved");
-        if let Some(old) = session.sink.replace(sink) {
-            old.close(CloseReason::Replaced);
-        }
-        if session.room.as_deref() != Some(name.as_str()) {
-            self.enter_room(id, &name, replay);
-        } else {
-            let history = replay.unwrap_or_else(|| self.rooms[&name].history.iter().cloned().collect());
-            self.deliver_to(id, Event::RoomChanged { room: Some(name.clone()), history });
-        }
-        Ok(true)
-    }
-
-    /// Detaches a stream that ended, if it is still the session's stream.
-    pub(crate) fn detach_stream(&mut self, id: SessionId, sink: &Arc<dyn Sink>) {
-        if let Some(session) = self.sessions.get_mut(&id) {
-            let same = |s: &Arc<dyn Sink>| Arc::as_ptr(s) as *const () == Arc::as_ptr(sink) as *const ();
-            if session.sink.as_ref().is_some_and(same) {
-                session.sink = None;
-                session.last_active = Instant::now();
-            }
-        }
     }
 }

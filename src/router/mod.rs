@@ -1,19 +1,31 @@
 //! The router thread: the only code that changes chat state.
 //!
 //! It owns every session, nickname, room, membership and per-room ring
-//! buffer. Adapters, the storage thread and the timer reach it only through
-//! [`RouterMsg`]s on one channel; it answers through each request's
-//! [`Responder`] and pushes [`Event`]s into session sinks without ever
-//! blocking. It knows nothing about sockets, so the same core serves the
-//! TCP and HTTP adapters and is driven directly in unit tests.
+//! buffer; its state is private. Two inboxes reach it:
+//! - **requests** ([`RouterMsg`]) from adapters, through a [`RouterHandle`]:
+//!   logins, commands, messages, streams, and typed read-only [`Query`]s;
+//! - **completions** ([`Completion`]) of work it started or subscribed to:
+//!   store commits and reads, Redis bus events and nickname claims.
 //!
-//! Messages are persisted before they are delivered: `Say` hands the message
-//! to the storage thread, and only the committed result (`Committed`) is
-//! put in the ring buffer and fanned out, echo to the sender included.
+//! Completions are served first: before it takes the next request, the
+//! router serves the completions waiting (up to `COMPLETIONS_PER_TURN` in a
+//! row, so a stream of them cannot starve requests either), and a commit is
+//! never stuck behind a burst of new messages.
+//! A ticker drives timers (gap fills, replays, heartbeats, idle sessions).
+//! It answers through each request's [`Responder`] and pushes [`Event`]s
+//! into session sinks without ever blocking. It knows nothing about
+//! sockets, so the same core serves the TCP and HTTP adapters and is driven
+//! directly in unit tests.
+//!
+//! Messages are persisted before they are delivered, and the path of one
+//! message is one way: adapter → router (`Say`) → storage thread → router
+//! (`Completion::Committed`) → ring buffer and every member's sink →
+//! writer pool, echo to the sender included.
 
 mod cluster;
 mod commands;
 mod state;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +48,7 @@ use crate::event::{now_ms, ChatMessage, CloseReason, Event, Notice, Protocol, Se
 use crate::metrics::Metrics;
 use crate::store::{AppendResult, RoomRecord, StoreError, StoreHandle};
 
-pub use state::{RateLimiter, Room, Session};
+use state::{RateLimiter, Room, Session};
 
 /// How a request names its session: by id (TCP, in-process) or by the HTTP
 /// `sessionId` token.
@@ -57,8 +69,6 @@ pub enum Reply {
     LoggedIn { session: SessionId, user_id: i64, nickname: String },
     /// A message was committed under `id`.
     Sent { id: i64, room: String, created_at_ms: i64 },
-    /// A stream was attached to its session.
-    Attached,
     Done,
 }
 
@@ -73,7 +83,7 @@ pub enum Responder {
     Channel(Sender<Outcome>),
 }
 
-/// Everything the router can be asked.
+/// A request from an adapter: everything a client can ask of the router.
 pub enum RouterMsg {
     /// A new connection or HTTP session, without a nickname yet.
     Open { session: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>> },
@@ -83,10 +93,16 @@ pub enum RouterMsg {
     /// A chat message for the current room (`room`, if given, must match it).
     Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
     /// Attach an event stream to an HTTP session, joining `room` if needed.
-    /// With `after`, the stream starts with the room's messages after that id
-    /// instead of the recent history; the answer is `Ok(false)` when the ring
-    /// buffer no longer holds them all, and the caller must read the store.
-    AttachStream { session: SessionRef, room: String, sink: Arc<dyn Sink>, after: Option<i64>, reply: Sender<Result<bool, ChatError>> },
+    /// With `after`, the stream starts with the room's messages after that
+    /// id (read back from the store if need be) instead of the recent
+    /// history. Answered with the session once the stream is the session's.
+    AttachStream {
+        session: SessionRef,
+        room: String,
+        sink: Arc<dyn Sink>,
+        after: Option<i64>,
+        reply: Sender<Result<SessionId, ChatError>>,
+    },
     /// An event stream ended; the session stays (HTTP idle expiry applies).
     DetachStream { session: SessionId, sink: Arc<dyn Sink> },
     /// Input the adapter refused (too long, not UTF-8, unknown command),
@@ -94,8 +110,15 @@ pub enum RouterMsg {
     Refuse { session: SessionId, error: ChatError },
     /// The connection is gone (or `POST /api/disconnect`).
     Close { session: SessionRef },
-    /// Runs a read-only look at the state on the router thread.
-    Inspect(Box<dyn FnOnce(&RouterState) + Send>),
+    /// A read-only question about the state, with a typed answer.
+    Query(Query),
+    /// Stop: finish pending commits, tell everyone, close every session.
+    Shutdown,
+}
+
+/// The outcome of work the router started (store calls) or listens to (the
+/// Redis bus). Served before any waiting request.
+pub enum Completion {
     /// Results of a group commit, in commit order.
     Committed(Vec<AppendResult>),
     /// A store call the router started has finished.
@@ -108,8 +131,56 @@ pub enum RouterMsg {
     Fetched { room: String, messages: Vec<ChatMessage>, limit: usize },
     /// Every room, read back from the store (rooms created elsewhere).
     RoomsLoaded(Vec<RoomRecord>),
-    /// Stop: finish pending commits, tell everyone, close every session.
-    Shutdown,
+    /// A page of a stream's replay, read back from the store.
+    Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
+}
+
+/// The router's two inboxes, made before the threads that report into
+/// them (the storage thread, the bus) and handed to [`Router::new`].
+pub struct Inboxes {
+    requests: (Sender<RouterMsg>, Receiver<RouterMsg>),
+    completions: (Sender<Completion>, Receiver<Completion>),
+}
+
+impl Inboxes {
+    /// Where the storage thread and the bus report to the router.
+    pub fn completions(&self) -> Sender<Completion> {
+        self.completions.0.clone()
+    }
+}
+
+/// A read-only question to the router. Each carries the channel its
+/// answer goes to, typed by the question.
+pub enum Query {
+    /// Proves the router thread is alive and taking requests.
+    Ping(Sender<()>),
+    /// Every room here with its service-wide member count, sorted by name.
+    Rooms(Sender<Vec<RoomSummary>>),
+    /// The nicknames in a room on every instance, sorted; `None` if the room
+    /// does not exist.
+    Members { room: String, reply: Sender<Option<Vec<String>>> },
+    /// A room's store id and ring-buffer state; `None` if it does not exist.
+    Room { room: String, reply: Sender<Option<RoomInfo>> },
+    /// The session an HTTP `sessionId` names, if any.
+    Session { token: Uuid, reply: Sender<Option<SessionId>> },
+}
+
+/// One line of the room list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub name: String,
+    /// Members on every instance.
+    pub members: usize,
+    pub created_at_ms: i64,
+}
+
+/// What a caller outside the router may know of one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room's id in the store.
+    pub id: i64,
+    /// Id of the newest message the ring buffer no longer holds (0: none).
+    pub evicted_up_to: i64,
 }
 
 /// Completions of store calls the router made for itself.
@@ -139,13 +210,39 @@ impl RouterHandle {
         rx.recv_timeout(CALL_TIMEOUT).unwrap_or(Err(ChatError::ShuttingDown))
     }
 
-    /// Runs `look` on the router thread and returns its result.
-    pub fn inspect<T: Send + 'static>(&self, look: impl FnOnce(&RouterState) -> T + Send + 'static) -> Option<T> {
+    /// Asks the router a question and waits at most `timeout` for the
+    /// answer; `None` if none came (the router is stopping, or stuck).
+    pub fn ask<T>(&self, question: impl FnOnce(Sender<T>) -> Query, timeout: Duration) -> Option<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(RouterMsg::Inspect(Box::new(move |state| {
-            let _ = tx.send(look(state));
-        })));
-        rx.recv_timeout(CALL_TIMEOUT).ok()
+        self.send(RouterMsg::Query(question(tx)));
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Whether the router answers a request within `deadline`.
+    pub fn ping(&self, deadline: Duration) -> bool {
+        self.ask(Query::Ping, deadline).is_some()
+    }
+
+    /// Every room with its member count, sorted by name.
+    pub fn rooms(&self) -> Result<Vec<RoomSummary>, ChatError> {
+        self.ask(Query::Rooms, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// The members of `room` (a normalized name); `None` if there is no such room.
+    pub fn members(&self, room: &str) -> Result<Option<Vec<String>>, ChatError> {
+        let room = room.to_string();
+        self.ask(|reply| Query::Members { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// What is known of `room` (a normalized name); `None` if there is no such room.
+    pub fn room(&self, room: &str) -> Result<Option<RoomInfo>, ChatError> {
+        let room = room.to_string();
+        self.ask(|reply| Query::Room { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// The session of an HTTP `sessionId`; `None` if there is none.
+    pub fn session(&self, token: Uuid) -> Result<Option<SessionId>, ChatError> {
+        self.ask(|reply| Query::Session { token, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 }
 
@@ -160,6 +257,8 @@ pub struct RouterSettings {
     pub msg_burst: u32,
     pub session_idle: Duration,
     pub store_queue_max: usize,
+    /// A stream's backlog (bytes) under which its replay reads on.
+    pub replay_backlog: usize,
 }
 
 impl RouterSettings {
@@ -173,6 +272,7 @@ impl RouterSettings {
             msg_burst: config.limits.msg_burst,
             session_idle: config.limits.session_idle,
             store_queue_max: config.limits.store_queue_max,
+            replay_backlog: config.limits.sendq_bytes / 2,
         }
     }
 }
@@ -191,32 +291,36 @@ struct PendingClaim {
     reply: Responder,
 }
 
-/// The chat state. Public fields are read by [`RouterMsg::Inspect`] closures.
+/// The chat state, owned by the router thread and private to the router:
+/// others ask [`Query`]s.
 pub struct RouterState {
-    pub settings: RouterSettings,
-    pub sessions: HashMap<SessionId, Session>,
-    pub tokens: HashMap<Uuid, SessionId>,
+    settings: RouterSettings,
+    sessions: HashMap<SessionId, Session>,
+    tokens: HashMap<Uuid, SessionId>,
     /// Lower-case nickname → session, including nicknames reserved while
     /// the store records them.
-    pub nicknames: HashMap<String, SessionId>,
+    nicknames: HashMap<String, SessionId>,
     /// Rooms by (lower-case) name, sorted for `/rooms`.
-    pub rooms: BTreeMap<String, Room>,
+    rooms: BTreeMap<String, Room>,
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
     next_ticket: u64,
     store: StoreHandle,
-    /// The router's own inbox, for store completions.
-    inbox: Sender<RouterMsg>,
-    pub metrics: Arc<Metrics>,
+    /// The router's completion inbox, for store calls it starts.
+    inbox: Sender<Completion>,
+    metrics: Arc<Metrics>,
     stopping: Option<Instant>,
     /// This instance's id, as other instances know it.
     instance: String,
     /// The Redis bus; `None` for a single instance.
     bus: Option<BusHandle>,
     /// Other instances and their users, as last heard on the bus.
-    pub remote: HashMap<String, cluster::RemoteInstance>,
+    remote: HashMap<String, cluster::RemoteInstance>,
     pending_claims: HashMap<SessionId, PendingClaim>,
+    /// Streams catching up from the store, not yet attached.
+    replays: HashMap<SessionId, streams::Replay>,
+    next_replay: u64,
     last_heartbeat: Instant,
     last_second: Instant,
 }
@@ -224,34 +328,47 @@ pub struct RouterState {
 /// The router thread's loop around [`RouterState`].
 pub struct Router {
     state: RouterState,
-    rx: Receiver<RouterMsg>,
+    /// Kept only to make handles before the thread starts; dropped then, so
+    /// the loop ends when every handle is gone.
+    requests_tx: Option<Sender<RouterMsg>>,
+    requests: Receiver<RouterMsg>,
+    completions: Receiver<Completion>,
 }
 
 /// How often the router looks at timers (gaps, heartbeats, idle sessions).
 const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for messages already handed to the store.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Capacity of the router's inbox; producers wait when it is full.
+/// Most completions served in a row before the next request is looked at,
+/// so a stream of completions cannot starve requests.
+const COMPLETIONS_PER_TURN: usize = 16;
+/// Capacity of the request inbox; adapters wait when it is full.
 const INBOX_CAPACITY: usize = 65_536;
+/// Capacity of the completion inbox; the storage thread and the bus wait
+/// when it is full (never for long: completions are served first). Smaller
+/// than the request inbox because a bounded channel allocates every slot
+/// up front.
+const COMPLETIONS_CAPACITY: usize = 4096;
 
 impl Router {
     /// Builds the router with the rooms and recent history read from the
-    /// store at start-up. Returns the router and the channel pair for the
-    /// storage thread's results (`inbox` must be given to the store worker).
+    /// store at start-up, around `inboxes` (see [`Router::inboxes`]).
     pub fn new(
         settings: RouterSettings,
         store: StoreHandle,
         metrics: Arc<Metrics>,
         rooms: Vec<(RoomRecord, Vec<ChatMessage>)>,
-        channel: (Sender<RouterMsg>, Receiver<RouterMsg>),
+        inboxes: Inboxes,
         bus: Option<BusHandle>,
     ) -> Router {
-        let (inbox, rx) = channel;
+        let Inboxes { requests: (requests_tx, requests), completions: (inbox, completions) } = inboxes;
         let mut state = RouterState {
             instance: settings.instance_id.clone(),
             bus,
             remote: HashMap::new(),
             pending_claims: HashMap::new(),
+            replays: HashMap::new(),
+            next_replay: 0,
             last_heartbeat: Instant::now(),
             last_second: Instant::now(),
             settings,
@@ -275,29 +392,44 @@ impl Router {
             }
             state.rooms.insert(record.name, room);
         }
-        Router { state, rx }
+        Router { state, requests_tx: Some(requests_tx), requests, completions }
     }
 
-    /// The router's inbox channel; create it before the store worker so the
-    /// worker can report commits into it.
-    pub fn channel() -> (Sender<RouterMsg>, Receiver<RouterMsg>) {
-        crossbeam_channel::bounded(INBOX_CAPACITY)
+    /// The router's inboxes; make them before the storage thread and the
+    /// bus, which report into [`Inboxes::completions`].
+    pub fn inboxes() -> Inboxes {
+        Inboxes {
+            requests: crossbeam_channel::bounded(INBOX_CAPACITY),
+            completions: crossbeam_channel::bounded(COMPLETIONS_CAPACITY),
+        }
     }
 
     pub fn handle(&self) -> RouterHandle {
-        RouterHandle { tx: self.state.inbox.clone() }
+        RouterHandle { tx: self.requests_tx.clone().expect("handles are made before the router runs") }
     }
 
     pub fn spawn(self) -> JoinHandle<()> {
-        std::thread::Builder::new().name("router".into()).spawn(move || self.run()).expect("spawn router thread")
+        crate::vital::spawn("router", None, move || self.run()).expect("spawn router thread")
     }
 
-    /// Handles messages until shutdown has finished.
+    /// Handles messages until shutdown has finished (or every handle is gone).
     pub fn run(mut self) {
+        self.requests_tx = None;
         let ticker = crossbeam_channel::tick(TICK);
         loop {
+            // Completions first: what the store and the bus finished is
+            // served before any request waiting behind it (a bounded number:
+            // an unbounded drain starved requests during a login storm).
+            for done in self.completions.try_iter().take(COMPLETIONS_PER_TURN) {
+                self.state.complete(done);
+            }
             select! {
-                recv(self.rx) -> msg => match msg {
+                recv(self.completions) -> done => {
+                    if let Ok(done) = done {
+                        self.state.complete(done);
+                    }
+                }
+                recv(self.requests) -> msg => match msg {
                     Ok(msg) => self.state.handle(msg),
                     Err(_) => break,
                 },
@@ -319,8 +451,8 @@ fn sort_nicks(nicks: &mut [String]) {
 }
 
 impl RouterState {
-    /// Handles one message. Public so tests can drive the state directly.
-    pub fn handle(&mut self, msg: RouterMsg) {
+    /// Handles one request.
+    fn handle(&mut self, msg: RouterMsg) {
         match msg {
             RouterMsg::Open { session, protocol, token, sink } => self.open(session, protocol, token, sink),
             RouterMsg::Login { session, nickname, reply } => match self.resolve(session) {
@@ -336,7 +468,7 @@ impl RouterState {
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {
-                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after));
+                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after).map(|()| id));
                 let _ = reply.send(outcome);
             }
             RouterMsg::Refuse { session, error } => self.deliver_to(session, Event::Error(error)),
@@ -346,17 +478,24 @@ impl RouterState {
                     self.end_session(id, CloseReason::Normal);
                 }
             }
-            RouterMsg::Inspect(look) => look(self),
-            RouterMsg::Committed(results) => self.committed(results),
-            RouterMsg::StoreDone(done) => self.store_done(done),
-            RouterMsg::Bus(incoming) => self.bus_incoming(incoming),
-            RouterMsg::Claimed(result) => self.claimed(result),
-            RouterMsg::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
-            RouterMsg::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
+            RouterMsg::Query(query) => self.answer(query),
             RouterMsg::Shutdown => {
                 log::info!("router shutting down; {} messages still being committed", self.pending_sends.len());
                 self.stopping = Some(Instant::now());
             }
+        }
+    }
+
+    /// Handles one completion.
+    fn complete(&mut self, done: Completion) {
+        match done {
+            Completion::Committed(results) => self.committed(results),
+            Completion::StoreDone(done) => self.store_done(done),
+            Completion::Bus(incoming) => self.bus_incoming(incoming),
+            Completion::Claimed(result) => self.claimed(result),
+            Completion::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
+            Completion::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
+            Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
         }
     }
 
@@ -487,6 +626,7 @@ impl RouterState {
         }
         let Some(session) = self.sessions.remove(&id) else { return };
         self.pending_claims.remove(&id);
+        self.end_replay(id, reason);
         if let Some(nick) = &session.nickname {
             self.announce_gone(nick);
         }
@@ -508,6 +648,7 @@ impl RouterState {
     /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
         self.fill_gaps(now);
+        self.step_replays();
         if now.duration_since(self.last_second) < Duration::from_secs(1) {
             return;
         }
@@ -517,7 +658,8 @@ impl RouterState {
         let expired: Vec<SessionId> = self
             .sessions
             .values()
-            .filter(|s| s.protocol == Protocol::Http && s.sink.is_none() && now.duration_since(s.last_active) > idle)
+            .filter(|s| s.protocol == Protocol::Http && s.sink.is_none() && !self.replays.contains_key(&s.id))
+            .filter(|s| now.duration_since(s.last_active) > idle)
             .map(|s| s.id)
             .collect();
         for id in expired {
@@ -540,20 +682,49 @@ impl RouterState {
                 sink.close(CloseReason::Shutdown);
             }
         }
+        for (_, replay) in self.replays.drain() {
+            replay.sink.close(CloseReason::Shutdown);
+        }
         self.sessions.clear();
     }
 
+    /// Answers a read-only question.
+    fn answer(&self, query: Query) {
+        match query {
+            Query::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            Query::Rooms(reply) => {
+                let _ = reply.send(self.room_list());
+            }
+            Query::Members { room, reply } => {
+                let _ = reply.send(self.room_members(&room));
+            }
+            Query::Room { room, reply } => {
+                let info = self.rooms.get(&room).map(|r| RoomInfo { id: r.id, evicted_up_to: r.evicted_up_to });
+                let _ = reply.send(info);
+            }
+            Query::Session { token, reply } => {
+                let _ = reply.send(self.tokens.get(&token).copied());
+            }
+        }
+    }
+
     /// Room names with service-wide member counts, sorted by name.
-    pub fn room_list(&self) -> Vec<(String, usize, i64)> {
+    fn room_list(&self) -> Vec<RoomSummary> {
         self.rooms
             .values()
-            .map(|r| (r.name.clone(), r.members.len() + self.remote_members(Some(&r.name)).count(), r.created_at_ms))
+            .map(|r| RoomSummary {
+                name: r.name.clone(),
+                members: r.members.len() + self.remote_members(Some(&r.name)).count(),
+                created_at_ms: r.created_at_ms,
+            })
             .collect()
     }
 
     /// Nicknames in a room on every instance, sorted; `None` if the room
     /// does not exist.
-    pub fn room_members(&self, room: &str) -> Option<Vec<String>> {
+    fn room_members(&self, room: &str) -> Option<Vec<String>> {
         let local = self.rooms.get(room)?;
         let mut nicks: Vec<String> =
             local.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
@@ -563,7 +734,7 @@ impl RouterState {
     }
 
     /// Every online nickname on every instance, sorted.
-    pub fn online_users(&self) -> Vec<String> {
+    fn online_users(&self) -> Vec<String> {
         let mut nicks: Vec<String> = self.sessions.values().filter_map(|s| s.nickname.clone()).collect();
         nicks.extend(self.remote_members(None).map(|m| m.nick.clone()));
         sort_nicks(&mut nicks);

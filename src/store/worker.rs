@@ -3,12 +3,15 @@
 //! Others reach it through a [`StoreHandle`]. Appended messages are
 //! committed in batches: the thread takes everything queued (up to
 //! `STORE_BATCH_MAX` messages), commits it in one transaction, and hands the
-//! results, in order, to the `on_appended` callback (the router's inbox).
+//! results, in order, to the `on_appended` callback (the router's completion inbox).
 //! Every other job is a closure run on the thread in arrival order.
 //!
 //! When the store fails, the thread marks itself unhealthy and pings it
 //! with backoff until it answers again; jobs keep being tried (and refused
-//! quickly) in the meantime, so nobody waits on an outage.
+//! quickly) in the meantime, so nobody waits on an outage. A store that
+//! answers pings but refuses writes (a full disk) is unhealthy too: the
+//! outcome of the last commit is kept apart from reachability, and only a
+//! commit that succeeds clears it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,7 +48,15 @@ pub struct AppendResult {
 #[derive(Clone)]
 pub struct StoreHandle {
     jobs: Sender<Job>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// What the storage thread knows of the store's health; written only by it.
+struct Health {
+    /// The store answered the last operation or ping.
+    reachable: AtomicBool,
+    /// The last commit of messages succeeded (true until one fails).
+    writes: AtomicBool,
 }
 
 impl StoreHandle {
@@ -76,9 +87,10 @@ impl StoreHandle {
         let _ = self.jobs.send(Job::Stop);
     }
 
-    /// Whether the last store operation succeeded.
+    /// Whether the store is usable: it answers, and the last commit of
+    /// messages succeeded (a store that answers but cannot write is not).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.reachable.load(Ordering::Relaxed) && self.health.writes.load(Ordering::Relaxed)
     }
 }
 
@@ -90,13 +102,10 @@ pub fn spawn(
     on_appended: impl FnMut(Vec<AppendResult>) + Send + 'static,
 ) -> (StoreHandle, JoinHandle<()>) {
     let (jobs, rx) = crossbeam_channel::unbounded();
-    let healthy = Arc::new(AtomicBool::new(true));
-    let worker = Worker { store, rx, healthy: healthy.clone(), batch_max, metrics, on_appended };
-    let thread = std::thread::Builder::new()
-        .name("storage".into())
-        .spawn(move || worker.run())
-        .expect("spawn storage thread");
-    (StoreHandle { jobs, healthy }, thread)
+    let health = Arc::new(Health { reachable: AtomicBool::new(true), writes: AtomicBool::new(true) });
+    let worker = Worker { store, rx, health: health.clone(), batch_max, metrics, on_appended };
+    let thread = crate::vital::spawn("storage", None, move || worker.run()).expect("spawn storage thread");
+    (StoreHandle { jobs, health }, thread)
 }
 
 /// Messages waiting for the next commit, with their tickets.
@@ -109,7 +118,7 @@ struct Batch {
 struct Worker<F> {
     store: Box<dyn Store>,
     rx: Receiver<Job>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     batch_max: usize,
     metrics: Arc<Metrics>,
     on_appended: F,
@@ -163,11 +172,22 @@ impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
     }
 
     fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a commit of messages.
+    fn set_writes(&self, ok: bool) {
+        if self.health.writes.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                log::info!("the store takes writes again");
+            } else {
+                log::warn!("the store refuses writes; health reports it until a commit succeeds");
+            }
+        }
     }
 
     fn set_health(&self, ok: bool) {
-        if self.healthy.swap(ok, Ordering::Relaxed) != ok {
+        if self.health.reachable.swap(ok, Ordering::Relaxed) != ok {
             if ok {
                 log::info!("store is available again");
             } else {
@@ -188,6 +208,7 @@ impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
         let results = match outcome {
             Ok(ids) => {
                 self.set_health(true);
+                self.set_writes(true);
                 tickets
                     .into_iter()
                     .zip(messages.into_iter().zip(ids))
@@ -200,6 +221,9 @@ impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
             Err(error) => {
                 log::warn!("commit of {} messages failed: {error}", messages.len());
                 self.set_health(!matches!(error, StoreError::Unavailable(_)));
+                if error != StoreError::Conflict {
+                    self.set_writes(false);
+                }
                 tickets.into_iter().map(|ticket| AppendResult { ticket, result: Err(error.clone()) }).collect()
             }
         };

@@ -36,6 +36,11 @@ impl Client {
         self.stream.write_all(bytes).expect("write to server");
     }
 
+    /// Writes bytes; false once the server has closed the connection.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
     /// Reads more bytes into the buffer; false at end of stream.
     fn fill(&mut self, deadline: Instant) -> bool {
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));

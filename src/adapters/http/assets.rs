@@ -1,4 +1,4 @@
-//! The web page (SPEC §5), compiled into the binary so it is served
+//! The web page (`www/`), compiled into the binary so it is served
 //! whatever the working directory is. Cargo rebuilds when a file changes.
 
 /// One embedded file.

@@ -1,23 +1,25 @@
-//! The HTTP API, Server-Sent Events and the web page (SPEC §4, §5).
+//! The HTTP API, Server-Sent Events and the web page (the wire formats
+//! are written up in `docs/protocol.md`).
 //!
 //! tiny_http parses requests; everything else is ours:
 //! - a fixed pool of **worker** threads (`HTTP_WORKERS`) takes requests from
-//!   tiny_http's queue, checks the limits of SPEC §7 (tiny_http enforces
-//!   none), routes them ([`routes`]) and answers with JSON ([`response`]);
-//! - each SSE stream gets its own **stream** thread ([`sse`]) that owns the
-//!   connection until it ends, like a TCP client's writer thread;
+//!   tiny_http's queue, checks the request limits, routes them ([`routes`])
+//!   and answers with JSON ([`response`]);
+//! - each SSE stream gets its own **stream** thread ([`sse`]) that attaches
+//!   it to its session and lives as long as it; the stream's bytes are sent
+//!   by the shared writer pool ([`crate::adapters::writers`]);
 //! - the web page is compiled into the binary ([`assets`]).
 //!
 //! Chat state is only ever changed by the router: handlers send it
-//! [`RouterMsg`](crate::router::RouterMsg)s and read it with
-//! [`RouterHandle::inspect`]. Request bodies and URLs are decoded in
-//! [`request`].
+//! [`RouterMsg`](crate::router::RouterMsg)s and read it through typed
+//! queries ([`RouterHandle::rooms`] and the like). Request bodies and URLs
+//! are decoded in [`request`].
 //!
 //! Threads: besides ours, tiny_http runs one accept thread and one thread
 //! per open keep-alive connection (its pool grows with the connections and
-//! shrinks 5 s after they close). An SSE stream therefore costs two
-//! threads while its connection is keep-alive (a browser's), one if the
-//! request said `Connection: close`.
+//! shrinks 5 s after they close). An event-stream request is the last on
+//! its connection (a patch in `vendor/`), so tiny_http's thread lets go of
+//! it: an open SSE stream costs one thread, its own.
 
 mod assets;
 mod request;
@@ -73,9 +75,7 @@ pub struct HttpContext {
     /// instance runs without Redis (reported as `"redis": null`).
     pub redis: Option<Arc<BusHealth>>,
     pub stats: Arc<HttpStats>,
-    /// Which stream of each session is the newest.
-    pub(crate) streams: Arc<sse::StreamTurns>,
-    /// Sends the live part of every stream (shared with the TCP adapter).
+    /// Sends every stream (shared with the TCP adapter).
     pub writers: Arc<Writers>,
 }
 
@@ -99,7 +99,6 @@ impl HttpContext {
             started: Instant::now(),
             redis: None,
             stats: Arc::new(HttpStats::default()),
-            streams: Arc::default(),
             writers,
         }
     }
@@ -142,6 +141,8 @@ struct Front {
     /// Our own descriptor of the listening socket, kept open so a new
     /// tiny_http server can take over from a failed one.
     listener: TcpListener,
+    /// What every connection may cost (deadlines, head size, admission).
+    limits: tiny_http::Limits,
     current: Mutex<Arc<tiny_http::Server>>,
     /// Set by [`HttpServer::stop`]; workers end instead of waiting again.
     stopping: AtomicBool,
@@ -151,9 +152,11 @@ struct Front {
 impl HttpServer {
     /// Serves HTTP on `listener` until [`stop`](Self::stop).
     pub fn start(listener: TcpListener, workers: usize, ctx: HttpContext) -> Result<HttpServer, String> {
-        let server = Front::serve(&listener).map_err(|e| format!("cannot start HTTP: {e}"))?;
+        let limits = connection_limits(&ctx);
+        let server = Front::serve(&listener, &limits).map_err(|e| format!("cannot start HTTP: {e}"))?;
         let front = Arc::new(Front {
             listener,
+            limits,
             current: Mutex::new(Arc::new(server)),
             stopping: AtomicBool::new(false),
             workers,
@@ -192,9 +195,9 @@ impl HttpServer {
 }
 
 impl Front {
-    fn serve(listener: &TcpListener) -> Result<tiny_http::Server, String> {
+    fn serve(listener: &TcpListener, limits: &tiny_http::Limits) -> Result<tiny_http::Server, String> {
         let listener = listener.try_clone().map_err(|e| e.to_string())?;
-        tiny_http::Server::from_listener(listener, None).map_err(|e| e.to_string())
+        tiny_http::Server::from_listener_with_limits(listener, limits.clone()).map_err(|e| e.to_string())
     }
 
     fn server(&self) -> Arc<tiny_http::Server> {
@@ -213,7 +216,7 @@ impl Front {
         let mut delay = Duration::from_millis(50);
         while !self.stopping.load(Ordering::Acquire) {
             std::thread::sleep(delay);
-            match Front::serve(&self.listener) {
+            match Front::serve(&self.listener, &self.limits) {
                 Ok(server) => {
                     *current = Arc::new(server);
                     break;
@@ -231,9 +234,54 @@ impl Front {
     }
 }
 
+/// The limits tiny_http enforces on every connection, before any request
+/// reaches a worker: a slow or endless client costs its own connection
+/// thread and at most `MAX_HEADER_BYTES` + `MAX_BODY_BYTES` of memory, for
+/// at most `HTTP_READ_TIMEOUT_SECS`, and never holds a worker.
+fn connection_limits(ctx: &HttpContext) -> tiny_http::Limits {
+    tiny_http::Limits {
+        max_head_bytes: ctx.limits.max_header_bytes,
+        read_timeout: Some(ctx.limits.http_read_timeout),
+        idle_timeout: Some(ctx.limits.http_idle),
+        preload_body_bytes: ctx.limits.max_body_bytes,
+        gate: Some(Arc::new(Admissions { limit: ctx.connections.clone(), metrics: ctx.metrics.clone() })),
+    }
+}
+
+/// Admits HTTP connections against `MAX_CONNECTIONS`, which TCP clients
+/// share: every open HTTP connection (idle keep-alive and event streams
+/// included) holds one place until its socket closes.
+struct Admissions {
+    limit: Arc<ConnectionLimit>,
+    metrics: Arc<Metrics>,
+}
+
+/// One admitted HTTP connection's place.
+struct Admission {
+    _slot: super::ConnectionSlot,
+    metrics: Arc<Metrics>,
+}
+
+impl tiny_http::Gate for Admissions {
+    fn admit(&self) -> Option<Box<dyn Send>> {
+        let Some(slot) = self.limit.try_acquire() else {
+            self.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        self.metrics.http_connections.fetch_add(1, Ordering::Relaxed);
+        Some(Box::new(Admission { _slot: slot, metrics: self.metrics.clone() }))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Binds `addr` for HTTP; the error names the variables to fix.
 pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
-    let listener = TcpListener::bind(addr)
+    let listener = super::listen(addr)
         .map_err(|e| format!("cannot listen on HTTP_PORT {} at BIND_ADDR {}: {e}", addr.port(), addr.ip()))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     Ok((listener, local))
@@ -254,9 +302,45 @@ fn work(front: &Front, ctx: &HttpContext) {
             }
         };
         // A bug in one handler must not take a worker down with it; the
-        // dropped request is answered 500 by tiny_http.
+        // request, dropped unanswered, is answered 500 by tiny_http (with
+        // fixed bytes, so that answering cannot panic again) and its
+        // connection closed.
         if catch_unwind(AssertUnwindSafe(|| routes::handle(request, ctx))).is_err() {
             log::error!("an HTTP handler panicked; the request was answered 500");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::time::Duration;
+
+    /// A handler that panics while holding its request: the client still
+    /// gets a 500 (written by the request's destructor during unwinding),
+    /// and the process lives on.
+    #[test]
+    fn a_panicking_handler_answers_500() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tiny_http::Server::from_listener_with_limits(listener, tiny_http::Limits::default()).unwrap();
+        let worker = std::thread::spawn(move || {
+            let request = server.recv().unwrap();
+            let outcome = catch_unwind(AssertUnwindSafe(move || {
+                let _held = request;
+                panic!("a bug in a handler");
+            }));
+            assert!(outcome.is_err());
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
+        assert!(answer.ends_with("{\"success\":false,\"error\":\"internal error; try again.\"}"), "{answer}");
+        worker.join().unwrap();
     }
 }

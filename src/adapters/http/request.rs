@@ -1,5 +1,5 @@
-//! Reading requests: URL pieces, query parameters, the limits of SPEC §7
-//! and JSON bodies.
+//! Reading requests: URL pieces, query parameters, the size limits
+//! (`MAX_BODY_BYTES`, `MAX_HEADER_BYTES`) and JSON bodies.
 //!
 //! tiny_http itself limits nothing. It reads the request line and headers
 //! into memory however long they are (tiny-http issue #56; the PR adding a
@@ -93,25 +93,20 @@ fn too_large(max: usize) -> Refusal {
 }
 
 /// Reads the whole body, refusing it (413) once it passes `max` bytes;
-/// this also covers chunked uploads, which declare no length.
+/// this also covers chunked uploads, which declare no length. Bodies up to
+/// `MAX_BODY_BYTES` are already in memory (tiny_http read them under the
+/// read timeout), so this normally does not wait on the client.
 pub fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, Refusal> {
     let mut body = Vec::with_capacity(declared_length(request).unwrap_or(0).min(max));
-    request
-        .as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| Refusal::bad(format!("could not read the request body: {e}")))?;
+    request.as_reader().take(max as u64 + 1).read_to_end(&mut body).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => Refusal::new(408, "the request body took too long to arrive."),
+        _ => Refusal::bad(format!("could not read the request body: {e}")),
+    })?;
     if body.len() > max {
-        // Read a little more away so the answer is not lost: closing a
-        // socket with unread input resets the connection.
-        let _ = std::io::copy(&mut request.as_reader().take(DRAIN_AFTER_REFUSAL), &mut std::io::sink());
         return Err(too_large(max));
     }
     Ok(body)
 }
-
-/// How much of a refused chunked body is read away before answering.
-const DRAIN_AFTER_REFUSAL: u64 = 1 << 20;
 
 /// A JSON request body. Every field is a string; `FIELDS` names them and
 /// says which are required, so a refusal can name the field at fault

@@ -1,4 +1,4 @@
-//! Answers: the JSON shapes of SPEC §4, refusals with their status, and
+//! Answers: the JSON shapes of the HTTP API (`docs/protocol.md`), refusals with their status, and
 //! sending both through tiny_http.
 //!
 //! Every JSON answer carries `success`; a refusal carries `error`, the same
@@ -7,12 +7,8 @@
 use serde_json::{json, Value};
 use tiny_http::{Header, Request, Response};
 
-use super::request::declared_length;
 use super::HttpContext;
 use crate::error::ChatError;
-
-/// Declared bodies above this are never drained (see [`send`]).
-const DRAIN_LIMIT: usize = 1 << 30;
 
 /// A complete answer to one request.
 pub struct Answer {
@@ -93,27 +89,16 @@ impl From<Refusal> for Answer {
 
 /// Sends `answer` and counts it.
 ///
-/// tiny_http reads away an unread request body when the request is dropped,
-/// into a buffer as large as the *declared* `Content-Length` (tiny-http
-/// PR #290, unreleased): a refused request declaring terabytes would abort
-/// the process on that allocation. Such a request is answered through
-/// `upgrade`, which hands us the body reader, and the reader is leaked
-/// instead of dropped; its connection stays open until the process ends.
-/// Bodies up to 1 GiB are drained normally (the buffer is lazily zeroed).
+/// A body the handler left unread (a refused upload) is read away by
+/// tiny_http up to a bound, past which the connection is closed instead
+/// (see vendor/README.md).
 pub fn send(request: Request, answer: Answer, ctx: &HttpContext) {
     ctx.stats.record(answer.status);
     if answer.status >= 500 {
         log::debug!("{} {} answered {}", request.method(), request.url(), answer.status);
     }
-    let hostile = declared_length(&request).is_some_and(|n| n > DRAIN_LIMIT);
-    let response = to_response(answer);
-    if hostile {
-        log::warn!("refused a request declaring a body over {DRAIN_LIMIT} bytes; its connection is abandoned");
-        std::mem::forget(request.upgrade("none", response));
-        return;
-    }
     // Errors here mean the client has gone; nothing to tell anyone.
-    let _ = request.respond(response);
+    let _ = request.respond(to_response(answer));
 }
 
 fn to_response(answer: Answer) -> Response<std::io::Cursor<Vec<u8>>> {

@@ -1,4 +1,5 @@
-//! The route table and the JSON endpoints of SPEC §4.
+//! The route table and the JSON endpoints of the HTTP API
+//! (`docs/protocol.md`).
 //!
 //! [`handle`] is the whole life of an ordinary request on a worker thread:
 //! limits, route, method, handler, answer. A stream request leaves here
@@ -252,8 +253,7 @@ fn connect(body: ConnectBody, ctx: &HttpContext) -> Handled {
 /// leaving would (its room sees "… disconnected", its nickname is free).
 fn disconnect(body: SessionBody, ctx: &HttpContext) -> Handled {
     let token = session_token(&body.session_id)?;
-    let known = ctx.router.inspect(move |state| state.tokens.contains_key(&token)).ok_or(ChatError::ShuttingDown)?;
-    if !known {
+    if ctx.router.session(token)?.is_none() {
         return Err(ChatError::UnknownSession.into());
     }
     ctx.router.send(RouterMsg::Close { session: SessionRef::Token(token) });
@@ -279,7 +279,7 @@ fn command(body: CommandBody, ctx: &HttpContext) -> Handled {
 }
 
 /// `POST /api/message {"sessionId","content","room"?}`: answered once the
-/// message is committed (SPEC §6).
+/// message is committed (a 200 means it is stored).
 fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
     let token = session_token(&body.session_id)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
@@ -293,10 +293,11 @@ fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
 
 /// `GET /api/rooms`
 fn rooms(ctx: &HttpContext) -> Handled {
-    let rooms = ctx.router.inspect(|state| state.room_list()).ok_or(ChatError::ShuttingDown)?;
-    let rooms: Vec<Value> = rooms
+    let rooms: Vec<Value> = ctx
+        .router
+        .rooms()?
         .into_iter()
-        .map(|(name, members, created)| json!({ "name": name, "memberCount": members, "createdAt": rfc3339(created) }))
+        .map(|r| json!({ "name": r.name, "memberCount": r.members, "createdAt": rfc3339(r.created_at_ms) }))
         .collect();
     Ok(Answer::data(json!({ "rooms": rooms })))
 }
@@ -304,9 +305,7 @@ fn rooms(ctx: &HttpContext) -> Handled {
 /// `GET /api/rooms/:room/members`: the nicknames in a room, sorted.
 fn members(room: &str, ctx: &HttpContext) -> Handled {
     let name = normalize_room(room)?;
-    let key = name.clone();
-    let members = ctx.router.inspect(move |state| state.room_members(&key)).ok_or(ChatError::ShuttingDown)?;
-    let members = members.ok_or(ChatError::NoSuchRoom(name.clone()))?;
+    let members = ctx.router.members(&name)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
     Ok(Answer::data(json!({ "room": name, "members": members })))
 }
 
@@ -336,10 +335,7 @@ fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
             .ok_or_else(|| Refusal::bad(format!("'limit' must be a whole number from 1 to {HISTORY_MAX}.")))?,
     };
     let name = normalize_room(room)?;
-    let key = name.clone();
-    let room_id =
-        ctx.router.inspect(move |state| state.rooms.get(&key).map(|r| r.id)).ok_or(ChatError::ShuttingDown)?;
-    let room_id = room_id.ok_or(ChatError::NoSuchRoom(name))?;
+    let room_id = ctx.router.room(&name)?.ok_or(ChatError::NoSuchRoom(name))?.id;
     let messages = ctx.store.query(move |store| store.messages_before(room_id, before, limit)).map_err(|e| {
         log::warn!("history of room {room_id} unavailable: {e}");
         Refusal::new(503, "the message store is unavailable, so history cannot be shown. Try again shortly.")
@@ -360,10 +356,25 @@ fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
     Ok(Answer::data(json!({ "messages": messages })))
 }
 
-/// `GET /api/health`: 503 when the store is down; `degraded` also when
-/// Redis is configured and unreachable (the instance still serves its own
-/// clients then, so that alone is not a 503).
+/// How long `/api/health` waits for the router before calling it unhealthy.
+const ROUTER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /api/health`: 503 `unhealthy` when the router does not answer in
+/// time; 503 `degraded` when the store is down or refuses writes; `degraded`
+/// also when Redis is configured and unreachable (the instance still serves
+/// its own clients then, so that alone is not a 503).
 fn health(ctx: &HttpContext) -> Answer {
+    if !ctx.router.ping(ROUTER_DEADLINE) {
+        return Answer::json(
+            503,
+            &json!({
+                "success": false,
+                "status": "unhealthy",
+                "error": "the router does not answer.",
+                "instanceId": ctx.instance_id,
+            }),
+        );
+    }
     let db = ctx.store.is_healthy();
     let redis = ctx.redis.as_ref().map(|bus| bus.is_healthy());
     let healthy = db && redis != Some(false);

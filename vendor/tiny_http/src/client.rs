@@ -2,12 +2,15 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::Arc;
+
 use crate::common::{HTTPVersion, Method};
+use crate::limits::{ConnState, DeadlineReader, Limits};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -24,17 +27,26 @@ pub struct ClientConnection {
 
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
+    source: SequentialReaderBuilder<BufReader<DeadlineReader>>,
 
     // sequence of Writers to the stream, to avoid writing response #2 before
     //  response #1
     sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
 
     // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
+    next_header_source: SequentialReader<BufReader<DeadlineReader>>,
 
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
+
+    // patched for baby-discord (see `limits`): the limits, and the read
+    // deadline and abandonment shared with this connection's request bodies
+    limits: Limits,
+    state: Arc<ConnState>,
+    // no request has been read yet
+    first_request: bool,
+    // the current request's head has begun to arrive
+    head_started: bool,
 
     // true if the connection goes through SSL
     secure: bool,
@@ -45,6 +57,17 @@ pub struct ClientConnection {
 enum ReadError {
     WrongRequestLine,
     WrongHeader(HTTPVersion),
+    /// patched for baby-discord: a head byte that no header may hold
+    InvalidHeadByte,
+    /// patched for baby-discord: the head passed `Limits::max_head_bytes`
+    HeadTooLarge,
+    /// patched for baby-discord: conflicting or unsupported framing headers
+    /// (two `Content-Length`s, `Content-Length` with `Transfer-Encoding`)
+    AmbiguousFraming(&'static str),
+    /// patched for baby-discord: HTTP/2 or later on this HTTP/1 connection
+    UnsupportedVersion,
+    /// patched for baby-discord: the head started but did not arrive in time
+    HeadTimedOut,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -55,6 +78,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -63,6 +87,8 @@ impl ClientConnection {
         #[cfg(unix)]
         let raw_fd = write_socket.raw_fd();
 
+        let state = Arc::new(ConnState::default());
+        let read_socket = DeadlineReader::new(read_socket, state.clone());
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
 
@@ -74,6 +100,10 @@ impl ClientConnection {
             raw_fd,
             next_header_source: first_header,
             no_more_requests: false,
+            limits,
+            state,
+            first_request: true,
+            head_started: false,
             secure,
         }
     }
@@ -83,30 +113,47 @@ impl ClientConnection {
         self.secure
     }
 
-    /// Reads the next line from self.next_header_source.
+    /// Reads the next line of the head from self.next_header_source, up to
+    /// `LF` (`CRLF` or a bare `LF`), taking its bytes from `budget`.
     ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    /// Patched for baby-discord: never buffers more than the budget (431),
+    /// refuses bytes no header may hold (400) instead of closing silently,
+    /// and starts the head's read deadline at its first byte.
+    fn read_next_line(&mut self, budget: &mut usize) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
 
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+            let byte = match self.next_header_source.by_ref().bytes().next() {
+                Some(Ok(byte)) => byte,
+                Some(Err(e)) if e.kind() == ErrorKind::TimedOut && self.head_started => {
+                    return Err(ReadError::HeadTimedOut)
+                }
+                Some(Err(e)) => return Err(ReadError::ReadIoError(e)),
+                None => {
+                    let eof = IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF");
+                    return Err(ReadError::ReadIoError(eof));
+                }
             };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+            if !self.head_started {
+                self.head_started = true;
+                self.state.set_deadline(self.limits.read_timeout);
             }
+            if *budget == 0 {
+                return Err(ReadError::HeadTooLarge);
+            }
+            *budget -= 1;
 
-            prev_byte_was_cr = byte == b'\r';
-
+            if byte == b'\n' {
+                if buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+                return AsciiString::from_ascii(buf).map_err(|_| ReadError::InvalidHeadByte);
+            }
+            // Visible ASCII, space and tab only; a CR only before LF.
+            let allowed = matches!(byte, b'\t' | b' '..=b'~' | b'\r');
+            if !allowed || buf.last() == Some(&b'\r') {
+                return Err(ReadError::InvalidHeadByte);
+            }
             buf.push(byte);
         }
     }
@@ -114,21 +161,39 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        // Patched for baby-discord: a new connection gets the read timeout
+        // for its first request, a keep-alive one the idle timeout.
+        self.head_started = false;
+        let wait = if self.first_request {
+            self.limits.read_timeout
+        } else {
+            self.limits.idle_timeout
+        };
+        self.first_request = false;
+        self.state.set_deadline(wait);
+        let mut budget = self.limits.max_head_bytes;
+
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(&mut budget).map_err(|e| match e {
+                    ReadError::InvalidHeadByte => ReadError::WrongRequestLine,
+                    other => other,
+                })?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
                 )?
             };
+            if version > (1, 1) {
+                return Err(ReadError::UnsupportedVersion);
+            }
 
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(&mut budget)?;
 
                     if line.is_empty() {
                         break;
@@ -142,6 +207,7 @@ impl ClientConnection {
 
                 headers
             };
+            check_framing(&headers).map_err(ReadError::AmbiguousFraming)?;
 
             (method, path, version, headers)
         };
@@ -152,6 +218,10 @@ impl ClientConnection {
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
+
+        // patched for baby-discord: a body small enough to preload must
+        // arrive within the read timeout too, counted from the end of the head
+        self.state.set_deadline(self.limits.read_timeout);
 
         // building the next reader
         #[allow(unused_mut)]
@@ -164,10 +234,16 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            Some((self.state.clone(), self.limits.preload_body_bytes)),
         )
         .map_err(|e| {
             use crate::request;
             match e {
+                request::RequestCreationError::CreationIoError(e)
+                    if e.kind() == ErrorKind::TimedOut =>
+                {
+                    ReadError::HeadTimedOut
+                }
                 request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
@@ -180,6 +256,67 @@ impl ClientConnection {
         // return the request
         Ok(request)
     }
+
+    /// Answers a request that cannot be served with `status` and a JSON
+    /// reason, then reads away (briefly) what the client is still sending,
+    /// so that closing the socket does not reset the connection before the
+    /// client has read the answer (patched for baby-discord).
+    fn refuse(&mut self, status: u16, reason: &str) {
+        use crate::{Header, Response};
+        const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+        const LINGER_BYTES: u64 = 256 * 1024;
+
+        let mut writer = self.sink.next().unwrap();
+        // Our reasons are fixed ASCII sentences without quotes.
+        let body = format!("{{\"success\":false,\"error\":\"{}\"}}", reason);
+        let response = Response::from_string(body)
+            .with_status_code(status)
+            .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap())
+            .with_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        if response.raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None).is_ok() {
+            writer.finish_connection();
+        }
+        drop(writer);
+        self.state.set_deadline(Some(LINGER));
+        let _ = std::io::copy(
+            &mut self.next_header_source.by_ref().take(LINGER_BYTES),
+            &mut std::io::sink(),
+        );
+    }
+
+    /// Whether the last request returned was the last this connection
+    /// will serve (patched for baby-discord).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.no_more_requests
+    }
+}
+
+/// Refuses the head shapes that let a proxy and this server disagree on
+/// where a request ends (request smuggling): two different or malformed
+/// `Content-Length`s, `Content-Length` with `Transfer-Encoding`, and any
+/// transfer coding but a single `chunked` (patched for baby-discord).
+fn check_framing(headers: &[crate::Header]) -> Result<(), &'static str> {
+    let mut length: Option<&str> = None;
+    for header in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        let value = header.value.as_str().trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) || value.parse::<u64>().is_err() {
+            return Err("invalid Content-Length header.");
+        }
+        match length {
+            Some(first) if first != value => return Err("conflicting Content-Length headers."),
+            _ => length = Some(value),
+        }
+    }
+    let mut codings = headers.iter().filter(|h| h.field.equiv("Transfer-Encoding"));
+    if let Some(coding) = codings.next() {
+        if length.is_some() {
+            return Err("Content-Length together with Transfer-Encoding is not allowed.");
+        }
+        if codings.next().is_some() || !coding.value.as_str().trim().eq_ignore_ascii_case("chunked") {
+            return Err("unsupported Transfer-Encoding: only chunked is accepted.");
+        }
+    }
+    Ok(())
 }
 
 impl Iterator for ClientConnection {
@@ -196,95 +333,85 @@ impl Iterator for ClientConnection {
             return None;
         }
 
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
+        // Patched for baby-discord: every refusal answers with a reason and
+        // closes; none writes through a second writer while a request holds
+        // one (upstream's 505 did, and waited for it forever).
+        let rq = match self.read() {
+            Err(ReadError::WrongRequestLine) => {
+                self.refuse(400, "malformed request line.");
+                return None;
+            }
+            Err(ReadError::WrongHeader(_)) | Err(ReadError::InvalidHeadByte) => {
+                self.refuse(400, "malformed request header.");
+                return None;
+            }
+            Err(ReadError::AmbiguousFraming(reason)) => {
+                self.refuse(400, reason);
+                return None;
+            }
+            Err(ReadError::HeadTooLarge) => {
+                let reason = format!(
+                    "request headers too large: at most {} bytes.",
+                    self.limits.max_head_bytes
+                );
+                self.refuse(431, &reason);
+                return None;
+            }
+            Err(ReadError::UnsupportedVersion) => {
+                self.refuse(505, "only HTTP/1.0 and HTTP/1.1 are supported.");
+                return None;
+            }
+            Err(ReadError::HeadTimedOut) => {
+                self.refuse(408, "the request took too long to arrive.");
+                return None;
+            }
 
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
+            Err(ReadError::ExpectationFailed(ver)) => {
                 let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+                let response = Response::new_empty(StatusCode(417));
+                response.raw_print(writer, ver, &[], true, None).ok();
+                return None; // TODO: should be recoverable, but needs handling in case of body
             }
 
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
+            // the client went away, or stayed idle past the idle timeout
+            Err(ReadError::ReadIoError(_)) => return None,
 
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+            Ok(rq) => rq,
+        };
 
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
+        // updating the status of the connection
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
 
-            // Patched for baby-discord (see vendor/README.md): an event stream
-            // is the last request on its connection, so this thread need not
-            // wait beside it for a next request that cannot come.
-            let event_stream = rq.headers().iter().any(|h| {
-                h.field.equiv("Accept") && h.value.as_str().contains("text/event-stream")
-            });
-            if event_stream {
-                self.no_more_requests = true;
+        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+
+        match lowercase {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
+            Some(ref val)
+                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            {
+                self.no_more_requests = true
             }
+            None if *rq.http_version() <= HTTPVersion(1, 0) => self.no_more_requests = true,
+            _ => (),
+        };
 
-            // returning the request
-            return Some(rq);
+        // Patched for baby-discord (see vendor/README.md): an event stream
+        // is the last request on its connection, so this thread need not
+        // wait beside it for a next request that cannot come.
+        let event_stream = rq.headers().iter().any(|h| {
+            h.field.equiv("Accept") && h.value.as_str().contains("text/event-stream")
+        });
+        if event_stream {
+            self.no_more_requests = true;
         }
+
+        // returning the request
+        Some(rq)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::client::ClientConnection;
 use crate::connection::Connection;
 use crate::util::RefinedTcpStream;
-use crate::{Response, StatusCode};
+use crate::{Limits, Response, StatusCode};
 
 /// How long one connection may take before [`serve`] calls it stuck.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -69,8 +69,17 @@ pub fn serve(input: &[u8], max_body: u64) -> Result<Outcome, Stuck> {
     let (done, outcome) = mpsc::channel();
     thread::spawn(move || {
         let (read, write) = RefinedTcpStream::new(Connection::from(server));
+        // The server's limits (a short read deadline: the client half-closes,
+        // so reads end at once unless tiny_http waits for nothing).
+        let limits = Limits {
+            max_head_bytes: 8 * 1024,
+            read_timeout: Some(Duration::from_secs(2)),
+            idle_timeout: Some(Duration::from_secs(2)),
+            preload_body_bytes: max_body as usize,
+            gate: None,
+        };
         let mut outcome = Outcome::default();
-        for mut request in ClientConnection::new(write, read) {
+        for mut request in ClientConnection::new(write, read, limits) {
             outcome.requests += 1;
             let mut body = Vec::new();
             let _ = request.as_reader().take(max_body).read_to_end(&mut body);

@@ -112,6 +112,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use limits::{Gate, Limits};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -123,6 +124,7 @@ mod connection;
 #[cfg(unix)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -247,7 +249,23 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::start(listener.into(), ssl_config, Limits::default())
+    }
+
+    /// Builds a new server on `listener` whose connections obey `limits`
+    /// (patched for baby-discord; see vendor/README.md).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::start(listener.into(), None, limits)
+    }
+
+    fn start(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -298,6 +316,18 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // Patched for baby-discord: every connection is
+                        // admitted by the gate, or refused at once.
+                        let admission = match &limits.gate {
+                            Some(gate) => match gate.admit() {
+                                Some(admission) => Some(admission),
+                                None => {
+                                    refuse_connection(sock);
+                                    continue;
+                                }
+                            },
+                            None => None,
+                        };
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -315,7 +345,11 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        let mut write_closable = write_closable;
+                        if let Some(admission) = admission {
+                            write_closable.hold(admission);
+                        }
+                        Ok(ClientConnection::new(write_closable, read_closable, limits.clone()))
                     }
                     Err(e) => Err(e),
                 };
@@ -325,17 +359,23 @@ impl Server {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
+                            // Patched for baby-discord: one request at a time
+                            // per connection (upstream: HTTPS only). A client
+                            // that pipelines without reading its answers then
+                            // holds its own thread, never a handler waiting
+                            // for an earlier answer on its connection. The
+                            // last request is not waited for, so an event
+                            // stream or an upgrade does not keep this thread.
+                            if let Some(mut client) = client.take() {
+                                let (sender, receiver) = mpsc::channel();
+                                while let Some(rq) = client.next() {
+                                    if client.is_finished() {
                                         messages.push(rq.into());
+                                        break;
+                                    }
+                                    messages.push(rq.with_notify_sender(sender.clone()).into());
+                                    if receiver.recv().is_err() {
+                                        break;
                                     }
                                 }
                             }
@@ -413,6 +453,27 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+/// Answers a connection the gate refused with 503 and closes it (patched
+/// for baby-discord). The request it has sent is read away first, waiting
+/// a few milliseconds at most, so that closing does not reset the
+/// connection before the client reads the answer; this also slows the
+/// accept loop a little while the server is full, which is no loss.
+fn refuse_connection(sock: Connection) {
+    use std::io::{Read, Write};
+    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+        Content-Type: application/json\r\nContent-Length: 73\r\nConnection: close\r\n\r\n\
+        {\"success\":false,\"error\":\"server full: too many connections; try again.\"}";
+    let Connection::Tcp(mut stream) = sock else { return };
+    if stream.set_read_timeout(Some(Duration::from_millis(10))).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 8192];
+    let _ = stream.read(&mut sink);
+    let _ = stream.write_all(ANSWER);
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.read(&mut sink);
 }
 
 impl Iterator for IncomingRequests<'_> {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
+use crate::limits::{ConnState, Drain};
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
@@ -78,6 +80,10 @@ pub struct Request {
     // the connection's socket (patched for baby-discord)
     #[cfg(unix)]
     raw_fd: Option<std::os::unix::io::RawFd>,
+
+    // the connection's shared state, to close it after a failed answer
+    // (patched for baby-discord)
+    connection: Option<Arc<ConnState>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -100,7 +106,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // The connection may be gone; a destructor must not panic.
+        self.sender.send(()).ok();
     }
 }
 
@@ -138,12 +145,20 @@ pub fn new_request<R, W>(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
-    writer: W,
+    mut writer: W,
+    connection: Option<(Arc<ConnState>, usize)>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
+    // Patched for baby-discord: how large a body is read in before the
+    // request is handed out (see `limits::Limits::preload_body_bytes`), and
+    // the connection to abandon when a body is left unread.
+    let (connection, preload) = match connection {
+        Some((state, preload)) => (Some(state), preload),
+        None => (None, 1024),
+    };
     // finding the transfer-encoding header
     let transfer_encoding = headers
         .iter()
@@ -189,13 +204,24 @@ where
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
+    //
+    // Patched for baby-discord: bodies up to `preload` bytes (declared or
+    // chunked, with or without `Expect: 100-continue`) are read here, by
+    // the connection's thread under its read deadline; a body read later
+    // that is left unfinished is drained only up to a bound
+    // (`limits::Drain`), never into a buffer of the declared size.
+    let mut must_send_continue = expects_continue;
     let reader = if connection_upgrade {
         // if we have a `Connection: upgrade`, always keeping the whole reader
         Box::new(source_data) as Box<dyn Read + Send + 'static>
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
+        } else if content_length <= preload {
+            if expects_continue {
+                send_continue(&mut writer)?;
+                must_send_continue = false;
+            }
             // if the content-length is small enough, we just read everything into a buffer
 
             let mut buffer = vec![0; content_length];
@@ -217,12 +243,26 @@ where
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            Box::new(Drain::new(FusedReader::new(data_reader), connection.clone()))
+                as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        if expects_continue {
+            send_continue(&mut writer)?;
+            must_send_continue = false;
+        }
+        let mut decoder = FusedReader::new(Decoder::new(source_data));
+        // One byte past `preload` tells the handler the body is too large.
+        let mut buffer = Vec::new();
+        (&mut decoder).take(preload as u64 + 1).read_to_end(&mut buffer)?;
+        if buffer.len() <= preload {
+            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+        } else {
+            Box::new(Drain::new(Cursor::new(buffer).chain(decoder), connection.clone()))
+                as Box<dyn Read + Send + 'static>
+        }
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -240,11 +280,19 @@ where
         http_version: version,
         headers,
         body_length: content_length,
-        must_send_continue: expects_continue,
+        must_send_continue,
         notify_when_responded: None,
         #[cfg(unix)]
         raw_fd: None,
+        connection,
     })
+}
+
+/// Tells a client that sent `Expect: 100-continue` to send its body
+/// (patched for baby-discord: done before a preloaded body is read).
+fn send_continue<W: Write>(writer: &mut W) -> io::Result<()> {
+    writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    writer.flush()
 }
 
 impl Request {
@@ -455,8 +503,11 @@ impl Request {
         R: Read,
     {
         let res = self.respond_impl(response);
+        // Patched for baby-discord: an unread body is read away (or the
+        // connection abandoned) before the connection is told to go on.
+        self.data_reader = None;
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            sender.send(()).ok();
         }
         res
     }
@@ -465,19 +516,34 @@ impl Request {
     where
         R: Read,
     {
-        let mut writer = self.extract_writer_impl();
-
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        // Patched for baby-discord: the writer stays in the request until
+        // the response is printed, so that if printing panics, dropping the
+        // request still answers 500 (see `Drop`).
+        let writer = self.response_writer.as_mut().expect("a request is answered once");
+        let printed = response.raw_print(
             writer.by_ref(),
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
-        ))?;
+        );
+        let mut writer = self.extract_writer_impl();
+        if printed.is_err() {
+            // A half-written response leaves the connection unusable.
+            self.abandon_connection();
+        }
+        Self::ignore_client_closing_errors(printed)?;
 
         Self::ignore_client_closing_errors(writer.flush())
+    }
+
+    /// The connection serves no further request (patched for baby-discord).
+    fn abandon_connection(&self) {
+        if let Some(connection) = &self.connection {
+            connection.abandon();
+        }
     }
 
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
@@ -507,13 +573,23 @@ impl fmt::Debug for Request {
 }
 
 impl Drop for Request {
+    /// Patched for baby-discord: an unanswered request (its handler
+    /// panicked or forgot it) is answered 500 with fixed bytes, written
+    /// without anything that could panic (upstream built a full response
+    /// here, and a panic in it during unwinding aborted the process), and
+    /// its connection is closed.
     fn drop(&mut self) {
-        if self.response_writer.is_some() {
-            let response = Response::empty(500);
-            let _ = self.respond_impl(response); // ignoring any potential error
-            if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
-            }
+        if let Some(mut writer) = self.response_writer.take() {
+            const ANSWER: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\n\
+                Content-Type: application/json\r\nContent-Length: 54\r\nConnection: close\r\n\r\n\
+                {\"success\":false,\"error\":\"internal error; try again.\"}";
+            let _ = writer.write_all(ANSWER);
+            let _ = writer.flush();
+            self.abandon_connection();
+        }
+        self.data_reader = None;
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(()).ok();
         }
     }
 }

@@ -144,7 +144,9 @@ fn choose_transfer_encoding(
             let mut parse = util::parse_header_value(value.as_str()); // TODO: remove conversion
 
             // sorting elements by most priority
-            parse.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal));
+            // (patched for baby-discord: a total order, which `sort_by`
+            // requires; NaN once made it panic)
+            parse.sort_by(|a, b| b.1.total_cmp(&a.1));
 
             // trying to parse each requested encoding
             for value in parse.iter() {

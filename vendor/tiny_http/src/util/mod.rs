@@ -32,12 +32,16 @@ pub fn parse_header_value(input: &str) -> Vec<(&str, f32)> {
 
             let mut value = 1.0_f32;
 
+            // Patched for baby-discord: a q-value is a number from 0 to 1;
+            // anything else (NaN, inf, -1, 2.5, garbage) counts as 0, "not
+            // acceptable", so every value is comparable and in range.
             for p in params {
                 if p.trim_start().starts_with("q=") {
-                    if let Ok(val) = f32::from_str(p.trim_start()[2..].trim()) {
-                        value = val;
-                        break;
-                    }
+                    value = match f32::from_str(p.trim_start()[2..].trim()) {
+                        Ok(val) if (0.0..=1.0).contains(&val) => val,
+                        _ => 0.0,
+                    };
+                    break;
                 }
             }
 
@@ -51,14 +55,16 @@ mod test {
     #[test]
     #[allow(clippy::float_cmp)]
     fn test_parse_header() {
-        let result = super::parse_header_value("text/html, text/plain; q=1.5 , image/png ; q=2.0");
+        let result = super::parse_header_value("text/html, text/plain; q=0.5 , image/png ; q=2.0, a;q=NaN, b;q=x");
 
-        assert_eq!(result.len(), 3);
+        assert_eq!(result.len(), 5);
         assert_eq!(result[0].0, "text/html");
         assert_eq!(result[0].1, 1.0);
         assert_eq!(result[1].0, "text/plain");
-        assert_eq!(result[1].1, 1.5);
+        assert_eq!(result[1].1, 0.5);
         assert_eq!(result[2].0, "image/png");
-        assert_eq!(result[2].1, 2.0);
+        assert_eq!(result[2].1, 0.0);
+        assert_eq!(result[3].1, 0.0);
+        assert_eq!(result[4].1, 0.0);
     }
 }

@@ -100,6 +100,9 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// Patched for baby-discord: the connection's admission (see
+    /// `limits::Gate`), released when the socket's last half closes.
+    admission: Option<Box<dyn Send>>,
 }
 
 impl RefinedTcpStream {
@@ -115,12 +118,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            admission: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            admission: None,
         };
 
         (read, write)
@@ -136,6 +141,26 @@ impl RefinedTcpStream {
 
     pub(crate) fn secure(&self) -> bool {
         self.stream.secure()
+    }
+
+    /// Patched for baby-discord: ends the write side now, so the client
+    /// sees the end of a refusal while its input is still being read away.
+    pub(crate) fn shutdown_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).ok();
+    }
+
+    /// Patched for baby-discord: keeps `admission` until this half closes.
+    pub(crate) fn hold(&mut self, admission: Box<dyn Send>) {
+        self.admission = Some(admission);
+    }
+
+    /// Patched for baby-discord: read deadlines (see `limits`).
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> IoResult<()> {
+        match &self.stream {
+            Stream::Http(connection) => connection.set_read_timeout(timeout),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
     }
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {

@@ -144,6 +144,16 @@ impl<W: Write + Send> Write for SequentialWriter<W> {
     }
 }
 
+impl SequentialWriter<std::io::BufWriter<crate::util::RefinedTcpStream>> {
+    /// Flushes and ends the socket's write side (patched for baby-discord).
+    pub(crate) fn finish_connection(&mut self) {
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.flush().ok();
+            writer.get_mut().shutdown_write();
+        }
+    }
+}
+
 impl<R> Drop for SequentialReader<R>
 where
     R: Read + Send,
