@@ -90,13 +90,16 @@ pub enum RouterMsg {
     Command { session: SessionRef, command: Command, reply: Responder },
     /// A chat message for the current room (`room`, if given, must match it).
     Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
-    /// Attach an event stream to an HTTP session, joining `room` if needed.
-    /// With `after`, the stream starts with the room's messages after that
-    /// id (read back from the store if need be) instead of the recent
-    /// history. Answered with the session once the stream is the session's.
+    /// Attach an event stream to an HTTP session, joining `room` if needed
+    /// (`None`: the session's current room, or none). With `after`, the
+    /// stream starts with the room's messages after that id (read back from
+    /// the store if need be) instead of the recent history. Answered with
+    /// the session once the stream is the session's. Attaching the stream
+    /// the session already has (a WebSocket joining a room) moves it
+    /// without closing it.
     AttachStream {
         session: SessionRef,
-        room: String,
+        room: Option<String>,
         sink: Arc<dyn Sink>,
         after: Option<i64>,
         reply: Sender<Result<SessionId, ChatError>>,
@@ -457,7 +460,7 @@ impl RouterState {
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {
-                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after).map(|()| id));
+                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, room.as_deref(), sink, after).map(|()| id));
                 let _ = reply.send(outcome);
             }
             RouterMsg::Refuse { session, error } => self.deliver_to(session, Event::Error(error)),
@@ -575,7 +578,8 @@ impl RouterState {
         for id in ids {
             if self.sessions.contains_key(&id) {
                 log::info!("dropping session {:?}: its outbound queue is full", id);
-                self.metrics.dropped_slow.fetch_add(1, Relaxed);
+                let transport = self.sessions[&id].sink.as_ref().and_then(|s| s.transport());
+                self.metrics.record_slow_drop(transport);
                 self.end_session(id, CloseReason::TooSlow);
             }
         }

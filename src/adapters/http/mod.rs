@@ -26,6 +26,7 @@ mod request;
 mod response;
 mod routes;
 pub(crate) mod sse;
+pub(crate) mod ws;
 
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::assets::{self, Asset};
 use super::request::{check_limits, percent_decode, query_param, read_json, session_token, split_url, JsonBody};
 use super::response::{send, Answer, Handled, Refusal};
-use super::{sse, HttpContext};
+use super::{sse, ws, HttpContext};
 use crate::command::{parse_input, Input};
 use crate::error::ChatError;
 use crate::event::{rfc3339, Protocol, SessionId};
@@ -29,6 +29,8 @@ enum Endpoint {
     Message,
     /// `GET /api/messages/:room`, the SSE stream.
     Stream(String),
+    /// `GET /api/ws`, the WebSocket.
+    WebSocket,
     Rooms,
     Members(String),
     History(String),
@@ -79,6 +81,7 @@ fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
         ["api", "command"] => (Endpoint::Command, Verbs::Write),
         ["api", "message"] => (Endpoint::Message, Verbs::Write),
         ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
+        ["api", "ws"] => (Endpoint::WebSocket, Verbs::Stream),
         ["api", "rooms"] => (Endpoint::Rooms, Verbs::Read),
         ["api", "rooms", room, "members"] => (Endpoint::Members(room.to_string()), Verbs::Read),
         ["api", "rooms", room, "history"] => (Endpoint::History(room.to_string()), Verbs::Read),
@@ -93,6 +96,7 @@ fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
 enum Routed {
     Answer(Answer),
     Stream(String),
+    WebSocket,
 }
 
 /// Answers one request (on a worker thread).
@@ -100,6 +104,7 @@ pub fn handle(mut request: Request, ctx: &HttpContext) {
     match route(&mut request, ctx) {
         Ok(Routed::Answer(answer)) => send(request, answer, ctx),
         Ok(Routed::Stream(room)) => sse::open(request, room, ctx),
+        Ok(Routed::WebSocket) => ws::open(request, ctx),
         Err(refusal) => send(request, refusal.into(), ctx),
     }
 }
@@ -134,6 +139,7 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Command => command(read_json(request, max)?, ctx)?,
         Endpoint::Message => message(read_json(request, max)?, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
+        Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(ctx)?,
         Endpoint::Members(room) => members(&room, ctx)?,
         Endpoint::History(room) => history(&room, query, ctx)?,
