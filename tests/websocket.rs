@@ -415,3 +415,102 @@ fn netcat_sse_and_websocket_users_see_each_other() {
     nc.wait_for(|l| l == "[general] wes: from websocket");
     sse_wait("\"content\":\"from websocket\"");
 }
+
+/// `POST /api/message` with a `clientMsgId`: the status and the body.
+fn say_once(server: &TestServer, session: &str, content: &str, client_id: &str) -> (u16, Value) {
+    let body = json!({ "sessionId": session, "content": content, "clientMsgId": client_id });
+    http(server, "POST", "/api/message", &body)
+}
+
+fn history_contents(server: &TestServer, room: &str) -> Vec<String> {
+    let (_, body) = common::http_get(server.http.unwrap(), &format!("/api/rooms/{room}/history"));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    body["data"]["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_string()).collect()
+}
+
+mod idempotent {
+use super::*;
+for_each_store! {
+    /// A retry with the same `clientMsgId` (HTTP or WebSocket, also after a
+    /// restart) returns the first message's id and posts nothing new.
+    fn idempotent_sends_survive_retries_and_restarts(store) {
+        let mut server = unlimited(store);
+        let alice = connect(&server, "alice");
+        command(&server, &alice, "/create general");
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let (status, first) = say_once(&server, &alice, "once", &client_id);
+        assert_eq!(status, 200, "{first}");
+        let id = first["data"]["id"].as_i64().unwrap();
+        let (status, again) = say_once(&server, &alice, "once", &client_id);
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["data"]["id"].as_i64(), Some(id));
+        assert_eq!(again["data"]["createdAt"], first["data"]["createdAt"]);
+
+        // The same id over a WebSocket: acked with the first id, no echo.
+        let mut ws = Ws::open(&server, &alice);
+        ws.expect("connected");
+        for _ in history_contents(&server, "general") {
+            ws.expect("message");
+        }
+        let ack = ws.call(json!({ "type": "message", "content": "once", "clientMsgId": client_id }), "r");
+        assert_eq!((ack["type"].as_str(), ack["id"].as_i64()), (Some("ack"), Some(id)), "{ack}");
+        let bad = ws.call(json!({ "type": "message", "content": "x", "clientMsgId": "not-a-uuid" }), "b");
+        assert_eq!(bad["type"], "error");
+        let (status, _) = say_once(&server, &alice, "x", "not-a-uuid");
+        assert_eq!(status, 400);
+        // A new id over the WebSocket posts once too.
+        let ws_id = uuid::Uuid::new_v4().to_string();
+        ws.send(json!({ "type": "message", "content": "via ws", "clientMsgId": ws_id, "ref": "w1" }));
+        assert_eq!(ws.expect("message")["content"], "via ws");
+        let ack = ws.expect("ack");
+        // The retry: its ack, and no second echo before it.
+        ws.send(json!({ "type": "message", "content": "via ws", "clientMsgId": ws_id, "ref": "w2" }));
+        let again = ws.expect("ack");
+        assert_eq!((again["ref"].as_str(), &again["id"]), (Some("w2"), &ack["id"]));
+        drop(ws);
+        assert_eq!(history_contents(&server, "general"), ["once", "via ws"]);
+
+        // After a restart (the guest session is gone: connect again).
+        server.terminate();
+        server.restart();
+        let alice = connect(&server, "alice");
+        command(&server, &alice, "/join general");
+        let (status, after) = say_once(&server, &alice, "once", &client_id);
+        assert_eq!(status, 200, "{after}");
+        assert_eq!(after["data"]["id"].as_i64(), Some(id));
+        assert_eq!(history_contents(&server, "general"), ["once", "via ws"]);
+    }
+}
+}
+
+/// Two instances on one PostgreSQL database: a retry on the other instance
+/// (concurrent ones too) posts nothing new.
+#[test]
+fn idempotent_sends_hold_across_instances() {
+    let cluster = common::Cluster::start_with(2, |b| b.env("MSG_RATE", 0));
+    let (one, two) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = connect(one, "alice");
+    command(one, &alice, "/create general");
+    let bob = connect(two, "bob");
+    let deadline = Instant::now() + PATIENCE;
+    while http(two, "POST", "/api/command", &json!({ "sessionId": bob, "command": "/join general" })).0 != 200 {
+        assert!(Instant::now() < deadline, "the room never reached instance 2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for round in 0..5 {
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let ids: Vec<i64> = std::thread::scope(|scope| {
+            let a = scope.spawn(|| say_once(one, &alice, &format!("r{round}"), &client_id));
+            let b = scope.spawn(|| say_once(two, &bob, &format!("r{round}"), &client_id));
+            [a.join().unwrap(), b.join().unwrap()]
+                .iter()
+                .map(|(status, body)| {
+                    assert_eq!(*status, 200, "{body}");
+                    body["data"]["id"].as_i64().unwrap()
+                })
+                .collect()
+        });
+        assert_eq!(ids[0], ids[1], "round {round}");
+    }
+    assert_eq!(history_contents(one, "general"), (0..5).map(|r| format!("r{r}")).collect::<Vec<_>>());
+}

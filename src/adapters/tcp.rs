@@ -227,7 +227,7 @@ fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext
         let msg = match lines.next_line() {
             Ok(Some(LineEvent::Line(line))) if line.trim().is_empty() => continue,
             Ok(Some(LineEvent::Line(line))) => match parse_input(&line) {
-                Ok(Input::Message(text)) => RouterMsg::Say { session, text, room: None, reply: reply() },
+                Ok(Input::Message(text)) => RouterMsg::Say { session, text, room: None, client_msg_id: None, reply: reply() },
                 Ok(Input::Command(command)) => RouterMsg::Command { session, command, reply: reply() },
                 Err(error) => RouterMsg::Refuse { session: id, error },
             },

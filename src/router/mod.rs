@@ -88,8 +88,10 @@ pub enum RouterMsg {
     /// Choose the session's first nickname.
     Login { session: SessionRef, nickname: String, reply: Responder },
     Command { session: SessionRef, command: Command, reply: Responder },
-    /// A chat message for the current room (`room`, if given, must match it).
-    Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
+    /// A chat message for the current room (`room`, if given, must match
+    /// it). With `client_msg_id`, a message already stored under that id
+    /// is answered again instead of posting a new one.
+    Say { session: SessionRef, text: String, room: Option<String>, client_msg_id: Option<Uuid>, reply: Responder },
     /// Attach an event stream to an HTTP session, joining `room` if needed
     /// (`None`: the session's current room, or none). With `after`, the
     /// stream starts with the room's messages after that id (read back from
@@ -284,6 +286,11 @@ struct PendingSend {
     reply: Responder,
     /// When the router accepted it, for the delivery latency metric.
     accepted: Instant,
+    /// The client's id for the message (`clientMsgId`), if it gave one.
+    client_msg_id: Option<Uuid>,
+    /// Retries of the same `clientMsgId` that came while this one was
+    /// being committed: they get its answer.
+    retries: Vec<(SessionId, Responder)>,
 }
 
 /// A nickname waiting for its service-wide claim.
@@ -306,6 +313,8 @@ pub struct RouterState {
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
+    /// Client message ids of `pending_sends`, to their tickets.
+    pending_client_ids: HashMap<Uuid, u64>,
     next_ticket: u64,
     store: StoreHandle,
     /// The router's completion inbox, for store calls it starts.
@@ -371,6 +380,7 @@ impl Router {
             rooms: BTreeMap::new(),
             creating: Default::default(),
             pending_sends: HashMap::new(),
+            pending_client_ids: HashMap::new(),
             next_ticket: 1,
             store,
             inbox,
@@ -455,8 +465,8 @@ impl RouterState {
                 Ok(id) => self.command(id, command, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
-            RouterMsg::Say { session, text, room, reply } => match self.resolve(session) {
-                Ok(id) => self.say(id, text, room, reply),
+            RouterMsg::Say { session, text, room, client_msg_id, reply } => match self.resolve(session) {
+                Ok(id) => self.say(id, text, room, client_msg_id, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {

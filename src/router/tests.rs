@@ -87,7 +87,7 @@ impl Harness {
     }
 
     fn say(&self, session: &TestSession, text: &str) -> Outcome {
-        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, reply })
+        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, reply })
     }
 }
 

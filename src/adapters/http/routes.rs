@@ -187,10 +187,19 @@ struct MessageBody {
     content: String,
     /// If given, must be the session's current room.
     room: Option<String>,
+    /// The client's own id for the message (a UUID): a retry with the same
+    /// id is answered with the first message and posts nothing new.
+    client_msg_id: Option<String>,
 }
 
 impl JsonBody for MessageBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true), ("content", true), ("room", false)];
+    const FIELDS: &'static [(&'static str, bool)] =
+        &[("sessionId", true), ("content", true), ("room", false), ("clientMsgId", false)];
+}
+
+/// A `clientMsgId`: a UUID.
+pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> {
+    text.map(|t| Uuid::parse_str(t.trim()).map_err(|_| "clientMsgId must be a UUID.".to_string())).transpose()
 }
 
 /// `POST /api/connect {"nickname"}`: a new session, named under the same
@@ -253,8 +262,9 @@ fn command(body: CommandBody, ctx: &HttpContext) -> Handled {
 /// message is committed (a 200 means it is stored).
 fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
     let token = session_token(&body.session_id)?;
+    let client_msg_id = client_msg_id(body.client_msg_id.as_deref()).map_err(Refusal::bad)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
-    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, reply })? {
+    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply })? {
         Reply::Sent { id, room, created_at_ms } => {
             Ok(Answer::data(json!({ "id": id, "room": room, "createdAt": rfc3339(created_at_ms) })))
         }

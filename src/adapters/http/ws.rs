@@ -324,7 +324,12 @@ impl Connection<'_> {
         let text = string_field(fields, "content")?.to_string();
         let session = SessionRef::Token(self.token);
         let room = fields.get("room").and_then(Value::as_str).map(str::to_string);
-        match self.ctx.router.call(|reply| RouterMsg::Say { session, text, room, reply }) {
+        let client_msg_id = match fields.get("clientMsgId").filter(|v| !v.is_null()) {
+            None => None,
+            Some(Value::String(id)) => super::routes::client_msg_id(Some(id))?,
+            Some(_) => return Err("clientMsgId must be a UUID.".into()),
+        };
+        match self.ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply }) {
             Ok(Reply::Sent { id, room, created_at_ms }) => Ok(Some(object(json!({
                 "id": id,
                 "room": room,
