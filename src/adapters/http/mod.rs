@@ -28,6 +28,8 @@ mod routes;
 pub(crate) mod sse;
 pub(crate) mod ws;
 
+pub use routes::route_table;
+
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

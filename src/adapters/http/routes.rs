@@ -36,6 +36,7 @@ enum Endpoint {
     History(String),
     Health,
     Metrics,
+    OpenApi,
 }
 
 /// Which methods a route takes.
@@ -68,29 +69,63 @@ impl Verbs {
     }
 }
 
-/// The route table.
+/// One API route: a path template (`{room}` stands for one segment, given
+/// to `endpoint` decoded), the methods it takes, and its endpoint.
+struct Route {
+    path: &'static str,
+    verbs: Verbs,
+    endpoint: fn(Vec<String>) -> Endpoint,
+}
+
+/// The route table of the API (the page's files are in [`assets::FILES`]).
+/// `GET /api/openapi.json` describes every route; a test keeps the two in step.
+const ROUTES: &[Route] = &[
+    Route { path: "/api/connect", verbs: Verbs::Write, endpoint: |_| Endpoint::Connect },
+    Route { path: "/api/disconnect", verbs: Verbs::Write, endpoint: |_| Endpoint::Disconnect },
+    Route { path: "/api/command", verbs: Verbs::Write, endpoint: |_| Endpoint::Command },
+    Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
+    Route { path: "/api/messages/{room}", verbs: Verbs::Stream, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
+    Route { path: "/api/ws", verbs: Verbs::Stream, endpoint: |_| Endpoint::WebSocket },
+    Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
+    Route { path: "/api/rooms/{room}/members", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Members(p.remove(0)) },
+    Route { path: "/api/rooms/{room}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::History(p.remove(0)) },
+    Route { path: "/api/health", verbs: Verbs::Read, endpoint: |_| Endpoint::Health },
+    Route { path: "/api/openapi.json", verbs: Verbs::Read, endpoint: |_| Endpoint::OpenApi },
+    Route { path: "/metrics", verbs: Verbs::Read, endpoint: |_| Endpoint::Metrics },
+];
+
+/// Every route the server answers, page files included, with the methods
+/// each takes (as in its `Allow` header), for the OpenAPI document's test.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    let files = assets::FILES.iter().map(|(path, _)| (*path, Verbs::Read.allow()));
+    files.chain(ROUTES.iter().map(|r| (r.path, r.verbs.allow()))).collect()
+}
+
+/// Finds the endpoint of `path`.
 fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
     if let Some(asset) = assets::find(path) {
         return Some((Endpoint::Page(asset), Verbs::Read));
     }
     let segments: Vec<String> = path.strip_prefix('/')?.split('/').map(|s| percent_decode(s, false)).collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let found = match segments.as_slice() {
-        ["api", "connect"] => (Endpoint::Connect, Verbs::Write),
-        ["api", "disconnect"] => (Endpoint::Disconnect, Verbs::Write),
-        ["api", "command"] => (Endpoint::Command, Verbs::Write),
-        ["api", "message"] => (Endpoint::Message, Verbs::Write),
-        ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
-        ["api", "ws"] => (Endpoint::WebSocket, Verbs::Stream),
-        ["api", "rooms"] => (Endpoint::Rooms, Verbs::Read),
-        ["api", "rooms", room, "members"] => (Endpoint::Members(room.to_string()), Verbs::Read),
-        ["api", "rooms", room, "history"] => (Endpoint::History(room.to_string()), Verbs::Read),
-        ["api", "health"] => (Endpoint::Health, Verbs::Read),
-        ["metrics"] => (Endpoint::Metrics, Verbs::Read),
-        _ => return None,
-    };
-    Some(found)
+    ROUTES.iter().find_map(|route| {
+        let template: Vec<&str> = route.path[1..].split('/').collect();
+        if template.len() != segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (want, got) in template.iter().zip(&segments) {
+            if want.starts_with('{') {
+                params.push(got.clone());
+            } else if want != got {
+                return None;
+            }
+        }
+        Some(((route.endpoint)(params), route.verbs))
+    })
 }
+
+/// The OpenAPI 3 description of every route.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// What became of a request.
 enum Routed {
@@ -145,6 +180,7 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::History(room) => history(&room, query, ctx)?,
         Endpoint::Health => health(ctx),
         Endpoint::Metrics => metrics(ctx),
+        Endpoint::OpenApi => Answer::bytes("application/json; charset=utf-8", OPENAPI.as_bytes().to_vec()),
     };
     Ok(Routed::Answer(answer))
 }
