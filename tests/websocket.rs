@@ -514,3 +514,26 @@ fn idempotent_sends_hold_across_instances() {
     }
     assert_eq!(history_contents(one, "general"), (0..5).map(|r| format!("r{r}")).collect::<Vec<_>>());
 }
+
+/// A WebSocket costs one thread, its reader: tiny_http's connection thread
+/// lets go of an upgraded connection.
+#[test]
+fn an_open_websocket_costs_one_thread() {
+    let server = unlimited(Store::Sqlite);
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap().count();
+    let before = threads();
+    let sockets: Vec<Ws> = (0..20)
+        .map(|i| {
+            let session = connect(&server, &format!("user{i}"));
+            let mut ws = Ws::open(&server, &session);
+            ws.expect("connected");
+            ws
+        })
+        .collect();
+    // tiny_http's idle connection threads end 5 s after their last request.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while threads() > before + sockets.len() + 2 {
+        assert!(Instant::now() < deadline, "{} threads for {} WebSockets (from {before})", threads(), sockets.len());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
