@@ -14,7 +14,7 @@
 //! - [`command`]: slash-command parsing and the `/help` table.
 //! - [`names`]: nickname, room-name and message-text rules.
 //! - [`error`]: every user-visible refusal, as one enum.
-//! - [`adapters`]: the TCP line protocol and HTTP (API, SSE, page): bytes to
+//! - [`adapters`]: the TCP line protocol and HTTP (API, SSE, WebSocket, page): bytes to
 //!   router requests, and each transport's encoder of events into bytes;
 //!   [`adapters::writers`] is the delivery layer every transport shares.
 //! - [`store`]: the storage interface, SQLite and PostgreSQL behind it, and
@@ -37,7 +37,8 @@
 //! | `tcp-client` | 1 per TCP client | `CLIENT_STACK_KB` (64 KiB) | reading its client's socket, the nickname prompt |
 //! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
 //! | `sse` | 1 per SSE stream | `CLIENT_STACK_KB` (64 KiB) | its stream's life: attach, `: ping`, detach |
-//! | tiny_http's | 1 accept + 1 per keep-alive connection | default | parsing requests (an event-stream request ends its connection's thread) |
+//! | `ws` | 1 per WebSocket | `CLIENT_STACK_KB` (64 KiB) | reading its client's frames into router requests, pings, detach |
+//! | tiny_http's | 1 accept + 1 per keep-alive connection | default | parsing requests (an event-stream or upgrade request ends its connection's thread) |
 //! | `pg-close` | brief, now and then | default | closing a lost PostgreSQL connection without blocking the storage thread |
 //!
 //! A panic in a vital thread logs and exits the process (status 101) at

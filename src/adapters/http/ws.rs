@@ -176,8 +176,9 @@ fn serve(request: Request, wanted: WsRequest, ctx: &HttpContext) {
     outbox.start(unsafe { Conn::kept_open_by(fd, stream.clone()) });
     log::debug!("WebSocket for session {} opened", session.0);
 
+    // Client frames are small; a bigger one grows the buffer as it comes.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_frame_size(Some(ctx.limits.max_body_bytes))
         .max_message_size(Some(ctx.limits.max_body_bytes));
