@@ -38,7 +38,7 @@
 //! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
 //! | `sse` | 1 per SSE stream | `CLIENT_STACK_KB` (64 KiB) | its stream's life: attach, `: ping`, detach |
 //! | `ws` | 1 per WebSocket | `CLIENT_STACK_KB` (64 KiB) | reading its client's frames into router requests, pings, detach |
-//! | tiny_http's | 1 accept + 1 per keep-alive connection | default | parsing requests (an event-stream or upgrade request ends its connection's thread) |
+//! | tiny_http's | 1 accept + 1 per open HTTP connection | default | reading one request at a time under `HTTP_READ_TIMEOUT_SECS` (head and body up to `MAX_BODY_BYTES`), closing idle connections after `HTTP_IDLE_SECS`; each connection holds a `MAX_CONNECTIONS` place until its socket closes (an event-stream or upgrade request ends its connection's thread; the stream or WebSocket keeps the place) |
 //! | `pg-close` | brief, now and then | default | closing a lost PostgreSQL connection without blocking the storage thread |
 //!
 //! A panic in a vital thread logs and exits the process (status 101) at
@@ -50,7 +50,7 @@
 //!   [`router::RouterHandle`] (bounded); answers come back on a one-shot
 //!   channel in the request, or as events in the session's own stream;
 //! - storage thread and bus → router: [`router::Completion`]s on a second
-//!   inbox (bounded), served before any waiting request;
+//!   inbox (bounded), served before waiting requests (a few at a time);
 //! - router → storage thread: appends and store calls through a
 //!   [`store::StoreHandle`] (unbounded; the router caps what it queues);
 //! - router → bus publisher: events and nickname claims through a

@@ -110,6 +110,25 @@ impl Conn {
         Ok(sent)
     }
 
+    /// Turns Nagle's algorithm off (`TCP_NODELAY`): the pool already sends
+    /// whole batches, and Nagle would hold a batch back until the peer
+    /// acknowledges the one before, up to its delayed-ACK timer (40 ms).
+    /// Not a TCP socket (a test's Unix socket): nothing to do.
+    fn no_delay(&self) {
+        let on: libc::c_int = 1;
+        // SAFETY: `self.fd` is open while `self` lives; the option value is
+        // a live `c_int` of the size given.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+
     /// Shuts both directions: the peer sees the end, and so does a thread
     /// of ours reading the same socket.
     fn shutdown(&self) {
@@ -255,6 +274,7 @@ impl Outbox {
     /// Gives the outbox its socket and starts sending what is queued.
     /// A second call is ignored.
     pub fn start(&self, conn: Conn) {
+        conn.no_delay();
         if self.conn.set(conn).is_err() {
             return;
         }

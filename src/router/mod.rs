@@ -7,8 +7,10 @@
 //! - **completions** ([`Completion`]) of work it started or subscribed to:
 //!   store commits and reads, Redis bus events and nickname claims.
 //!
-//! Completions are served first: the router drains them before it takes the
-//! next request, so a commit is never stuck behind a burst of new messages.
+//! Completions are served first: before it takes the next request, the
+//! router serves the completions waiting (up to `COMPLETIONS_PER_TURN` in a
+//! row, so a stream of them cannot starve requests either), and a commit is
+//! never stuck behind a burst of new messages.
 //! A ticker drives timers (gap fills, replays, heartbeats, idle sessions).
 //! It answers through each request's [`Responder`] and pushes [`Event`]s
 //! into session sinks without ever blocking. It knows nothing about
@@ -349,8 +351,16 @@ pub struct Router {
 const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for messages already handed to the store.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Capacity of each of the router's inboxes; producers wait when it is full.
+/// Most completions served in a row before the next request is looked at,
+/// so a stream of completions cannot starve requests.
+const COMPLETIONS_PER_TURN: usize = 16;
+/// Capacity of the request inbox; adapters wait when it is full.
 const INBOX_CAPACITY: usize = 65_536;
+/// Capacity of the completion inbox; the storage thread and the bus wait
+/// when it is full (never for long: completions are served first). Smaller
+/// than the request inbox because a bounded channel allocates every slot
+/// up front.
+const COMPLETIONS_CAPACITY: usize = 4096;
 
 impl Router {
     /// Builds the router with the rooms and recent history read from the
@@ -403,7 +413,7 @@ impl Router {
     pub fn inboxes() -> Inboxes {
         Inboxes {
             requests: crossbeam_channel::bounded(INBOX_CAPACITY),
-            completions: crossbeam_channel::bounded(INBOX_CAPACITY),
+            completions: crossbeam_channel::bounded(COMPLETIONS_CAPACITY),
         }
     }
 
@@ -421,8 +431,9 @@ impl Router {
         let ticker = crossbeam_channel::tick(TICK);
         loop {
             // Completions first: what the store and the bus finished is
-            // served before any request waiting behind it.
-            while let Ok(done) = self.completions.try_recv() {
+            // served before any request waiting behind it (a bounded number:
+            // an unbounded drain starved requests during a login storm).
+            for done in self.completions.try_iter().take(COMPLETIONS_PER_TURN) {
                 self.state.complete(done);
             }
             select! {

@@ -16,6 +16,8 @@ struct TestSink {
     capacity: usize,
     closed: Mutex<Option<CloseReason>>,
     is_closed: AtomicBool,
+    /// What the sink reports as its unsent bytes (a client not reading).
+    backlog: std::sync::atomic::AtomicUsize,
 }
 
 impl Sink for TestSink {
@@ -34,6 +36,22 @@ impl Sink for TestSink {
         self.is_closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.closed.lock().unwrap().get_or_insert(reason);
     }
+
+    fn backlog(&self) -> usize {
+        self.backlog.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn test_sink(capacity: usize) -> (Arc<TestSink>, Receiver<Event>) {
+    let (tx, events) = crossbeam_channel::unbounded();
+    let sink = Arc::new(TestSink {
+        events: tx,
+        capacity,
+        closed: Mutex::new(None),
+        is_closed: AtomicBool::new(false),
+        backlog: Default::default(),
+    });
+    (sink, events)
 }
 
 use std::sync::Mutex;
@@ -72,9 +90,7 @@ fn start(settings: RouterSettings) -> Harness {
 impl Harness {
     fn session(&self, nick: &str, capacity: usize) -> TestSession {
         let id = SessionId::next();
-        let (tx, events) = crossbeam_channel::unbounded();
-        let test_sink =
-            Arc::new(TestSink { events: tx, capacity, closed: Mutex::new(None), is_closed: AtomicBool::new(false) });
+        let (test_sink, events) = test_sink(capacity);
         let sink: Arc<dyn Sink> = test_sink.clone();
         self.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink) });
         let reply = self.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname: nick.into(), reply });
@@ -189,4 +205,102 @@ fn closing_a_session_frees_its_nickname_and_tells_the_room() {
         }
     }
     let _bob_again = h.session("Bob", 10);
+}
+
+/// An HTTP session (no stream yet), logged in as `nick`.
+fn http_session(h: &Harness, nick: &str) -> uuid::Uuid {
+    let token = uuid::Uuid::new_v4();
+    h.router.send(RouterMsg::Open { session: SessionId::next(), protocol: Protocol::Http, token: Some(token), sink: None });
+    let reply = h.router.call(|reply| RouterMsg::Login { session: SessionRef::Token(token), nickname: nick.into(), reply });
+    assert!(matches!(reply, Ok(Reply::LoggedIn { .. })), "{reply:?}");
+    token
+}
+
+fn attach(h: &Harness, token: uuid::Uuid, sink: Arc<TestSink>, after: Option<i64>) -> Result<SessionId, ChatError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    h.router.send(RouterMsg::AttachStream { session: SessionRef::Token(token), room: Some("r".into()), sink, after, reply: tx });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+/// Message contents from the next events, skipping notices.
+fn contents(events: &Receiver<Event>, count: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        match events.recv_timeout(Duration::from_secs(5)).expect("an event") {
+            Event::Message(m) => seen.push(m.content.clone()),
+            Event::Notice(_) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_resuming_stream_is_replayed_from_the_store_then_attached() {
+    let h = start(RouterSettings { msg_rate: 0, history_size: 3, ..settings() });
+    let alice = h.session("alice", 1000);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let ids: Vec<i64> = (1..=8)
+        .map(|i| match h.say(&alice, &format!("m{i}")).unwrap() {
+            Reply::Sent { id, .. } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let bob = http_session(&h, "bob");
+    let (sink, events) = test_sink(1000);
+    attach(&h, bob, sink, Some(ids[1])).unwrap();
+    // The ring buffer holds only m6..m8: m3..m5 come from the store first.
+    assert!(matches!(events.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Event::RoomChanged { room: Some(r), history } if r == "r" && history.is_empty()));
+    assert_eq!(contents(&events, 6), ["m3", "m4", "m5", "m6", "m7", "m8"]);
+    h.say(&alice, "live").unwrap();
+    assert_eq!(contents(&events, 1), ["live"]);
+}
+
+#[test]
+fn a_replay_waits_for_its_reader_and_gives_way_to_a_newer_stream() {
+    let h = start(RouterSettings { msg_rate: 0, history_size: 2, ..settings() });
+    let alice = h.session("alice", 1000);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    for i in 1..=5 {
+        h.say(&alice, &format!("m{i}")).unwrap();
+    }
+    let bob = http_session(&h, "bob");
+    let (older, older_events) = test_sink(1000);
+    // A client that has not read what it was sent: the replay waits.
+    older.backlog.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    attach(&h, bob, older.clone(), Some(0)).unwrap();
+    assert!(matches!(older_events.recv_timeout(Duration::from_secs(5)).unwrap(), Event::RoomChanged { .. }));
+    assert!(older_events.recv_timeout(Duration::from_millis(300)).is_err(), "no page while the backlog is full");
+    // It reads: the replay goes on at the next tick.
+    older.backlog.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(contents(&older_events, 5), ["m1", "m2", "m3", "m4", "m5"]);
+
+    // Replaying again, stalled; a newer stream takes the session over.
+    let (again, _again_events) = test_sink(1000);
+    again.backlog.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    attach(&h, bob, again.clone(), Some(0)).unwrap();
+    let (newer, newer_events) = test_sink(1000);
+    attach(&h, bob, newer, None).unwrap();
+    assert_eq!(*again.closed.lock().unwrap(), Some(CloseReason::Replaced));
+    assert!(matches!(newer_events.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Event::RoomChanged { history, .. } if history.len() == 2));
+    // The stalled replay, released, never takes the session back.
+    again.backlog.store(0, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    h.say(&alice, "live").unwrap();
+    assert_eq!(contents(&newer_events, 1), ["live"]);
+    assert_eq!(*older.closed.lock().unwrap(), Some(CloseReason::Replaced));
+}
+
+#[test]
+fn ping_tells_a_router_that_answers_from_one_that_does_not() {
+    let h = start(settings());
+    assert!(h.router.ping(Duration::from_secs(2)));
+    // A handle whose router never reads its inbox (stuck, or gone).
+    let (tx, _inbox) = crossbeam_channel::bounded(16);
+    let stuck = RouterHandle { tx };
+    let started = std::time::Instant::now();
+    assert!(!stuck.ping(Duration::from_millis(200)));
+    assert!(started.elapsed() < Duration::from_secs(1), "the deadline bounds the wait");
 }

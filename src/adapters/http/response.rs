@@ -58,8 +58,11 @@ impl Answer {
 }
 
 impl Refusal {
+    /// A refusal whose sentence may quote the request (a path, a method, a
+    /// name): control and invisible formatting characters are removed from
+    /// it, as from a delivered message.
     pub fn new(status: u16, message: impl Into<String>) -> Refusal {
-        Refusal { status, message: message.into(), allow: None }
+        Refusal { status, message: crate::names::clean_text(&message.into()), allow: None }
     }
 
     /// 400: the request itself is wrong.

@@ -162,9 +162,6 @@ fn serve(request: Request, wanted: WsRequest, ctx: &HttpContext) {
         Err(e) => return send(request, Refusal::from(e).into(), ctx),
     };
     ctx.stats.record(101);
-    // An ack often follows its message's echo within a millisecond: with
-    // Nagle's algorithm it would wait for the client's delayed ACK (~40 ms).
-    set_nodelay(fd);
     let accept = tungstenite::handshake::derive_accept_key(wanted.key.as_bytes());
     let response = Response::empty(101)
         .with_header(Header::from_bytes(&b"Sec-WebSocket-Accept"[..], accept.as_bytes()).expect("base64 is ASCII"));
@@ -190,21 +187,6 @@ fn serve(request: Request, wanted: WsRequest, ctx: &HttpContext) {
     ctx.router.send(RouterMsg::DetachStream { session, sink });
     ctx.metrics.ws_connections.fetch_sub(1, Relaxed);
     log::debug!("WebSocket for session {} ended ({reason:?})", session.0);
-}
-
-fn set_nodelay(fd: std::os::fd::RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: a plain system call on the connection's open socket, with a
-    // pointer to a live `c_int` and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
 }
 
 /// The read side of the upgraded connection as `tungstenite` sees it. Every
@@ -314,7 +296,7 @@ impl Connection<'_> {
             Some(kind @ ("typing" | "read")) => Err(format!("'{kind}' frames are not supported yet.")),
             Some(other) => Err(format!(
                 "unknown frame type '{}'; use message, command or join.",
-                crate::names::strip_controls(other)
+                crate::names::clean_text(other)
             )),
             None => Err("a frame must have a \"type\" (message, command or join).".to_string()),
         };

@@ -18,12 +18,9 @@ impl Encoder for Lines {
     }
 
     fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
-        match event {
-            Event::Reply(text) => {
-                out.extend_from_slice(text.as_bytes());
-                out.push(b'\n');
-            }
-            _ => {}
+        if let Event::Reply(text) = event {
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
         }
     }
 
@@ -173,7 +170,7 @@ fn a_slow_consumer_overflows_the_byte_bound_and_gets_its_last_words() {
             break false;
         }
         // Let the writer fill the socket, as a client that stops reading would.
-        if accepted % 50 == 0 {
+        if accepted.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
