@@ -22,7 +22,8 @@ fi
 # shellcheck disable=SC2206
 env+=(${SERVER_ENV:-})
 
-env "${env[@]}" target/release/baby-discord &
+bin=${CARGO_TARGET_DIR:-target}/release
+env "${env[@]}" "$bin/baby-discord" &
 pid=$!
 cleanup() {
   kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
@@ -32,4 +33,4 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/19401) 2>/dev/null && break; sleep 0.1; done
 
-target/release/loadgen --targets 127.0.0.1:19401:13401 --server-pid "$pid" "$@"
+"$bin/loadgen" --targets 127.0.0.1:19401:13401 --server-pid "$pid" "$@"

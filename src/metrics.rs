@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::event::Transport;
+
 
 /// A histogram with fixed bucket bounds (seconds, or a plain count).
 pub struct Histogram {
@@ -67,6 +69,10 @@ pub struct Metrics {
     pub messages: AtomicU64,
     pub deliveries: AtomicU64,
     pub dropped_slow: AtomicU64,
+    /// Slow consumers dropped, by transport: TCP, SSE, WebSocket.
+    dropped_slow_by: [AtomicU64; 3],
+    /// Open WebSocket connections.
+    pub ws_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
     pub store_failures: AtomicU64,
     /// Time from a message's arrival at the router to its fan-out.
@@ -86,6 +92,8 @@ impl Default for Metrics {
             messages: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             dropped_slow: AtomicU64::new(0),
+            dropped_slow_by: Default::default(),
+            ws_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
             delivery_latency: Histogram::new(LATENCY_BOUNDS),
@@ -101,6 +109,14 @@ impl Metrics {
         self.batch_sizes.observe_value(batch as f64);
     }
 
+    /// Counts a slow consumer dropped; `transport` is its sink's, if known.
+    pub fn record_slow_drop(&self, transport: Option<Transport>) {
+        self.dropped_slow.fetch_add(1, Relaxed);
+        if let Some(transport) = transport {
+            self.dropped_slow_by[transport as usize].fetch_add(1, Relaxed);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -113,6 +129,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"tcp\"}} {}", self.tcp_connections.load(Relaxed));
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"sse\"}} {}", self.http_streams.load(Relaxed));
+        let _ = writeln!(out, "baby_discord_connections{{protocol=\"ws\"}} {}", self.ws_connections.load(Relaxed));
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"http\"}} {}", self.http_connections.load(Relaxed));
         gauge(&mut out, "baby_discord_http_sessions", "Open HTTP sessions.", "gauge", "", self.http_sessions.load(Relaxed));
         gauge(&mut out, "baby_discord_messages_total", "Room messages committed.", "counter", "", self.messages.load(Relaxed));
@@ -125,6 +142,11 @@ impl Metrics {
             "",
             self.dropped_slow.load(Relaxed),
         );
+        let name = "baby_discord_dropped_slow_consumers_by_protocol_total";
+        let _ = writeln!(out, "# HELP {name} Slow consumers dropped, by protocol.\n# TYPE {name} counter");
+        for (label, counter) in ["tcp", "sse", "ws"].iter().zip(&self.dropped_slow_by) {
+            let _ = writeln!(out, "{name}{{protocol=\"{label}\"}} {}", counter.load(Relaxed));
+        }
         gauge(
             &mut out,
             "baby_discord_rejected_connections_total",

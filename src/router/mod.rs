@@ -90,15 +90,20 @@ pub enum RouterMsg {
     /// Choose the session's first nickname.
     Login { session: SessionRef, nickname: String, reply: Responder },
     Command { session: SessionRef, command: Command, reply: Responder },
-    /// A chat message for the current room (`room`, if given, must match it).
-    Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
-    /// Attach an event stream to an HTTP session, joining `room` if needed.
-    /// With `after`, the stream starts with the room's messages after that
-    /// id (read back from the store if need be) instead of the recent
-    /// history. Answered with the session once the stream is the session's.
+    /// A chat message for the current room (`room`, if given, must match
+    /// it). With `client_msg_id`, a message already stored under that id
+    /// is answered again instead of posting a new one.
+    Say { session: SessionRef, text: String, room: Option<String>, client_msg_id: Option<Uuid>, reply: Responder },
+    /// Attach an event stream to an HTTP session, joining `room` if needed
+    /// (`None`: the session's current room, or none). With `after`, the
+    /// stream starts with the room's messages after that id (read back from
+    /// the store if need be) instead of the recent history. Answered with
+    /// the session once the stream is the session's. Attaching the stream
+    /// the session already has (a WebSocket joining a room) moves it
+    /// without closing it.
     AttachStream {
         session: SessionRef,
-        room: String,
+        room: Option<String>,
         sink: Arc<dyn Sink>,
         after: Option<i64>,
         reply: Sender<Result<SessionId, ChatError>>,
@@ -283,6 +288,11 @@ struct PendingSend {
     reply: Responder,
     /// When the router accepted it, for the delivery latency metric.
     accepted: Instant,
+    /// The client's id for the message (`clientMsgId`), if it gave one.
+    client_msg_id: Option<Uuid>,
+    /// Retries of the same `clientMsgId` that came while this one was
+    /// being committed: they get its answer.
+    retries: Vec<(SessionId, Responder)>,
 }
 
 /// A nickname waiting for its service-wide claim.
@@ -305,6 +315,8 @@ pub struct RouterState {
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
+    /// Client message ids of `pending_sends`, to their tickets.
+    pending_client_ids: HashMap<Uuid, u64>,
     next_ticket: u64,
     store: StoreHandle,
     /// The router's completion inbox, for store calls it starts.
@@ -378,6 +390,7 @@ impl Router {
             rooms: BTreeMap::new(),
             creating: Default::default(),
             pending_sends: HashMap::new(),
+            pending_client_ids: HashMap::new(),
             next_ticket: 1,
             store,
             inbox,
@@ -463,12 +476,12 @@ impl RouterState {
                 Ok(id) => self.command(id, command, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
-            RouterMsg::Say { session, text, room, reply } => match self.resolve(session) {
-                Ok(id) => self.say(id, text, room, reply),
+            RouterMsg::Say { session, text, room, client_msg_id, reply } => match self.resolve(session) {
+                Ok(id) => self.say(id, text, room, client_msg_id, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {
-                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after).map(|()| id));
+                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, room.as_deref(), sink, after).map(|()| id));
                 let _ = reply.send(outcome);
             }
             RouterMsg::Refuse { session, error } => self.deliver_to(session, Event::Error(error)),
@@ -586,7 +599,8 @@ impl RouterState {
         for id in ids {
             if self.sessions.contains_key(&id) {
                 log::info!("dropping session {:?}: its outbound queue is full", id);
-                self.metrics.dropped_slow.fetch_add(1, Relaxed);
+                let transport = self.sessions[&id].sink.as_ref().and_then(|s| s.transport());
+                self.metrics.record_slow_drop(transport);
                 self.end_session(id, CloseReason::TooSlow);
             }
         }

@@ -103,7 +103,7 @@ impl Harness {
     }
 
     fn say(&self, session: &TestSession, text: &str) -> Outcome {
-        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, reply })
+        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, reply })
     }
 }
 
@@ -218,7 +218,7 @@ fn http_session(h: &Harness, nick: &str) -> uuid::Uuid {
 
 fn attach(h: &Harness, token: uuid::Uuid, sink: Arc<TestSink>, after: Option<i64>) -> Result<SessionId, ChatError> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    h.router.send(RouterMsg::AttachStream { session: SessionRef::Token(token), room: "r".into(), sink, after, reply: tx });
+    h.router.send(RouterMsg::AttachStream { session: SessionRef::Token(token), room: Some("r".into()), sink, after, reply: tx });
     rx.recv_timeout(Duration::from_secs(5)).unwrap()
 }
 

@@ -8,6 +8,8 @@
 //! - each SSE stream gets its own **stream** thread ([`sse`]) that attaches
 //!   it to its session and lives as long as it; the stream's bytes are sent
 //!   by the shared writer pool ([`crate::adapters::writers`]);
+//! - each WebSocket ([`ws`]) gets one thread that reads its frames; its
+//!   output goes through the writer pool like a stream's;
 //! - the web page is compiled into the binary ([`assets`]).
 //!
 //! Chat state is only ever changed by the router: handlers send it
@@ -26,6 +28,9 @@ mod request;
 mod response;
 mod routes;
 pub(crate) mod sse;
+pub(crate) mod ws;
+
+pub use routes::route_table;
 
 /// Entry points for the fuzz targets in `fuzz/`: the production parsers,
 /// reachable without a socket. Not an API.

@@ -15,7 +15,7 @@ use super::request::{
     check_limits, parse_json, percent_decode, query_param, read_json, session_token, split_url, JsonBody,
 };
 use super::response::{send, Answer, Handled, Refusal};
-use super::{sse, HttpContext};
+use super::{sse, ws, HttpContext};
 use crate::command::{parse_input, Input};
 use crate::error::ChatError;
 use crate::event::{rfc3339, Protocol, SessionId};
@@ -31,11 +31,14 @@ enum Endpoint {
     Message,
     /// `GET /api/messages/:room`, the SSE stream.
     Stream(String),
+    /// `GET /api/ws`, the WebSocket.
+    WebSocket,
     Rooms,
     Members(String),
     History(String),
     Health,
     Metrics,
+    OpenApi,
 }
 
 /// Which methods a route takes.
@@ -68,33 +71,69 @@ impl Verbs {
     }
 }
 
-/// The route table.
+/// One API route: a path template (`{room}` stands for one segment, given
+/// to `endpoint` decoded), the methods it takes, and its endpoint.
+struct Route {
+    path: &'static str,
+    verbs: Verbs,
+    endpoint: fn(Vec<String>) -> Endpoint,
+}
+
+/// The route table of the API (the page's files are in [`assets::FILES`]).
+/// `GET /api/openapi.json` describes every route; a test keeps the two in step.
+const ROUTES: &[Route] = &[
+    Route { path: "/api/connect", verbs: Verbs::Write, endpoint: |_| Endpoint::Connect },
+    Route { path: "/api/disconnect", verbs: Verbs::Write, endpoint: |_| Endpoint::Disconnect },
+    Route { path: "/api/command", verbs: Verbs::Write, endpoint: |_| Endpoint::Command },
+    Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
+    Route { path: "/api/messages/{room}", verbs: Verbs::Stream, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
+    Route { path: "/api/ws", verbs: Verbs::Stream, endpoint: |_| Endpoint::WebSocket },
+    Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
+    Route { path: "/api/rooms/{room}/members", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Members(p.remove(0)) },
+    Route { path: "/api/rooms/{room}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::History(p.remove(0)) },
+    Route { path: "/api/health", verbs: Verbs::Read, endpoint: |_| Endpoint::Health },
+    Route { path: "/api/openapi.json", verbs: Verbs::Read, endpoint: |_| Endpoint::OpenApi },
+    Route { path: "/metrics", verbs: Verbs::Read, endpoint: |_| Endpoint::Metrics },
+];
+
+/// Every route the server answers, page files included, with the methods
+/// each takes (as in its `Allow` header), for the OpenAPI document's test.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    let files = assets::FILES.iter().map(|(path, _)| (*path, Verbs::Read.allow()));
+    files.chain(ROUTES.iter().map(|r| (r.path, r.verbs.allow()))).collect()
+}
+
+/// Finds the endpoint of `path`.
 fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
     if let Some(asset) = assets::find(path) {
         return Some((Endpoint::Page(asset), Verbs::Read));
     }
     let segments: Vec<String> = path.strip_prefix('/')?.split('/').map(|s| percent_decode(s, false)).collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let found = match segments.as_slice() {
-        ["api", "connect"] => (Endpoint::Connect, Verbs::Write),
-        ["api", "disconnect"] => (Endpoint::Disconnect, Verbs::Write),
-        ["api", "command"] => (Endpoint::Command, Verbs::Write),
-        ["api", "message"] => (Endpoint::Message, Verbs::Write),
-        ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
-        ["api", "rooms"] => (Endpoint::Rooms, Verbs::Read),
-        ["api", "rooms", room, "members"] => (Endpoint::Members(room.to_string()), Verbs::Read),
-        ["api", "rooms", room, "history"] => (Endpoint::History(room.to_string()), Verbs::Read),
-        ["api", "health"] => (Endpoint::Health, Verbs::Read),
-        ["metrics"] => (Endpoint::Metrics, Verbs::Read),
-        _ => return None,
-    };
-    Some(found)
+    ROUTES.iter().find_map(|route| {
+        let template: Vec<&str> = route.path[1..].split('/').collect();
+        if template.len() != segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (want, got) in template.iter().zip(&segments) {
+            if want.starts_with('{') {
+                params.push(got.clone());
+            } else if want != got {
+                return None;
+            }
+        }
+        Some(((route.endpoint)(params), route.verbs))
+    })
 }
+
+/// The OpenAPI 3 description of every route.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// What became of a request.
 enum Routed {
     Answer(Answer),
     Stream(String),
+    WebSocket,
 }
 
 /// Answers one request (on a worker thread).
@@ -102,6 +141,7 @@ pub fn handle(mut request: Request, ctx: &HttpContext) {
     match route(&mut request, ctx) {
         Ok(Routed::Answer(answer)) => send(request, answer, ctx),
         Ok(Routed::Stream(room)) => sse::open(request, room, ctx),
+        Ok(Routed::WebSocket) => ws::open(request, ctx),
         Err(refusal) => send(request, refusal.into(), ctx),
     }
 }
@@ -136,11 +176,13 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Command => command(read_json(request, max)?, ctx)?,
         Endpoint::Message => message(read_json(request, max)?, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
+        Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(ctx)?,
         Endpoint::Members(room) => members(&room, ctx)?,
         Endpoint::History(room) => history(&room, query, ctx)?,
         Endpoint::Health => health(ctx),
         Endpoint::Metrics => metrics(ctx),
+        Endpoint::OpenApi => Answer::bytes("application/json; charset=utf-8", OPENAPI.as_bytes().to_vec()),
     };
     Ok(Routed::Answer(answer))
 }
@@ -183,10 +225,19 @@ struct MessageBody {
     content: String,
     /// If given, must be the session's current room.
     room: Option<String>,
+    /// The client's own id for the message (a UUID): a retry with the same
+    /// id is answered with the first message and posts nothing new.
+    client_msg_id: Option<String>,
 }
 
 impl JsonBody for MessageBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true), ("content", true), ("room", false)];
+    const FIELDS: &'static [(&'static str, bool)] =
+        &[("sessionId", true), ("content", true), ("room", false), ("clientMsgId", false)];
+}
+
+/// A `clientMsgId`: a UUID.
+pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> {
+    text.map(|t| Uuid::parse_str(t.trim()).map_err(|_| "clientMsgId must be a UUID.".to_string())).transpose()
 }
 
 /// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
@@ -282,8 +333,9 @@ fn command(body: CommandBody, ctx: &HttpContext) -> Handled {
 /// message is committed (a 200 means it is stored).
 fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
     let token = session_token(&body.session_id)?;
+    let client_msg_id = client_msg_id(body.client_msg_id.as_deref()).map_err(Refusal::bad)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
-    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, reply })? {
+    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply })? {
         Reply::Sent { id, room, created_at_ms } => {
             Ok(Answer::data(json!({ "id": id, "room": room, "createdAt": rfc3339(created_at_ms) })))
         }
