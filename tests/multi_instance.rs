@@ -234,3 +234,61 @@ fn while_redis_is_away_instances_serve_their_own_users_and_catch_up_after() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Lines up to and including the first one `pred` accepts.
+fn lines_until(client: &mut Client, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = client.line();
+        let done = pred(&line);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// `[system]` lines of every kind reach members on every instance, and
+/// after the room messages that preceded them where they happened.
+#[test]
+fn system_lines_reach_members_on_every_instance() {
+    let cluster = Cluster::start_with(3, |b| b.env("MSG_RATE", 0));
+    let mut alice = cluster.servers[0].login("alice");
+    alice.create("hall");
+    let mut bob = cluster.servers[1].login("bob");
+    let mut carol = cluster.servers[2].login("carol");
+    eventually(&mut bob, "/join hall", Duration::from_secs(5), |l| l == "Joined room: hall");
+    bob.wait_for(|l| l == "---");
+    alice.wait_for(|l| l == "[system] bob joined hall");
+    eventually(&mut carol, "/join hall", Duration::from_secs(5), |l| l == "Joined room: hall");
+    carol.wait_for(|l| l == "---");
+    alice.wait_for(|l| l == "[system] carol joined hall");
+    bob.wait_for(|l| l == "[system] carol joined hall");
+
+    // A rename right after a message: everyone sees the message first.
+    alice.send("m1");
+    carol.wait_for(|l| l == "[hall] alice: m1");
+    carol.send("/nick carla");
+    carol.expect("You are now known as carla");
+    for client in [&mut alice, &mut bob] {
+        let lines = lines_until(client, |l| l == "[system] carol is now known as carla");
+        assert!(lines.contains(&"[hall] alice: m1".to_string()), "{lines:?}");
+    }
+
+    carol.send("/leave");
+    carol.wait_for(|l| l == "Left room: hall");
+    alice.wait_for(|l| l == "[system] carla left hall");
+    bob.wait_for(|l| l == "[system] carla left hall");
+
+    carol.send("/join hall");
+    carol.wait_for(|l| l == "---");
+    alice.wait_for(|l| l == "[system] carla joined hall");
+    bob.wait_for(|l| l == "[system] carla joined hall");
+    drop(carol);
+    alice.wait_for(|l| l == "[system] carla disconnected");
+    bob.wait_for(|l| l == "[system] carla disconnected");
+
+    // And from instance 1 outwards too.
+    alice.send("/quit");
+    bob.wait_for(|l| l == "[system] alice disconnected");
+}

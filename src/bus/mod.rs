@@ -80,6 +80,11 @@ pub enum BusEvent {
     Heartbeat { from: String },
     /// A direct message to a user on the receiving instance.
     Dm { from: String, sender: String, recipient: String, text: String, at_ms: i64 },
+    /// A `[system]` line for a room's members on every instance (a join,
+    /// leave, rename or disconnect on `from`). It belongs after the room's
+    /// messages before `after_seq`: receivers hold it until they have
+    /// delivered those.
+    Notice { from: String, room: String, after_seq: i64, text: String, at_ms: i64 },
 }
 
 impl BusEvent {
@@ -93,7 +98,8 @@ impl BusEvent {
             | BusEvent::Snapshot { from, .. }
             | BusEvent::Hello { from }
             | BusEvent::Heartbeat { from }
-            | BusEvent::Dm { from, .. } => from,
+            | BusEvent::Dm { from, .. }
+            | BusEvent::Notice { from, .. } => from,
         }
     }
 }

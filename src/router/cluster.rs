@@ -21,7 +21,7 @@ use crate::bus::publisher::{ClaimOutcome, ClaimResult};
 use crate::bus::subscriber::Incoming;
 use crate::bus::{BusEvent, Member};
 use crate::error::ChatError;
-use crate::event::{ChatMessage, DirectMessage, Event, SessionId};
+use crate::event::{ChatMessage, DirectMessage, Event, Notice, SessionId};
 use crate::names::name_key;
 use crate::store::RoomRecord;
 
@@ -59,10 +59,70 @@ impl RouterState {
             room.next_seq += 1;
             ready.push(next);
         }
-        room.gap_since = if room.waiting.is_empty() { None } else { room.gap_since.or(Some(Instant::now())) };
+        let name = room.name.clone();
+        self.update_gap(&name);
         for message in ready {
+            let seq = message.seq;
+            self.release_notices(&name, seq);
             self.publish(message);
         }
+        if let Some(next) = self.rooms.get(&name).map(|r| r.next_seq) {
+            self.release_notices(&name, next);
+        }
+    }
+
+    /// Whether a room waits for messages (early ones, or ones a held notice
+    /// follows), and since when.
+    fn update_gap(&mut self, room: &str) {
+        let Some(room) = self.rooms.get_mut(room) else { return };
+        let behind = !room.waiting.is_empty() || room.held_notices.iter().any(|(after, _)| *after > room.next_seq);
+        room.gap_since = if behind { room.gap_since.or(Some(Instant::now())) } else { None };
+    }
+
+    /// Delivers the held notices that come before message `seq`.
+    fn release_notices(&mut self, room: &str, seq: i64) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if state.held_notices.is_empty() {
+            return;
+        }
+        // In arrival order: a notice never overtakes one held before it.
+        let mut ready = Vec::new();
+        while state.held_notices.front().is_some_and(|(after, _)| *after <= seq) {
+            ready.extend(state.held_notices.pop_front().map(|(_, notice)| notice));
+        }
+        for notice in ready {
+            self.deliver_to_room(room, &Event::Notice(notice), None);
+        }
+    }
+
+    /// A `[system]` line from another instance: delivered once this
+    /// instance has delivered the room's messages before `after_seq`.
+    fn remote_notice(&mut self, room: String, after_seq: i64, text: String, at_ms: i64) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return log::debug!("notice for room {room}, unknown here");
+        };
+        if state.members.is_empty() {
+            return;
+        }
+        let notice = Arc::new(Notice { room: Some(room.clone()), text, at_ms, rendered: Default::default() });
+        if after_seq <= state.next_seq && state.held_notices.is_empty() {
+            return self.deliver_to_room(&room, &Event::Notice(notice), None);
+        }
+        state.held_notices.push_back((after_seq, notice));
+        let next = state.next_seq;
+        self.release_notices(&room, next);
+        self.update_gap(&room);
+    }
+
+    /// Tells the other instances about a `[system]` line in a room.
+    pub(super) fn publish_notice(&self, room: &str, after_seq: i64, text: &str, at_ms: i64) {
+        self.broadcast(BusEvent::Notice {
+            from: self.instance.clone(),
+            room: room.to_string(),
+            after_seq,
+            text: text.to_string(),
+            at_ms,
+        });
     }
 
     /// Reads the messages of gaps that stayed open too long from the store.
@@ -73,7 +133,18 @@ impl RouterState {
             if room.fetching || now.duration_since(since) < GAP_WAIT {
                 continue;
             }
-            let first_waiting = *room.waiting.keys().next().expect("a gap has a waiting message");
+            // Up to the first early message, or else the furthest held notice.
+            let first_waiting = room
+                .waiting
+                .keys()
+                .next()
+                .copied()
+                .or_else(|| room.held_notices.iter().map(|(after, _)| *after).max())
+                .unwrap_or(room.next_seq);
+            if first_waiting <= room.next_seq {
+                room.gap_since = None;
+                continue;
+            }
             room.fetching = true;
             // A long gap (a room learned late) is read in steps, not at once.
             let missing = ((first_waiting - room.next_seq) as usize).min(CATCH_UP_BATCH);
@@ -190,6 +261,7 @@ impl RouterState {
             }
             BusEvent::Hello { .. } => self.broadcast_snapshot(),
             BusEvent::Heartbeat { .. } => {}
+            BusEvent::Notice { room, after_seq, text, at_ms, .. } => self.remote_notice(room, after_seq, text, at_ms),
             BusEvent::Dm { sender, recipient, text, at_ms, .. } => {
                 let target = self.nicknames.get(&name_key(&recipient)).copied();
                 let Some(target) = target.filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some())) else {

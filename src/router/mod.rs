@@ -581,15 +581,23 @@ impl RouterState {
         }
     }
 
-    /// A `[system]` notice to a room's members.
+    /// A `[system]` notice to a room's members, here and on every other
+    /// instance (after the room messages delivered here so far).
     fn announce(&mut self, room: &str, text: String, except: Option<SessionId>) {
-        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms: now_ms(), rendered: Default::default() }));
+        let at_ms = now_ms();
+        if let Some(after_seq) = self.rooms.get(room).map(|r| r.next_seq) {
+            self.publish_notice(room, after_seq, &text, at_ms);
+        }
+        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms, rendered: Default::default() }));
         self.deliver_to_room(room, &notice, except);
     }
 
-    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT).
+    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT),
+    /// counting its members on every instance.
     fn announces(&self, room: &str) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.members.len() <= self.settings.announce_limit)
+        self.rooms.get(room).is_some_and(|r| {
+            r.members.len() + self.remote_members(Some(room)).count() <= self.settings.announce_limit
+        })
     }
 
     /// Removes a session from its room, telling the others why. Callers

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::event::{ChatMessage, Event, Overflow, Protocol, SessionId, Sink};
+use crate::event::{ChatMessage, Event, Notice, Overflow, Protocol, SessionId, Sink};
 
 /// One connected user (or a connection still choosing a nickname).
 pub struct Session {
@@ -76,6 +76,9 @@ pub struct Room {
     pub gap_since: Option<Instant>,
     /// and whether the store is being asked for the missing messages.
     pub fetching: bool,
+    /// `[system]` lines from other instances waiting for the messages they
+    /// follow: (the first `seq` they come before, the notice), in arrival order.
+    pub held_notices: VecDeque<(i64, Arc<Notice>)>,
 }
 
 impl Room {
@@ -91,6 +94,7 @@ impl Room {
             waiting: BTreeMap::new(),
             gap_since: None,
             fetching: false,
+            held_notices: VecDeque::new(),
         }
     }
 
