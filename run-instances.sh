@@ -15,7 +15,17 @@ cargo build --release --bin baby-discord
 server=target/release/baby-discord
 
 # One clear line (per service) instead of starting half a service.
-if ! "$server" check; then
+status=0
+"$server" check || status=$?
+if [ "$status" -eq 3 ]; then
+  # PostgreSQL answers but the database is missing: create it (what
+  # 'createdb baby_discord' would do), then check again.
+  echo "run-instances.sh: creating the missing database (as 'createdb' would)"
+  "$server" createdb
+  status=0
+  "$server" check || status=$?
+fi
+if [ "$status" -ne 0 ]; then
   echo "run-instances.sh: PostgreSQL and Redis must be running first: 'docker compose up -d' starts both (or set DATABASE_URL and REDIS_URL)." >&2
   exit 1
 fi

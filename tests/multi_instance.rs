@@ -292,3 +292,16 @@ fn system_lines_reach_members_on_every_instance() {
     alice.send("/quit");
     bob.wait_for(|l| l == "[system] alice disconnected");
 }
+
+/// Instances sharing one database migrate quietly: no PostgreSQL NOTICE
+/// (`relation "schema_migrations" already exists`) at info level.
+#[test]
+fn instances_sharing_a_database_start_without_notices() {
+    let mut cluster = Cluster::start(2);
+    cluster.servers[1].terminate();
+    cluster.servers[1].restart();
+    for server in &cluster.servers {
+        let log = server.log();
+        assert!(!log.contains("NOTICE"), "{log}");
+    }
+}
