@@ -305,3 +305,77 @@ fn instances_sharing_a_database_start_without_notices() {
         assert!(!log.contains("NOTICE"), "{log}");
     }
 }
+
+/// How many subscribers a channel has (PUBSUB NUMSUB).
+fn subscribers(channel: &str) -> usize {
+    let out = Cluster::redis(&["PUBSUB", "NUMSUB", channel]);
+    out.lines().nth(1).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+fn wait_until(what: &str, deadline: Duration, pred: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !pred() {
+        assert!(started.elapsed() < deadline, "{what}: not after {deadline:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A bus counter from `/metrics`.
+fn metric(server: &common::TestServer, name: &str) -> u64 {
+    let (_, body) = common::http_get(server.http.unwrap(), "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// An instance hears a room only while it has a member there, and reads
+/// what it missed from the store when it subscribes again.
+#[test]
+fn instances_subscribe_only_to_rooms_with_a_local_member() {
+    let cluster = Cluster::start_with(2, |b| b.env("MSG_RATE", 0));
+    let channel = format!("{}:room:quiet", cluster.prefix);
+    let mut alice = cluster.servers[0].login("alice");
+    alice.create("quiet");
+    wait_until("the creator's instance listens", Duration::from_secs(5), || subscribers(&channel) == 1);
+    for n in 1..=3 {
+        alice.send(&format!("before {n}"));
+    }
+    room_lines(&mut alice, "quiet", 3);
+    // Instance 2 has no member in the room: it hears none of its traffic.
+    let heard = metric(&cluster.servers[1], "baby_discord_bus_messages_total{direction=\"in\"}");
+    alice.send("unheard");
+    room_lines(&mut alice, "quiet", 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(metric(&cluster.servers[1], "baby_discord_bus_messages_total{direction=\"in\"}"), heard);
+    assert_eq!(subscribers(&channel), 1);
+
+    // Joining subscribes, and the history is read back from the store.
+    let mut bob = cluster.servers[1].login("bob");
+    let joined = eventually(&mut bob, "/join quiet", Duration::from_secs(5), |l| l == "Joined room: quiet");
+    assert_eq!(joined, "Joined room: quiet");
+    let history = lines_until(&mut bob, |l| l == "---");
+    assert_eq!(
+        history,
+        ["--- Recent Messages ---", "[quiet] alice: before 1", "[quiet] alice: before 2", "[quiet] alice: before 3", "[quiet] alice: unheard", "---"]
+    );
+    assert_eq!(subscribers(&channel), 2);
+    assert_eq!(metric(&cluster.servers[1], "baby_discord_bus_subscriptions"), 3);
+    alice.send("live");
+    assert_eq!(room_lines(&mut bob, "quiet", 1), ["[quiet] alice: live"]);
+
+    // The last local member leaving unsubscribes; rejoining catches up.
+    bob.send("/leave");
+    bob.wait_for(|l| l == "Left room: quiet");
+    wait_until("instance 2 stops listening", Duration::from_secs(5), || subscribers(&channel) == 1);
+    alice.send("while away");
+    room_lines(&mut alice, "quiet", 2);
+    bob.send("/join quiet");
+    let history = lines_until(&mut bob, |l| l == "---");
+    assert_eq!(history[history.len() - 3..], ["[quiet] alice: live", "[quiet] alice: while away", "---"]);
+    alice.send("after");
+    assert_eq!(room_lines(&mut bob, "quiet", 1), ["[quiet] alice: after"]);
+    assert!(metric(&cluster.servers[1], "baby_discord_bus_bytes_total{direction=\"in\"}") > 0);
+    assert!(metric(&cluster.servers[0], "baby_discord_bus_bytes_total{direction=\"out\"}") > 0);
+}

@@ -5,13 +5,19 @@
 //! backoff by themselves:
 //! - the **publisher** ([`publisher`]) takes [`BusEvent`]s and nickname
 //!   claims from the router through a channel and sends them, pipelined;
-//! - the **subscriber** ([`subscriber`]) listens on the service channel and
-//!   this instance's own channel, and hands every event to the router.
+//! - the **subscriber** ([`subscriber`]) listens on the service channel,
+//!   this instance's own channel and the channels of the rooms the router
+//!   asks for, and hands every event to the router.
 //!
 //! Channels and keys, all under `REDIS_PREFIX` (`p`):
-//! - `p:events`: everything every instance must see (messages, rooms,
-//!   presence, heartbeats);
-//! - `p:instance:<id>`: what only one instance must see (DMs to its users);
+//! - `p:events`: what every instance must see, small and sized to the
+//!   change (rooms created, presence changes, heartbeats, hellos);
+//! - `p:room:<room>`: one room's committed messages and `[system]` lines,
+//!   heard only by instances with a local member in the room (the router
+//!   subscribes on a room's first local join and unsubscribes on its last
+//!   leave, reading from the store what it missed meanwhile);
+//! - `p:instance:<id>`: what only one instance must see (DMs to its users,
+//!   the presence snapshot answering its hello);
 //! - `p:nick:<lower-case nickname>`: who holds a nickname, `SET NX` with a
 //!   TTL the owner keeps refreshing, so an instance that dies frees its
 //!   nicknames by itself.
@@ -23,7 +29,7 @@
 pub mod publisher;
 pub mod subscriber;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +46,10 @@ pub struct Names {
 impl Names {
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)
+    }
+
+    pub fn room_channel(&self, room: &str) -> String {
+        format!("{}:room:{}", self.prefix, room)
     }
 
     pub fn instance_channel(&self, instance: &str) -> String {
@@ -72,9 +82,11 @@ pub enum BusEvent {
     Presence { from: String, member: Member },
     /// A user of `from` went offline (or renamed: `Gone` the old name).
     Gone { from: String, nick: String },
-    /// Everyone on `from`, replacing what was known of it.
+    /// Everyone on `from`, replacing what was known of it: sent when `from`
+    /// (re)joins the bus, and to one instance answering its hello.
     Snapshot { from: String, members: Vec<Member> },
-    /// `from` has just (re)joined the bus: send it a snapshot.
+    /// `from` has just (re)joined the bus: send it a snapshot (on its own
+    /// channel).
     Hello { from: String },
     /// `from` is alive.
     Heartbeat { from: String },
@@ -127,6 +139,47 @@ impl BusHealth {
 
 pub use publisher::BusHandle;
 
+/// Bus traffic counters for `/metrics`.
+#[derive(Default)]
+pub struct BusStats {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Channels this instance is subscribed to now.
+    pub subscriptions: AtomicU64,
+}
+
+impl BusStats {
+    pub(crate) fn received(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text of the bus counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP baby_discord_bus_messages_total Redis bus messages by direction.\n# TYPE baby_discord_bus_messages_total counter"
+        );
+        let _ = writeln!(out, "baby_discord_bus_messages_total{{direction=\"in\"}} {}", load(&self.messages_in));
+        let _ = writeln!(out, "baby_discord_bus_messages_total{{direction=\"out\"}} {}", load(&self.messages_out));
+        let _ = writeln!(
+            out,
+            "# HELP baby_discord_bus_bytes_total Redis bus payload bytes by direction.\n# TYPE baby_discord_bus_bytes_total counter"
+        );
+        let _ = writeln!(out, "baby_discord_bus_bytes_total{{direction=\"in\"}} {}", load(&self.bytes_in));
+        let _ = writeln!(out, "baby_discord_bus_bytes_total{{direction=\"out\"}} {}", load(&self.bytes_out));
+        let _ = writeln!(
+            out,
+            "# HELP baby_discord_bus_subscriptions Redis channels subscribed to.\n# TYPE baby_discord_bus_subscriptions gauge\nbaby_discord_bus_subscriptions {}",
+            load(&self.subscriptions)
+        );
+    }
+}
+
 /// Backoff between reconnect attempts: 100 ms doubling to 5 s.
 pub(crate) fn next_backoff(current: std::time::Duration) -> std::time::Duration {
     (current * 2).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5))
@@ -137,6 +190,7 @@ pub(crate) fn next_backoff(current: std::time::Duration) -> std::time::Duration 
 pub fn start(
     url: &str,
     names: Names,
+    metrics: Arc<crate::metrics::Metrics>,
     deliver: impl Fn(subscriber::Incoming) + Send + 'static,
     claims_done: impl Fn(publisher::ClaimResult) + Send + 'static,
 ) -> Result<(BusHandle, Arc<BusHealth>), String> {
@@ -146,8 +200,9 @@ pub fn start(
     client
         .get_connection_with_timeout(std::time::Duration::from_secs(3))
         .map_err(|e| format!("cannot reach Redis at REDIS_URL: {e}"))?;
-    let handle = publisher::spawn(client.clone(), names.clone(), health.clone(), claims_done);
-    subscriber::spawn(client, names, health.clone(), deliver);
+    let (rooms, room_requests) = crossbeam_channel::unbounded();
+    let handle = publisher::spawn(client.clone(), names.clone(), health.clone(), metrics.clone(), rooms, claims_done);
+    subscriber::spawn(client, names, health.clone(), metrics, room_requests, deliver);
     Ok((handle, health))
 }
 

@@ -61,7 +61,18 @@ pub struct ClaimResult {
 #[derive(Clone)]
 pub struct BusHandle {
     jobs: Sender<Job>,
+    /// To the subscriber thread: which room channels to listen to.
+    rooms: Sender<RoomRequest>,
     pub names: Names,
+}
+
+/// A change to the room channels the subscriber listens to.
+#[derive(Debug)]
+pub enum RoomRequest {
+    /// Listen to a room; the subscriber answers `Incoming::Subscribed` once
+    /// Redis has confirmed it.
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 impl BusHandle {
@@ -70,8 +81,24 @@ impl BusHandle {
         self.publish(self.names.events(), event);
     }
 
-    /// Sends a committed message to every instance, serialized from the
-    /// shared message itself (the same JSON as [`BusEvent::Message`]).
+    /// Sends an event to the instances with a member in `room`.
+    pub fn to_room(&self, room: &str, event: &BusEvent) {
+        self.publish(self.names.room_channel(room), event);
+    }
+
+    /// Starts listening to a room's channel.
+    pub fn subscribe(&self, room: &str) {
+        let _ = self.rooms.send(RoomRequest::Subscribe(room.to_string()));
+    }
+
+    /// Stops listening to a room's channel.
+    pub fn unsubscribe(&self, room: &str) {
+        let _ = self.rooms.send(RoomRequest::Unsubscribe(room.to_string()));
+    }
+
+    /// Sends a committed message to the instances with a member in its
+    /// room, serialized from the shared message itself (the same JSON as
+    /// [`BusEvent::Message`]).
     pub fn broadcast_message(&self, from: &str, message: &crate::event::ChatMessage) {
         #[derive(serde::Serialize)]
         struct MessageEvent<'a> {
@@ -82,7 +109,7 @@ impl BusHandle {
         }
         match serde_json::to_string(&MessageEvent { kind: "message", from, message }) {
             Ok(payload) => {
-                let _ = self.jobs.send(Job::Publish { channel: self.names.events(), payload });
+                let _ = self.jobs.send(Job::Publish { channel: self.names.room_channel(&message.room), payload });
             }
             Err(e) => log::error!("cannot encode a bus message: {e}"),
         }
@@ -118,6 +145,8 @@ pub(super) fn spawn(
     client: redis::Client,
     names: Names,
     health: Arc<BusHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
+    rooms: Sender<RoomRequest>,
     claims_done: impl Fn(ClaimResult) + Send + 'static,
 ) -> BusHandle {
     let (jobs, rx) = crossbeam_channel::unbounded();
@@ -125,6 +154,7 @@ pub(super) fn spawn(
         client,
         names: names.clone(),
         health,
+        metrics,
         connection: None,
         retry_at: Instant::now(),
         backoff: Duration::ZERO,
@@ -132,13 +162,14 @@ pub(super) fn spawn(
     };
     crate::vital::spawn("redis-publisher", None, move || publisher.run(rx, claims_done))
         .expect("spawn Redis publisher thread");
-    BusHandle { jobs, names }
+    BusHandle { jobs, rooms, names }
 }
 
 struct Publisher {
     client: redis::Client,
     names: Names,
     health: Arc<BusHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
     connection: Option<redis::Connection>,
     /// No reconnect attempt before this.
     retry_at: Instant,
@@ -220,12 +251,18 @@ impl Publisher {
             return;
         }
         let mut pipe = redis::pipe();
+        let (count, bytes) = (publishes.len(), publishes.iter().map(|(_, p)| p.len()).sum::<usize>());
         for (channel, payload) in publishes.drain(..) {
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
         }
         let Some(connection) = self.connect() else { return };
-        if let Err(e) = pipe.query::<()>(connection) {
-            self.failed(e);
+        match pipe.query::<()>(connection) {
+            Ok(()) => {
+                let stats = &self.metrics.bus;
+                stats.messages_out.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+                stats.bytes_out.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => self.failed(e),
         }
     }
 
@@ -292,7 +329,8 @@ mod tests {
     #[test]
     fn a_broadcast_message_reads_back_as_a_message_event() {
         let (jobs, rx) = crossbeam_channel::unbounded();
-        let bus = BusHandle { jobs, names: Names { prefix: "p".into(), instance: "1".into() } };
+        let (rooms, _) = crossbeam_channel::unbounded();
+        let bus = BusHandle { jobs, rooms, names: Names { prefix: "p".into(), instance: "1".into() } };
         let message = ChatMessage {
             id: 7,
             seq: 3,
@@ -306,7 +344,7 @@ mod tests {
         };
         bus.broadcast_message("1", &message);
         let Ok(Job::Publish { channel, payload }) = rx.try_recv() else { panic!("nothing published") };
-        assert_eq!(channel, "p:events");
+        assert_eq!(channel, "p:room:general");
         match serde_json::from_str::<BusEvent>(&payload).unwrap() {
             BusEvent::Message { from, message: back } => {
                 assert_eq!(from, "1");
