@@ -7,7 +7,6 @@
 //! `baby-discord createdb` creates.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use baby_discord::config::Config;
 use baby_discord::server::Server;
@@ -101,10 +100,7 @@ fn check(config: &Config) -> ExitCode {
     }
     match &config.redis_url {
         Some(url) => {
-            let reachable = redis::Client::open(url.as_str())
-                .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(3)))
-                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
-            match reachable {
+            match baby_discord::bus::ping(url) {
                 Ok(_) => println!("Redis (REDIS_URL): reachable"),
                 Err(e) => {
                     ok = false;

@@ -27,6 +27,7 @@
 //! messages (a message missed while Redis was away is read back from it).
 
 pub mod publisher;
+mod sharded;
 pub mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -185,6 +186,115 @@ pub(crate) fn next_backoff(current: std::time::Duration) -> std::time::Duration 
     (current * 2).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5))
 }
 
+/// Where the bus connects: one Redis, or a Redis Cluster
+/// (`redis+cluster://host:port,host:port,…`), whose room channels use
+/// sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Single(redis::Client),
+    Cluster { client: redis::cluster::ClusterClient, nodes: Vec<String> },
+}
+
+/// The URL prefix naming a Redis Cluster.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+impl Backend {
+    pub(crate) fn open(url: &str) -> Result<Backend, String> {
+        match url.strip_prefix(CLUSTER_SCHEME) {
+            Some(rest) => {
+                let nodes: Vec<String> =
+                    rest.trim_end_matches('/').split(',').filter(|n| !n.is_empty()).map(|n| format!("redis://{n}")).collect();
+                if nodes.is_empty() {
+                    return Err("invalid REDIS_URL: a redis+cluster:// URL names no node".into());
+                }
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(std::time::Duration::from_secs(2))
+                    .response_timeout(std::time::Duration::from_secs(2))
+                    .build()
+                    .map_err(|e| format!("invalid REDIS_URL: {e}"))?;
+                Ok(Backend::Cluster { client, nodes })
+            }
+            None => redis::Client::open(url).map(Backend::Single).map_err(|e| format!("invalid REDIS_URL: {e}")),
+        }
+    }
+
+    /// A command connection (to the whole cluster, for a cluster).
+    pub(crate) fn connect(&self) -> redis::RedisResult<Conn> {
+        let timeout = Some(std::time::Duration::from_secs(2));
+        match self {
+            Backend::Single(client) => {
+                let connection = client.get_connection_with_timeout(std::time::Duration::from_secs(2))?;
+                connection.set_write_timeout(timeout)?;
+                connection.set_read_timeout(timeout)?;
+                Ok(Conn::Single(connection))
+            }
+            Backend::Cluster { client, .. } => Ok(Conn::Cluster(client.get_connection()?)),
+        }
+    }
+}
+
+/// A command connection to one Redis or a cluster.
+pub(crate) enum Conn {
+    Single(redis::Connection),
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl Conn {
+    pub(crate) fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query(c),
+            Conn::Cluster(c) => cmd.query(c),
+        }
+    }
+
+    /// Publishes (channel, payload, sharded) in one pipelined round trip
+    /// (one per shard on a cluster).
+    pub(crate) fn publish_all(&mut self, batch: &[(String, String, bool)]) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for (channel, payload, _) in batch {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                }
+                pipe.query(c)
+            }
+            Conn::Cluster(c) => {
+                // A cluster pipeline takes SPUBLISH (routed by channel) but
+                // not PUBLISH, which goes on its own.
+                let mut pipe = redis::cluster::cluster_pipe();
+                for (channel, payload, sharded) in batch {
+                    if *sharded {
+                        pipe.cmd("SPUBLISH").arg(channel).arg(payload).ignore();
+                    } else {
+                        redis::cmd("PUBLISH").arg(channel).arg(payload).query::<()>(c)?;
+                    }
+                }
+                pipe.query(c)
+            }
+        }
+    }
+
+    /// Runs scripts (pipelined on one Redis); their integer answers in order.
+    pub(crate) fn evals(&mut self, evals: &[redis::Cmd]) -> redis::RedisResult<Vec<i64>> {
+        match self {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for eval in evals {
+                    pipe.add_command(eval.clone());
+                }
+                pipe.query(c)
+            }
+            Conn::Cluster(c) => evals.iter().map(|eval| eval.query(c)).collect(),
+        }
+    }
+}
+
+/// Whether the Redis (or Redis Cluster) `url` names answers a PING.
+pub fn ping(url: &str) -> Result<(), String> {
+    let mut connection = Backend::open(url)?.connect().map_err(|e| e.to_string())?;
+    connection.query::<String>(&redis::cmd("PING")).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// Starts both bus threads. `deliver` receives every event from other
 /// instances and the subscriber's up/down changes.
 pub fn start(
@@ -194,15 +304,16 @@ pub fn start(
     deliver: impl Fn(subscriber::Incoming) + Send + 'static,
     claims_done: impl Fn(publisher::ClaimResult) + Send + 'static,
 ) -> Result<(BusHandle, Arc<BusHealth>), String> {
-    let client = redis::Client::open(url).map_err(|e| format!("invalid REDIS_URL: {e}"))?;
+    let backend = Backend::open(url)?;
     let health = Arc::new(BusHealth::default());
     // Fail fast at start-up if Redis is not there at all.
-    client
-        .get_connection_with_timeout(std::time::Duration::from_secs(3))
-        .map_err(|e| format!("cannot reach Redis at REDIS_URL: {e}"))?;
+    backend.connect().map_err(|e| format!("cannot reach Redis at REDIS_URL: {e}"))?;
     let (rooms, room_requests) = crossbeam_channel::unbounded();
-    let handle = publisher::spawn(client.clone(), names.clone(), health.clone(), metrics.clone(), rooms, claims_done);
-    subscriber::spawn(client, names, health.clone(), metrics, room_requests, deliver);
+    let handle = publisher::spawn(backend.clone(), names.clone(), health.clone(), metrics.clone(), rooms, claims_done);
+    match backend {
+        Backend::Single(client) => subscriber::spawn(client, names, health.clone(), metrics, room_requests, deliver),
+        Backend::Cluster { nodes, .. } => sharded::spawn(nodes, names, health.clone(), metrics, room_requests, deliver),
+    }
     Ok((handle, health))
 }
 

@@ -269,6 +269,70 @@ pub struct Cluster {
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// Which Redis a cluster of instances shares: the single Redis on 6379, or
+/// the local Redis Cluster `.ci/run` starts (`REDIS_CLUSTER_URL`, default
+/// nodes 7001-7003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redis {
+    Single,
+    Cluster,
+}
+
+/// The ports of the shared local Redis Cluster's nodes.
+pub const REDIS_CLUSTER_PORTS: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
+
+impl Redis {
+    pub fn url(self) -> String {
+        match self {
+            Redis::Single => REDIS_URL.to_string(),
+            Redis::Cluster => std::env::var("REDIS_CLUSTER_URL")
+                .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003".to_string()),
+        }
+    }
+
+    /// Runs a Redis command through redis-cli (following a cluster's
+    /// redirections) and returns its output.
+    pub fn cli(self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        match self {
+            Redis::Single => cmd.args(["-h", "127.0.0.1", "-p", "6379"]),
+            Redis::Cluster => cmd.args(["-c", "-h", "127.0.0.1", "-p", "7001"]),
+        };
+        let out = cmd.args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many connections subscribe to a room channel (sharded ones on a
+    /// cluster, counted over every node).
+    pub fn subscribers(self, channel: &str) -> usize {
+        let count = |port: u16, verb: &str| {
+            let out = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PUBSUB", verb, channel])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(0)
+        };
+        match self {
+            Redis::Single => count(6379, "NUMSUB"),
+            Redis::Cluster => REDIS_CLUSTER_PORTS.iter().map(|p| count(*p, "SHARDNUMSUB")).sum(),
+        }
+    }
+}
+
+/// Writes each multi-instance test once per Redis: `mod single_redis` and
+/// `mod redis_cluster`, each calling `fn name(redis: Redis)`.
+#[macro_export]
+macro_rules! for_each_redis {
+    ($($name:ident),* $(,)?) => {
+        mod single_redis {
+            $( #[test] fn $name() { super::$name($crate::common::Redis::Single) } )*
+        }
+        mod redis_cluster {
+            $( #[test] fn $name() { super::$name($crate::common::Redis::Cluster) } )*
+        }
+    };
+}
+
 impl Cluster {
     pub fn start(instances: usize) -> Cluster {
         Cluster::start_with(instances, |builder| builder)
@@ -276,12 +340,18 @@ impl Cluster {
 
     /// Starts the instances at the same moment (migrations race on purpose).
     pub fn start_with(instances: usize, configure: impl Fn(ServerBuilder) -> ServerBuilder + Sync) -> Cluster {
+        Cluster::start_on(Redis::Single, instances, configure)
+    }
+
+    /// Starts the instances on the given Redis.
+    pub fn start_on(redis: Redis, instances: usize, configure: impl Fn(ServerBuilder) -> ServerBuilder + Sync) -> Cluster {
         let database = TestDatabase::create();
         let prefix = unique_name("bdtest");
+        let url = redis.url();
         let servers = std::thread::scope(|scope| {
             let handles: Vec<_> = (1..=instances)
                 .map(|i| {
-                    let builder = Cluster::builder(&database, &prefix, i);
+                    let builder = Cluster::builder(&database, &prefix, i).env("REDIS_URL", &url);
                     let configure = &configure;
                     scope.spawn(move || configure(builder).start())
                 })
