@@ -387,3 +387,90 @@ fn instances_subscribe_only_to_rooms_with_a_local_member(redis: Redis) {
     assert!(metric(&cluster.servers[1], "baby_discord_bus_bytes_total{direction=\"in\"}") > 0);
     assert!(metric(&cluster.servers[0], "baby_discord_bus_bytes_total{direction=\"out\"}") > 0);
 }
+
+/// On a Redis Cluster of the test's own: the master serving the room's
+/// channel is killed mid-chat. Its replica takes over; the instances
+/// rediscover the topology, resubscribe and catch up from the store, so
+/// every member gets every committed message, in order.
+#[test]
+fn a_cluster_master_killed_mid_chat_loses_no_committed_message() {
+    let mut redis = common::OwnRedisCluster::start();
+    let url = redis.url();
+    let cluster = Cluster::start_with(3, |b| b.env("REDIS_URL", &url).env("MSG_RATE", 0));
+    let mut sender = cluster.servers[0].login("sender");
+    sender.create("failover");
+    let mut readers: Vec<Client> = (1..3).map(|i| cluster.servers[i].login(&format!("reader{i}"))).collect();
+    for reader in &mut readers {
+        eventually(reader, "/join failover", Duration::from_secs(5), |l| l == "Joined room: failover");
+        reader.wait_for(|l| l == "---");
+    }
+    let channel = format!("{}:room:failover", cluster.prefix);
+    let total = 60;
+    let mut echoed = Vec::new();
+    for n in 0..total {
+        if n == total / 3 {
+            let master = redis.master_of(&channel);
+            redis.kill(master);
+        }
+        sender.send(&format!("m{n}"));
+        echoed.push(sender.wait_for(|l| l.starts_with("[failover] ")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let expected: Vec<String> = (0..total).map(|n| format!("[failover] sender: m{n}")).collect();
+    assert_eq!(echoed, expected);
+    redis.wait_ok();
+    // Once the replica serves the slot, the next message shows the gap.
+    sender.send("last");
+    let mut expected = expected;
+    expected.push("[failover] sender: last".to_string());
+    for reader in &mut readers {
+        assert_eq!(room_lines(reader, "failover", total + 1), expected, "a reader missed or reordered messages");
+    }
+}
+
+/// On a Redis Cluster of the test's own: the whole cluster stops answering
+/// for a while. Instances report degraded, keep serving their own users,
+/// and once it is back resubscribe and deliver what was missed, in order.
+#[test]
+fn while_the_whole_cluster_is_stopped_instances_serve_their_own_users_and_catch_up_after() {
+    let mut redis = common::OwnRedisCluster::start();
+    let url = redis.url();
+    let cluster = Cluster::start_with(2, |b| b.env("REDIS_URL", &url).env("MSG_RATE", 0));
+    let mut alice = cluster.servers[0].login("alice");
+    alice.create("storm");
+    let mut bob = cluster.servers[1].login("bob");
+    eventually(&mut bob, "/join storm", Duration::from_secs(5), |l| l == "Joined room: storm");
+    bob.wait_for(|l| l == "---");
+    alice.send("before");
+    assert_eq!(room_lines(&mut bob, "storm", 1), ["[storm] alice: before"]);
+
+    redis.pause_all(true);
+    let health = |server: &common::TestServer| common::http_get(server.http.unwrap(), "/api/health");
+    for server in &cluster.servers {
+        let started = Instant::now();
+        loop {
+            let (status, body) = health(server);
+            if body.contains("\"redis\":false") {
+                assert_eq!(status, 200, "{body}");
+                assert!(body.contains("\"status\":\"degraded\""), "{body}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "health never reported Redis down: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    alice.send("during the outage");
+    assert_eq!(room_lines(&mut alice, "storm", 2), ["[storm] alice: before", "[storm] alice: during the outage"]);
+
+    redis.pause_all(false);
+    redis.wait_ok();
+    for server in &cluster.servers {
+        let started = Instant::now();
+        while !health(server).1.contains("\"redis\":true") {
+            assert!(started.elapsed() < Duration::from_secs(20), "Redis never came back in health");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    alice.send("after");
+    assert_eq!(room_lines(&mut bob, "storm", 2), ["[storm] alice: during the outage", "[storm] alice: after"]);
+}

@@ -31,6 +31,11 @@ use crate::metrics::Metrics;
 const POLL: Duration = Duration::from_millis(2);
 /// How long a subscription's confirmation may take.
 const CONFIRM: Duration = Duration::from_secs(2);
+/// How often every connection is pinged, so a node that stops answering
+/// (a paused or partitioned cluster sends no error) is noticed,
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// and how long a connection may stay silent despite the pings.
+const SILENCE: Duration = Duration::from_secs(5);
 
 pub(super) fn spawn(
     seeds: Vec<String>,
@@ -83,6 +88,8 @@ struct Link {
     stream: std::net::TcpStream,
     /// Keeps a partly read reply across read timeouts.
     parser: redis::Parser,
+    /// When the node last sent anything.
+    heard: Instant,
 }
 
 impl Link {
@@ -94,7 +101,7 @@ impl Link {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
                     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-                    return Ok(Link { stream, parser: redis::Parser::new() });
+                    return Ok(Link { stream, parser: redis::Parser::new(), heard: Instant::now() });
                 }
                 Err(e) => last = Some(e),
             }
@@ -111,7 +118,10 @@ impl Link {
     fn read(&mut self, timeout: Duration) -> redis::RedisResult<Option<Value>> {
         self.stream.set_read_timeout(Some(timeout))?;
         match self.parser.parse_value(&mut self.stream) {
-            Ok(value) => Ok(Some(value)),
+            Ok(value) => {
+                self.heard = Instant::now();
+                Ok(Some(value))
+            }
             Err(e) if e.is_timeout() => Ok(None),
             Err(e) => Err(e),
         }
@@ -228,7 +238,17 @@ impl Sharded {
     }
 
     fn serve(&mut self, links: &mut Links, deliver: &impl Fn(Incoming)) -> redis::RedisResult<()> {
+        let mut pinged = Instant::now();
         loop {
+            if pinged.elapsed() >= PING_EVERY {
+                pinged = Instant::now();
+                for link in std::iter::once(&mut links.shared).chain(links.shards.values_mut()) {
+                    if link.heard.elapsed() >= SILENCE {
+                        return Err((redis::ErrorKind::IoError, "a cluster node stopped answering").into());
+                    }
+                    link.send(&redis::cmd("PING"))?;
+                }
+            }
             let requests: Vec<RoomRequest> = self.requests.try_iter().collect();
             for request in requests {
                 match request {
