@@ -3,7 +3,8 @@
 # senders are spread across them.
 #   bench/three.sh [loadgen options...]
 # e.g. bench/three.sh --tcp 1000 --senders 20 --rate 100 --duration 10
-# Needs PostgreSQL on 127.0.0.1:5432 (user postgres) and Redis on 6379;
+# Needs PostgreSQL on 127.0.0.1:5432 (user postgres) and Redis on 6379 (or
+# REDIS_URL, e.g. redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003);
 # creates and drops its own database and uses its own Redis prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for i in 1 2 3; do
-  env DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL=redis://127.0.0.1:6379 \
+  env DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}" \
       REDIS_PREFIX="bench$$" INSTANCE_ID="$i" MSG_RATE=0 TCP_PORT="1960$i" HTTP_PORT="1360$i" \
       LOG_LEVEL=warn "$out/baby-discord" &
   pids+=("$!")
