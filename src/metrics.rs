@@ -80,6 +80,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Messages per commit.
     batch_sizes: Histogram,
+    /// Redis bus traffic (multi-instance only).
+    pub bus: crate::bus::BusStats,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,7 @@ impl Default for Metrics {
             delivery_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
             batch_sizes: Histogram::new(BATCH_BOUNDS),
+            bus: Default::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl Metrics {
         );
         self.commit_latency.render(&mut out, "baby_discord_store_commit_seconds", "Duration of one group commit.");
         self.batch_sizes.render(&mut out, "baby_discord_store_batch_size", "Messages per group commit.");
+        self.bus.render(&mut out);
         out
     }
 }

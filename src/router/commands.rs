@@ -228,11 +228,15 @@ impl RouterState {
                     created_at_ms: record.created_at_ms,
                 });
                 self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
-                if self.sessions.contains_key(&id) {
+                // New and empty: up to date already; listen to it from now on.
+                self.listen_to_new_room(&name);
+                let outcome = if self.sessions.contains_key(&id) {
                     self.join(id, &name, "Created and joined room")
                 } else {
                     Ok(Reply::Done)
-                }
+                };
+                self.cool(&name);
+                outcome
             }
             Err(StoreError::Conflict) => {
                 // Created by another instance whose news has not reached us.

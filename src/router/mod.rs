@@ -48,7 +48,7 @@ use crate::event::{now_ms, ChatMessage, CloseReason, Event, Notice, Protocol, Se
 use crate::metrics::Metrics;
 use crate::store::{AppendResult, RoomRecord, StoreError, StoreHandle};
 
-use state::{RateLimiter, Room, Session};
+use state::{RateLimiter, Room, RoomSub, Session};
 
 /// How a request names its session: by id (TCP, in-process) or by the HTTP
 /// `sessionId` token.
@@ -138,6 +138,8 @@ pub enum Completion {
     RoomsLoaded(Vec<RoomRecord>),
     /// A page of a stream's replay, read back from the store.
     Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
+    /// A room's recent messages, read once this instance listens to it.
+    Warmed { room: String, messages: Result<Vec<ChatMessage>, StoreError> },
 }
 
 /// The router's two inboxes, made before the threads that report into
@@ -330,6 +332,12 @@ pub struct RouterState {
     /// Other instances and their users, as last heard on the bus.
     remote: HashMap<String, cluster::RemoteInstance>,
     pending_claims: HashMap<SessionId, PendingClaim>,
+    /// Requests waiting for their room to be subscribed and read back,
+    parked: HashMap<String, Vec<RouterMsg>>,
+    /// and the sessions whose requests wait there.
+    parked_sessions: HashMap<SessionId, String>,
+    /// Whether the bus subscription is up (as last reported).
+    bus_up: bool,
     /// Streams catching up from the store, not yet attached.
     replays: HashMap<SessionId, streams::Replay>,
     next_replay: u64,
@@ -379,6 +387,9 @@ impl Router {
             bus,
             remote: HashMap::new(),
             pending_claims: HashMap::new(),
+            parked: HashMap::new(),
+            parked_sessions: HashMap::new(),
+            bus_up: false,
             replays: HashMap::new(),
             next_replay: 0,
             last_heartbeat: Instant::now(),
@@ -399,6 +410,9 @@ impl Router {
         };
         for (record, history) in rooms {
             let mut room = Room::new(record.id, record.name.clone(), record.created_at_ms);
+            if state.bus.is_some() {
+                room.sub = RoomSub::Cold;
+            }
             for message in history {
                 room.next_seq = room.next_seq.max(message.seq + 1);
                 room.remember(Arc::new(message), state.settings.history_size);
@@ -466,6 +480,18 @@ fn sort_nicks(nicks: &mut [String]) {
 impl RouterState {
     /// Handles one request.
     fn handle(&mut self, msg: RouterMsg) {
+        // A request entering a room this instance does not listen to waits
+        // until it does and has read the room back from the store.
+        // Its session's later requests wait behind it, in order.
+        let session = self.session_of(&msg);
+        let waiting_room = session.and_then(|id| self.parked_sessions.get(&id).cloned());
+        if let Some(room) = waiting_room.or_else(|| self.room_to_warm(&msg)) {
+            self.warm_up(&room);
+            if let Some(id) = session {
+                self.parked_sessions.insert(id, room.clone());
+            }
+            return self.parked.entry(room).or_default().push(msg);
+        }
         match msg {
             RouterMsg::Open { session, protocol, token, sink } => self.open(session, protocol, token, sink),
             RouterMsg::Login { session, nickname, reply } => match self.resolve(session) {
@@ -499,6 +525,23 @@ impl RouterState {
         }
     }
 
+    /// The session a request comes from, if it names one that exists.
+    fn session_of(&self, msg: &RouterMsg) -> Option<SessionId> {
+        let session = match msg {
+            RouterMsg::Login { session, .. }
+            | RouterMsg::Command { session, .. }
+            | RouterMsg::Say { session, .. }
+            | RouterMsg::AttachStream { session, .. }
+            | RouterMsg::Close { session } => *session,
+            RouterMsg::Refuse { session, .. } | RouterMsg::DetachStream { session, .. } => SessionRef::Id(*session),
+            _ => return None,
+        };
+        match session {
+            SessionRef::Id(id) => Some(id),
+            SessionRef::Token(token) => self.tokens.get(&token).copied(),
+        }
+    }
+
     /// Handles one completion.
     fn complete(&mut self, done: Completion) {
         match done {
@@ -509,6 +552,7 @@ impl RouterState {
             Completion::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
             Completion::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
             Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
+            Completion::Warmed { room, messages } => self.warmed(room, messages),
         }
     }
 
@@ -606,15 +650,23 @@ impl RouterState {
         }
     }
 
-    /// A `[system]` notice to a room's members.
+    /// A `[system]` notice to a room's members, here and on every other
+    /// instance (after the room messages delivered here so far).
     fn announce(&mut self, room: &str, text: String, except: Option<SessionId>) {
-        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms: now_ms(), rendered: Default::default() }));
+        let at_ms = now_ms();
+        if let Some(after_seq) = self.rooms.get(room).map(|r| r.next_seq) {
+            self.publish_notice(room, after_seq, &text, at_ms);
+        }
+        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms, rendered: Default::default() }));
         self.deliver_to_room(room, &notice, except);
     }
 
-    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT).
+    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT),
+    /// counting its members on every instance.
     fn announces(&self, room: &str) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.members.len() <= self.settings.announce_limit)
+        self.rooms.get(room).is_some_and(|r| {
+            r.members.len() + self.remote_members(Some(room)).count() <= self.settings.announce_limit
+        })
     }
 
     /// Removes a session from its room, telling the others why. Callers
@@ -630,6 +682,7 @@ impl RouterState {
         if announce {
             self.announce(&room_name, notice(&nick, &room_name), None);
         }
+        self.cool(&room_name);
     }
 
     /// Ends a session: leaves its room, frees its nickname, closes its sink.
@@ -662,6 +715,7 @@ impl RouterState {
     /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
         self.fill_gaps(now);
+        self.warm_overdue(now);
         self.step_replays();
         if now.duration_since(self.last_second) < Duration::from_secs(1) {
             return;

@@ -378,6 +378,9 @@ impl PostgresStore {
             // Migrations may legitimately run long (index builds), and so may
             // waiting for another instance's migration.
             tx.batch_execute("SET LOCAL statement_timeout = '10min'").map_err(setup)?;
+            // Quietly: `IF NOT EXISTS` would otherwise raise a NOTICE that
+            // the client library logs at info level on every start.
+            tx.batch_execute("SET LOCAL client_min_messages = warning").map_err(setup)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(setup)?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -432,6 +435,33 @@ impl PostgresStore {
 
 /// Adds the timeouts and session settings the store relies on, keeping any
 /// the URL already sets.
+/// The database `url` names, if the server answers but says it does not
+/// exist (the one thing `createdb` fixes).
+pub fn missing_database(url: &str) -> Option<String> {
+    let mut config: Config = url.parse().ok()?;
+    tune(&mut config);
+    let name = config.get_dbname()?.to_string();
+    match config.connect(NoTls) {
+        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => Some(name),
+        _ => None,
+    }
+}
+
+/// Creates the database `url` names, through the server's `postgres`
+/// database; returns its name.
+pub fn create_database(url: &str) -> Result<String, String> {
+    let mut config: Config = url.parse().map_err(|e| format!("not a valid PostgreSQL connection URL ({})", error_text(&e)))?;
+    tune(&mut config);
+    let name = config.get_dbname().ok_or("DATABASE_URL names no database")?.to_string();
+    config.dbname("postgres");
+    let mut client = config.connect(NoTls).map_err(|e| format!("cannot connect to PostgreSQL: {}", error_text(&e)))?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .map_err(|e| format!("cannot create database {name}: {}", error_text(&e)))?;
+    Ok(name)
+}
+
 fn tune(config: &mut Config) {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
