@@ -532,7 +532,9 @@ fn an_open_websocket_costs_one_thread() {
         .collect();
     // tiny_http's idle connection threads end 5 s after their last request.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while threads() > before + sockets.len() + 2 {
+    // A few threads of slack for tiny_http's pool under a loaded machine;
+    // two threads per WebSocket would be 20 over.
+    while threads() > before + sockets.len() + 6 {
         assert!(Instant::now() < deadline, "{} threads for {} WebSockets (from {before})", threads(), sockets.len());
         std::thread::sleep(Duration::from_millis(200));
     }
