@@ -36,6 +36,23 @@ pub enum ChatError {
     Busy,
     ServerFull,
     ShuttingDown,
+    /// A guest asked for a nickname that an account owns.
+    NicknameRegistered(String),
+    /// The password given for an account is not its password.
+    WrongPassword(String),
+    /// `/login` (or a password) for a nickname that is not registered.
+    NoAccount(String),
+    TooManyLoginAttempts { secs: u64 },
+    /// A new password breaks the rules; the text says which.
+    InvalidPassword(&'static str),
+    /// `/register` of a nickname that is registered already.
+    AlreadyRegistered(String),
+    /// An account-only action (`/password`) by a guest.
+    NotRegistered,
+    /// `/nick` by a registered user: the name is the account.
+    AccountNickname(String),
+    /// Too many password checks are waiting; try again shortly.
+    AuthBusy,
 }
 
 impl ChatError {
@@ -43,7 +60,11 @@ impl ChatError {
     pub fn http_status(&self) -> u16 {
         use ChatError::*;
         match self {
-            NicknameTaken(_) | RoomExists(_) => 409,
+            NicknameTaken(_) | RoomExists(_) | AlreadyRegistered(_) => 409,
+            NicknameRegistered(_) | WrongPassword(_) | NoAccount(_) => 401,
+            NotRegistered => 403,
+            TooManyLoginAttempts { .. } => 429,
+            AuthBusy => 503,
             NoSuchRoom(_) | UnknownSession | UserNotOnline(_) => 404,
             RateLimited { .. } => 429,
             StoreUnavailable | Busy | ServerFull | ShuttingDown => 503,
@@ -106,6 +127,21 @@ impl fmt::Display for ChatError {
             Busy => write!(f, "the server is busy, so the message was not sent. Try again shortly."),
             ServerFull => write!(f, "server full, try again later."),
             ShuttingDown => write!(f, "the server is shutting down."),
+            NicknameRegistered(nick) => write!(
+                f,
+                "nickname '{nick}' is registered. Log in with its password or choose another."
+            ),
+            WrongPassword(nick) => write!(f, "wrong password for {nick}."),
+            NoAccount(nick) => write!(f, "there is no account named '{nick}'. Use /register <password> to register your nickname."),
+            TooManyLoginAttempts { secs } => write!(f, "too many login attempts; try again in {secs} seconds."),
+            InvalidPassword(why) => write!(f, "invalid password: {why}"),
+            AlreadyRegistered(nick) => write!(f, "nickname '{nick}' is already registered. Log in with /login {nick} <password>."),
+            NotRegistered => write!(f, "only registered users have a password. Use /register <password> first."),
+            AccountNickname(nick) => write!(
+                f,
+                "you are logged in as {nick}, a registered nickname, so it cannot change. Use /login <nick> <password> to switch accounts."
+            ),
+            AuthBusy => write!(f, "the server is busy checking passwords. Try again shortly."),
         }
     }
 }

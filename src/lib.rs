@@ -62,6 +62,7 @@
 //! One message's path is one way: adapter → router → storage thread →
 //! router → every member's outbox → writer thread → socket.
 
+pub mod accounts;
 pub mod adapters;
 pub mod bus;
 pub mod command;

@@ -96,7 +96,14 @@ impl Server {
             Writers::start(config.limits.tcp_writer_threads, config.limits.write_timeout)
                 .map_err(|e| format!("cannot start the writer threads: {e}"))?,
         );
+        let accounts = crate::accounts::Accounts::new(
+            store.clone(),
+            handle.clone(),
+            config.limits.login_attempts,
+            config.limits.session_ttl,
+        );
         let tcp_ctx = TcpContext {
+            accounts: accounts.clone(),
             writers: writers.clone(),
             router: handle.clone(),
             limits: config.limits.clone(),
@@ -118,6 +125,7 @@ impl Server {
             writers,
         );
         http_ctx.redis = bus_health.clone();
+        http_ctx.accounts = Some(accounts);
         let http = HttpServer::start(http_listener, config.limits.http_workers, http_ctx)?;
         log::info!("HTTP API and web page on http://{http_addr}/");
 

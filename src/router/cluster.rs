@@ -197,7 +197,9 @@ impl RouterState {
                 };
                 let to = self.sessions[&target].nick().to_string();
                 let dm = Arc::new(DirectMessage { from: sender, to, text, at_ms });
-                self.deliver_to(target, Event::Dm { dm, outgoing: false });
+                for session in self.sessions_of(target) {
+                    self.deliver_to(session, Event::Dm { dm: dm.clone(), outgoing: false });
+                }
             }
         }
     }

@@ -51,8 +51,11 @@ impl RouterState {
     fn reserve_nickname(&mut self, id: SessionId, nickname: &str) -> Result<(), ChatError> {
         validate_nickname(nickname)?;
         let key = name_key(nickname);
-        let taken_here = self.nicknames.get(&key).is_some_and(|owner| *owner != id);
-        if taken_here || self.remote_instance_of(nickname).is_some() {
+        let holder = self.nicknames.get(&key).filter(|owner| **owner != id).and_then(|owner| self.sessions.get(owner));
+        if holder.is_some_and(|h| h.registered) {
+            return Err(ChatError::NicknameRegistered(nickname.to_string()));
+        }
+        if holder.is_some() || self.remote_instance_of(nickname).is_some() {
             return Err(ChatError::NicknameTaken(nickname.to_string()));
         }
         self.nicknames.insert(key, id);
@@ -65,7 +68,7 @@ impl RouterState {
     pub(super) fn record_user(&mut self, session: SessionId, nickname: String, rename: bool, reply: Responder) {
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
-            let result = store.upsert_user(&nickname, now_ms());
+            let result = store.upsert_guest(&nickname, now_ms());
             let done = StoreDone::UserRecorded { session, nickname, rename, result, reply };
             let _ = inbox.send(Completion::StoreDone(done));
         });
@@ -77,7 +80,118 @@ impl RouterState {
                 self.user_recorded(session, nickname, rename, result, reply)
             }
             StoreDone::RoomCreated { session, name, result, reply } => self.room_created(session, name, result, reply),
+            StoreDone::Registered { session, result, reply } => self.registered(session, result, reply),
         }
+    }
+
+    /// Logs a session in to an account whose password the adapter checked.
+    /// The account's sessions share its nickname; no service-wide claim is
+    /// needed, since the store says who owns a registered name.
+    pub(super) fn login_account(&mut self, id: SessionId, user_id: i64, nickname: String, reply: Responder) {
+        let session = &self.sessions[&id];
+        if session.pending_nickname.is_some() {
+            return self.respond_to(Some(id), reply, Err(ChatError::Usage("/login <nick> <password> (one change at a time)")));
+        }
+        if session.registered && session.user_id == user_id {
+            return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname }));
+        }
+        let key = name_key(&nickname);
+        if let Some(holder) = self.nicknames.get(&key).and_then(|h| self.sessions.get(h)) {
+            if holder.id != id && !(holder.registered && holder.user_id == user_id) {
+                // A guest took the name before it was registered (only
+                // possible while instances could not see each other).
+                return self.respond_to(Some(id), reply, Err(ChatError::NicknameTaken(nickname)));
+            }
+        }
+        let old = self.sessions[&id].nickname.clone();
+        if let Some(old) = &old {
+            self.release_nickname(id, old);
+        }
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        session.nickname = Some(nickname.clone());
+        session.user_id = user_id;
+        session.registered = true;
+        self.nicknames.entry(key).or_insert(id);
+        self.account_sessions.entry(user_id).or_default().push(id);
+        self.announce_presence(id);
+        log::info!("session {} logged in as {nickname}", id.0);
+        match old {
+            None => self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname })),
+            Some(old) => {
+                if let Some(room) = self.sessions[&id].room.clone() {
+                    self.announce(&room, format!("{old} is now known as {nickname}"), Some(id));
+                }
+                self.respond_to(Some(id), reply, Ok(Reply::Text(format!("Welcome back, {nickname}!"))))
+            }
+        }
+    }
+
+    /// Frees the nickname a session is leaving (for another one).
+    fn release_nickname(&mut self, id: SessionId, nick: &str) {
+        let (registered, user_id) = (self.sessions[&id].registered, self.sessions[&id].user_id);
+        let others = if registered { self.leave_account(id, user_id) } else { None };
+        let key = name_key(nick);
+        if self.nicknames.get(&key) == Some(&id) {
+            match others {
+                Some(other) => self.nicknames.insert(key, other),
+                None => self.nicknames.remove(&key),
+            };
+        }
+        if others.is_none() {
+            self.announce_gone(nick);
+        }
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.registered = false;
+        }
+    }
+
+    /// Takes a session out of its account's list; returns another session
+    /// of the account still logged in here, if any.
+    pub(super) fn leave_account(&mut self, id: SessionId, user_id: i64) -> Option<SessionId> {
+        let list = self.account_sessions.get_mut(&user_id)?;
+        list.retain(|s| *s != id);
+        let other = list.first().copied();
+        if list.is_empty() {
+            self.account_sessions.remove(&user_id);
+        }
+        other
+    }
+
+    /// `/register`, once the adapter hashed the password: stored first.
+    pub(super) fn register(&mut self, id: SessionId, password_hash: String, reply: Responder) {
+        let session = &self.sessions[&id];
+        let Some(nick) = session.nickname.clone() else {
+            return self.respond_to(Some(id), reply, Err(ChatError::NoNickname));
+        };
+        if session.registered {
+            return self.respond_to(Some(id), reply, Err(ChatError::AlreadyRegistered(nick)));
+        }
+        let user_id = session.user_id;
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.register(user_id, &password_hash, now_ms());
+            let _ = inbox.send(Completion::StoreDone(StoreDone::Registered { session: id, result, reply }));
+        });
+    }
+
+    fn registered(&mut self, id: SessionId, result: Result<bool, StoreError>, reply: Responder) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let nick = session.nick().to_string();
+        let outcome = match result {
+            Ok(true) => {
+                session.registered = true;
+                let user_id = session.user_id;
+                self.account_sessions.entry(user_id).or_default().push(id);
+                log::info!("{nick} registered");
+                Ok(Reply::Text(format!("Registered {nick}. From now on, log in as {nick} with your password.")))
+            }
+            Ok(false) => Err(ChatError::AlreadyRegistered(nick)),
+            Err(e) => {
+                log::warn!("could not register {nick}: {e}");
+                Err(ChatError::StoreUnavailable)
+            }
+        };
+        self.respond_to(Some(id), reply, outcome);
     }
 
     fn user_recorded(
@@ -85,7 +199,7 @@ impl RouterState {
         id: SessionId,
         nickname: String,
         rename: bool,
-        result: Result<i64, StoreError>,
+        result: Result<Option<i64>, StoreError>,
         reply: Responder,
     ) {
         if !self.sessions.contains_key(&id) {
@@ -96,7 +210,14 @@ impl RouterState {
             return;
         }
         let user_id = match result {
-            Ok(user_id) => user_id,
+            Ok(Some(user_id)) => user_id,
+            Ok(None) => {
+                self.unreserve_nickname(id, &nickname);
+                if let Some(bus) = &self.bus {
+                    bus.release(&nickname);
+                }
+                return self.respond_to(Some(id), reply, Err(ChatError::NicknameRegistered(nickname)));
+            }
             Err(e) => {
                 log::warn!("could not record user {nickname}: {e}");
                 self.unreserve_nickname(id, &nickname);
@@ -146,6 +267,10 @@ impl RouterState {
             Command::Rooms => Ok(Reply::Text(self.rooms_text())),
             Command::Leave => self.leave(id),
             Command::Dm { to, text } => self.dm(id, &to, &text),
+            // Password work happens outside the router (crate::accounts).
+            Command::Register(_) => Err(ChatError::Usage("/register <password>")),
+            Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
+            Command::Login { .. } => Err(ChatError::Usage("/login <nick> <password>")),
         };
         self.respond_to(Some(id), reply, outcome);
     }
@@ -158,6 +283,10 @@ impl RouterState {
         }
         if session.nickname.as_deref() == Some(nickname.as_str()) {
             return self.respond_to(Some(id), reply, Ok(Reply::Text(format!("You are already known as {nickname}"))));
+        }
+        if session.registered {
+            let own = session.nick().to_string();
+            return self.respond_to(Some(id), reply, Err(ChatError::AccountNickname(own)));
         }
         if let Err(e) = self.reserve_nickname(id, &nickname) {
             return self.respond_to(Some(id), reply, Err(e));
@@ -314,7 +443,7 @@ impl RouterState {
         if local.is_none() && remote.is_none() {
             return Err(ChatError::UserNotOnline(to.to_string()));
         }
-        if local == Some(id) {
+        if local.is_some_and(|t| self.sessions_of(t).contains(&id)) {
             return Err(ChatError::DmToSelf);
         }
         let text = clean_message(text, self.settings.max_message_chars)?;
@@ -326,13 +455,25 @@ impl RouterState {
         };
         let dm = Arc::new(DirectMessage { from: self.sessions[&id].nick().to_string(), to: recipient, text, at_ms: now_ms() });
         match (local, remote) {
-            (Some(target), _) => self.deliver_to(target, Event::Dm { dm: dm.clone(), outgoing: false }),
+            (Some(target), _) => {
+                for session in self.sessions_of(target) {
+                    self.deliver_to(session, Event::Dm { dm: dm.clone(), outgoing: false });
+                }
+            }
             (None, Some((instance, _))) => self.remote_dm(&instance, &dm.from, &dm.to, &dm.text, dm.at_ms),
             (None, None) => {}
         }
         let shown = format!("[DM to {}] {}", dm.to, dm.text);
         self.deliver_to(id, Event::Dm { dm, outgoing: true });
         Ok(Reply::Shown(shown))
+    }
+
+    /// Every session of the user that `id` is: all of an account's, or `id`.
+    pub(super) fn sessions_of(&self, id: SessionId) -> Vec<SessionId> {
+        match self.sessions.get(&id) {
+            Some(s) if s.registered => self.account_sessions.get(&s.user_id).cloned().unwrap_or_else(|| vec![id]),
+            _ => vec![id],
+        }
     }
 
     fn take_rate_token(&mut self, id: SessionId) -> Result<(), ChatError> {

@@ -87,8 +87,16 @@ pub enum Responder {
 pub enum RouterMsg {
     /// A new connection or HTTP session, without a nickname yet.
     Open { session: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>> },
-    /// Choose the session's first nickname.
+    /// Choose the session's first nickname, as a guest.
     Login { session: SessionRef, nickname: String, reply: Responder },
+    /// Log the session in to an account whose password was checked (by
+    /// [`crate::accounts`]): a new session's first name, or `/login`.
+    LoginAccount { session: SessionRef, user_id: i64, nickname: String, reply: Responder },
+    /// Register the session's guest nickname with this password hash.
+    Register { session: SessionRef, password_hash: String, reply: Responder },
+    /// An answer worked out outside the router (account commands), shown
+    /// in the session's stream in order with everything else.
+    Answer { session: SessionId, outcome: Outcome },
     Command { session: SessionRef, command: Command, reply: Responder },
     /// A chat message for the current room (`room`, if given, must match it).
     Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
@@ -163,6 +171,19 @@ pub enum Query {
     Room { room: String, reply: Sender<Option<RoomInfo>> },
     /// The session an HTTP `sessionId` names, if any.
     Session { token: Uuid, reply: Sender<Option<SessionId>> },
+    /// Who a session is: its user and whether that is an account.
+    Identity { session: SessionRef, reply: Sender<Option<Identity>> },
+}
+
+/// Who a session is logged in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub session: SessionId,
+    /// 0 while the session has no nickname yet.
+    pub user_id: i64,
+    /// Empty while the session has no nickname yet.
+    pub nickname: String,
+    pub registered: bool,
 }
 
 /// One line of the room list.
@@ -185,8 +206,10 @@ pub struct RoomInfo {
 
 /// Completions of store calls the router made for itself.
 pub enum StoreDone {
-    UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<i64, StoreError>, reply: Responder },
+    UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<Option<i64>, StoreError>, reply: Responder },
     RoomCreated { session: SessionId, name: String, result: Result<RoomRecord, StoreError>, reply: Responder },
+    /// `Ok(false)`: the nickname was registered already.
+    Registered { session: SessionId, result: Result<bool, StoreError>, reply: Responder },
 }
 
 /// A cloneable handle for sending requests to the router.
@@ -238,6 +261,11 @@ impl RouterHandle {
     pub fn room(&self, room: &str) -> Result<Option<RoomInfo>, ChatError> {
         let room = room.to_string();
         self.ask(|reply| Query::Room { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// Who a session is; `None` if there is no such session.
+    pub fn identity(&self, session: SessionRef) -> Result<Option<Identity>, ChatError> {
+        self.ask(|reply| Query::Identity { session, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// The session of an HTTP `sessionId`; `None` if there is none.
@@ -300,6 +328,8 @@ pub struct RouterState {
     /// Lower-case nickname → session, including nicknames reserved while
     /// the store records them.
     nicknames: HashMap<String, SessionId>,
+    /// The sessions logged in to each account (user id), several at once.
+    account_sessions: HashMap<i64, Vec<SessionId>>,
     /// Rooms by (lower-case) name, sorted for `/rooms`.
     rooms: BTreeMap<String, Room>,
     /// Room names whose creation is being stored.
@@ -375,6 +405,7 @@ impl Router {
             sessions: HashMap::new(),
             tokens: HashMap::new(),
             nicknames: HashMap::new(),
+            account_sessions: HashMap::new(),
             rooms: BTreeMap::new(),
             creating: Default::default(),
             pending_sends: HashMap::new(),
@@ -459,6 +490,15 @@ impl RouterState {
                 Ok(id) => self.login(id, nickname, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
+            RouterMsg::LoginAccount { session, user_id, nickname, reply } => match self.resolve(session) {
+                Ok(id) => self.login_account(id, user_id, nickname, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Register { session, password_hash, reply } => match self.resolve(session) {
+                Ok(id) => self.register(id, password_hash, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Answer { session, outcome } => self.respond_to(Some(session), Responder::Session, outcome),
             RouterMsg::Command { session, command, reply } => match self.resolve(session) {
                 Ok(id) => self.command(id, command, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
@@ -627,13 +667,19 @@ impl RouterState {
         let Some(session) = self.sessions.remove(&id) else { return };
         self.pending_claims.remove(&id);
         self.end_replay(id, reason);
+        let others = if session.registered { self.leave_account(id, session.user_id) } else { None };
         if let Some(nick) = &session.nickname {
-            self.announce_gone(nick);
+            if others.is_none() {
+                self.announce_gone(nick);
+            }
         }
         for nick in session.nickname.iter().chain(session.pending_nickname.iter()) {
             let key = crate::names::name_key(nick);
             if self.nicknames.get(&key) == Some(&id) {
-                self.nicknames.remove(&key);
+                match others {
+                    Some(other) => self.nicknames.insert(key, other),
+                    None => self.nicknames.remove(&key),
+                };
             }
         }
         if let Some(token) = session.token {
@@ -689,7 +735,7 @@ impl RouterState {
     }
 
     /// Answers a read-only question.
-    fn answer(&self, query: Query) {
+    fn answer(&mut self, query: Query) {
         match query {
             Query::Ping(reply) => {
                 let _ = reply.send(());
@@ -706,6 +752,15 @@ impl RouterState {
             }
             Query::Session { token, reply } => {
                 let _ = reply.send(self.tokens.get(&token).copied());
+            }
+            Query::Identity { session, reply } => {
+                let identity = self.resolve(session).ok().and_then(|id| self.sessions.get(&id)).map(|s| Identity {
+                    session: s.id,
+                    user_id: s.user_id,
+                    nickname: s.nickname.clone().unwrap_or_default(),
+                    registered: s.registered,
+                });
+                let _ = reply.send(identity);
             }
         }
     }
@@ -730,6 +785,7 @@ impl RouterState {
             local.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
         nicks.extend(self.remote_members(Some(room)).map(|m| m.nick.clone()));
         sort_nicks(&mut nicks);
+        nicks.dedup();
         Some(nicks)
     }
 
@@ -738,6 +794,8 @@ impl RouterState {
         let mut nicks: Vec<String> = self.sessions.values().filter_map(|s| s.nickname.clone()).collect();
         nicks.extend(self.remote_members(None).map(|m| m.nick.clone()));
         sort_nicks(&mut nicks);
+        // An account logged in several times is one user.
+        nicks.dedup();
         nicks
     }
 

@@ -18,6 +18,8 @@ pub struct Session {
     pub nickname: Option<String>,
     /// Store id of the user; 0 until logged in.
     pub user_id: i64,
+    /// Logged in to a registered account (the nickname is the account's).
+    pub registered: bool,
     /// A nickname reserved while the store records it (login or `/nick`).
     pub pending_nickname: Option<String>,
     pub room: Option<String>,
@@ -36,6 +38,7 @@ impl Session {
             token,
             nickname: None,
             user_id: 0,
+            registered: false,
             pending_nickname: None,
             room: None,
             sink,

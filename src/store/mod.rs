@@ -29,6 +29,21 @@ pub struct RoomRecord {
     pub created_at_ms: i64,
 }
 
+/// A registered user as stored: the nickname it owns and its password hash
+/// (an Argon2id PHC string; never logged or shown).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user_id: i64,
+    pub nickname: String,
+    pub password_hash: String,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account").field("user_id", &self.user_id).field("nickname", &self.nickname).finish_non_exhaustive()
+    }
+}
+
 /// A message accepted by the router and waiting to be committed.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -90,6 +105,25 @@ pub trait Store: Send {
     fn create_room(&mut self, name: &str, at_ms: i64) -> Result<RoomRecord, StoreError>;
     /// Records a user by nickname (case-insensitively), returning its id.
     fn upsert_user(&mut self, nickname: &str, at_ms: i64) -> Result<i64, StoreError>;
+    /// Records a guest by nickname like [`upsert_user`](Self::upsert_user),
+    /// unless the nickname is registered: then `Ok(None)` and nothing changes.
+    fn upsert_guest(&mut self, nickname: &str, at_ms: i64) -> Result<Option<i64>, StoreError>;
+    /// The account that owns a nickname (ignoring case), if it is registered.
+    fn account(&mut self, nickname: &str) -> Result<Option<Account>, StoreError>;
+    /// The account of a user id, if that user is registered.
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError>;
+    /// Registers a guest user with a password hash; `Ok(false)` (nothing
+    /// changed) if it is registered already, so of two racing registrations
+    /// exactly one wins.
+    fn register(&mut self, user_id: i64, password_hash: &str, at_ms: i64) -> Result<bool, StoreError>;
+    /// Replaces a registered user's password hash.
+    fn set_password(&mut self, user_id: i64, password_hash: &str) -> Result<(), StoreError>;
+    /// Stores a lasting session by the hash of its token.
+    fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError>;
+    /// The account of a stored session that has not expired at `now_ms`.
+    fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError>;
+    /// Forgets a stored session (and any expired ones).
+    fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError>;
     /// Records that a user joined a room.
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
     /// Commits a batch of messages in one transaction, all or nothing, and

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{NewMessage, RoomRecord, Store, StoreError};
+use super::{Account, NewMessage, RoomRecord, Store, StoreError};
 use crate::event::ChatMessage;
 use crate::names::name_key;
 
@@ -76,6 +76,7 @@ use crate::names::name_key;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/postgres/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/postgres/0002_room_sequence.sql")),
+    ("0003_accounts", include_str!("../../sql/postgres/0003_accounts.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -123,6 +124,45 @@ const SQL_UPSERT_USER: &str = concat!(
     ") ON CONFLICT (nickname_key) DO UPDATE SET nickname = EXCLUDED.nickname, last_seen_at = EXCLUDED.last_seen_at
      RETURNING id"
 );
+
+const SQL_UPSERT_GUEST: &str = concat!(
+    "INSERT INTO users (nickname, nickname_key, created_at, last_seen_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ", ",
+    ms_to_ts!("$3::bigint"),
+    ") ON CONFLICT (nickname_key) DO UPDATE SET nickname = EXCLUDED.nickname, last_seen_at = EXCLUDED.last_seen_at
+     WHERE users.password_hash IS NULL
+     RETURNING id"
+);
+
+const SQL_ACCOUNT: &str =
+    "SELECT id, nickname, password_hash FROM users WHERE nickname_key = $1 AND password_hash IS NOT NULL";
+const SQL_ACCOUNT_BY_ID: &str = "SELECT id, nickname, password_hash FROM users WHERE id = $1 AND password_hash IS NOT NULL";
+const SQL_REGISTER: &str = concat!(
+    "UPDATE users SET password_hash = $2, registered_at = ",
+    ms_to_ts!("$3::bigint"),
+    " WHERE id = $1 AND password_hash IS NULL"
+);
+const SQL_SET_PASSWORD: &str = "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash IS NOT NULL";
+const SQL_SAVE_SESSION: &str = concat!(
+    "INSERT INTO auth_sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ", ",
+    ms_to_ts!("$4::bigint"),
+    ")"
+);
+const SQL_SESSION_ACCOUNT: &str = concat!(
+    "SELECT u.id, u.nickname, u.password_hash FROM auth_sessions s JOIN users u ON u.id = s.user_id
+     WHERE s.token_hash = $1 AND s.expires_at > ",
+    ms_to_ts!("$2::bigint"),
+    " AND u.password_hash IS NOT NULL"
+);
+const SQL_DELETE_SESSION: &str =
+    concat!("DELETE FROM auth_sessions WHERE token_hash = $1 OR expires_at <= ", ms_to_ts!("$2::bigint"));
+
+fn account_from(row: &Row) -> Result<Account, postgres::Error> {
+    Ok(Account { user_id: row.try_get(0)?, nickname: row.try_get(1)?, password_hash: row.try_get(2)? })
+}
 
 const SQL_RECORD_JOIN: &str = concat!(
     "INSERT INTO room_members (room_id, user_id, joined_at) VALUES ($1, $2, ",
@@ -573,6 +613,66 @@ impl Store for PostgresStore {
         self.run(true, |conn| {
             let statement = conn.prepare(SQL_UPSERT_USER)?;
             conn.client.query_one(&statement, &[&nickname, &key, &at_ms])?.try_get(0)
+        })
+    }
+
+    fn upsert_guest(&mut self, nickname: &str, at_ms: i64) -> Result<Option<i64>, StoreError> {
+        let key = name_key(nickname);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_UPSERT_GUEST)?;
+            conn.client.query_opt(&statement, &[&nickname, &key, &at_ms])?.map(|row| row.try_get(0)).transpose()
+        })
+    }
+
+    fn account(&mut self, nickname: &str) -> Result<Option<Account>, StoreError> {
+        let key = name_key(nickname);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_ACCOUNT)?;
+            conn.client.query_opt(&statement, &[&key])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_ACCOUNT_BY_ID)?;
+            conn.client.query_opt(&statement, &[&user_id])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn register(&mut self, user_id: i64, password_hash: &str, at_ms: i64) -> Result<bool, StoreError> {
+        // Not retried: a lost reply may hide a commit, and a retry would
+        // then report the account as registered by someone else.
+        self.run(false, |conn| {
+            let statement = conn.prepare(SQL_REGISTER)?;
+            conn.client.execute(&statement, &[&user_id, &password_hash, &at_ms]).map(|n| n == 1)
+        })
+    }
+
+    fn set_password(&mut self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_SET_PASSWORD)?;
+            conn.client.execute(&statement, &[&user_id, &password_hash]).map(drop)
+        })
+    }
+
+    fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError> {
+        self.run(false, |conn| {
+            let statement = conn.prepare(SQL_SAVE_SESSION)?;
+            conn.client.execute(&statement, &[&token_hash, &user_id, &at_ms, &expires_ms]).map(drop)
+        })
+    }
+
+    fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_SESSION_ACCOUNT)?;
+            conn.client.query_opt(&statement, &[&token_hash, &now_ms])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_DELETE_SESSION)?;
+            conn.client.execute(&statement, &[&token_hash, &now_ms]).map(drop)
         })
     }
 

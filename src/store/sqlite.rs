@@ -8,13 +8,14 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
-use super::{NewMessage, RoomRecord, Store, StoreError};
+use super::{Account, NewMessage, RoomRecord, Store, StoreError};
 use crate::event::{now_ms, ChatMessage};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/sqlite/0002_room_sequence.sql")),
+    ("0003_accounts", include_str!("../../sql/sqlite/0003_accounts.sql")),
 ];
 
 pub struct SqliteStore {
@@ -146,6 +147,88 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.query_row(params![nickname, nickname.to_ascii_lowercase(), at_ms], |r| r.get(0)))
             .map_err(failed)
         })
+    }
+
+    fn upsert_guest(&mut self, nickname: &str, at_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.unsynced(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO users (nickname, nickname_key, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (nickname_key) DO UPDATE SET nickname = excluded.nickname, last_seen_at = excluded.last_seen_at
+                 WHERE users.password_hash IS NULL
+                 RETURNING id",
+            )
+            .and_then(|mut s| s.query_row(params![nickname, nickname.to_ascii_lowercase(), at_ms], |r| r.get(0)).optional())
+            .map_err(failed)
+        })
+    }
+
+    fn account(&mut self, nickname: &str) -> Result<Option<Account>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT id, nickname, password_hash FROM users WHERE nickname_key = ?1 AND password_hash IS NOT NULL")
+            .and_then(|mut s| {
+                s.query_row([nickname.to_ascii_lowercase()], |r| {
+                    Ok(Account { user_id: r.get(0)?, nickname: r.get(1)?, password_hash: r.get(2)? })
+                })
+                .optional()
+            })
+            .map_err(failed)
+    }
+
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT id, nickname, password_hash FROM users WHERE id = ?1 AND password_hash IS NOT NULL")
+            .and_then(|mut s| {
+                s.query_row([user_id], |r| Ok(Account { user_id: r.get(0)?, nickname: r.get(1)?, password_hash: r.get(2)? }))
+                    .optional()
+            })
+            .map_err(failed)
+    }
+
+    fn register(&mut self, user_id: i64, password_hash: &str, at_ms: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("UPDATE users SET password_hash = ?2, registered_at = ?3 WHERE id = ?1 AND password_hash IS NULL")
+            .and_then(|mut s| s.execute(params![user_id, password_hash, at_ms]))
+            .map(|n| n == 1)
+            .map_err(failed)
+    }
+
+    fn set_password(&mut self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1 AND password_hash IS NOT NULL")
+            .and_then(|mut s| s.execute(params![user_id, password_hash]))
+            .map(drop)
+            .map_err(failed)
+    }
+
+    fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO auth_sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![token_hash, user_id, at_ms, expires_ms]))
+            .map(drop)
+            .map_err(failed)
+    }
+
+    fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT u.id, u.nickname, u.password_hash FROM auth_sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.password_hash IS NOT NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![token_hash, now_ms], |r| {
+                    Ok(Account { user_id: r.get(0)?, nickname: r.get(1)?, password_hash: r.get(2)? })
+                })
+                .optional()
+            })
+            .map_err(failed)
+    }
+
+    fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM auth_sessions WHERE token_hash = ?1 OR expires_at <= ?2")
+            .and_then(|mut s| s.execute(params![token_hash, now_ms]))
+            .map(drop)
+            .map_err(failed)
     }
 
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError> {

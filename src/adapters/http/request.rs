@@ -15,8 +15,6 @@ use serde_json::Value;
 use tiny_http::Request;
 
 use super::response::Refusal;
-use crate::error::ChatError;
-use uuid::Uuid;
 
 /// Splits a request target into its path and query (without the `?`).
 pub fn split_url(url: &str) -> (&str, &str) {
@@ -118,6 +116,12 @@ pub trait JsonBody: DeserializeOwned {
 /// Reads and checks a JSON body: 400 for invalid UTF-8, malformed JSON, a
 /// missing field or a field of the wrong type, each with the reason.
 pub fn read_json<T: JsonBody>(request: &mut Request, max: usize) -> Result<T, Refusal> {
+    read_json_requiring(request, max, None)
+}
+
+/// [`read_json`], with one optional field required this time (`sessionId`
+/// when no cookie names the session).
+pub fn read_json_requiring<T: JsonBody>(request: &mut Request, max: usize, also: Option<&str>) -> Result<T, Refusal> {
     let body = read_body(request, max)?;
     let text = std::str::from_utf8(&body).map_err(|_| Refusal::bad("the request body is not valid UTF-8."))?;
     if text.trim().is_empty() {
@@ -128,6 +132,7 @@ pub fn read_json<T: JsonBody>(request: &mut Request, max: usize) -> Result<T, Re
         return Err(Refusal::bad("the request body must be a JSON object."));
     };
     for &(name, required) in T::FIELDS {
+        let required = required || also == Some(name);
         match fields.get(name) {
             None | Some(Value::Null) if required => return Err(Refusal::bad(format!("missing field '{name}'."))),
             Some(v) if !v.is_string() && !v.is_null() => {
@@ -137,12 +142,6 @@ pub fn read_json<T: JsonBody>(request: &mut Request, max: usize) -> Result<T, Re
         }
     }
     serde_json::from_value(value).map_err(|e| Refusal::bad(format!("invalid request body: {e}")))
-}
-
-/// A `sessionId` as the router knows it; anything that is not one of our
-/// UUIDs is an unknown session (404).
-pub fn session_token(text: &str) -> Result<Uuid, Refusal> {
-    Uuid::parse_str(text.trim()).map_err(|_| ChatError::UnknownSession.into())
 }
 
 #[cfg(test)]

@@ -11,19 +11,25 @@ use tiny_http::{Method, Request};
 use uuid::Uuid;
 
 use super::assets::{self, Asset};
-use super::request::{check_limits, percent_decode, query_param, read_json, session_token, split_url, JsonBody};
+use std::net::IpAddr;
+
+use super::request::{check_limits, declared_length, percent_decode, query_param, read_json, read_json_requiring, split_url, JsonBody};
 use super::response::{send, Answer, Handled, Refusal};
 use super::{sse, HttpContext};
-use crate::command::{parse_input, Input};
+use crate::command::{parse_input, Command, Input};
 use crate::error::ChatError;
 use crate::event::{rfc3339, Protocol, SessionId};
 use crate::names::normalize_room;
+use crate::accounts::Secret;
 use crate::router::{Reply, RouterMsg, SessionRef};
 
 /// Everything the server answers, by path.
 enum Endpoint {
     Page(&'static Asset),
     Connect,
+    Register,
+    Logout,
+    Password,
     Disconnect,
     Command,
     Message,
@@ -76,6 +82,9 @@ fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
     let found = match segments.as_slice() {
         ["api", "connect"] => (Endpoint::Connect, Verbs::Write),
         ["api", "disconnect"] => (Endpoint::Disconnect, Verbs::Write),
+        ["api", "register"] => (Endpoint::Register, Verbs::Write),
+        ["api", "logout"] => (Endpoint::Logout, Verbs::Write),
+        ["api", "password"] => (Endpoint::Password, Verbs::Write),
         ["api", "command"] => (Endpoint::Command, Verbs::Write),
         ["api", "message"] => (Endpoint::Message, Verbs::Write),
         ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
@@ -127,12 +136,18 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         return Err(refusal);
     }
     let max = ctx.limits.max_body_bytes;
+    let from = Caller { cookie: cookie_token(request), peer: request.remote_addr().map(|a| a.ip()) };
+    // Without the cookie, the body must name the session.
+    let session_field = from.cookie.is_none().then_some("sessionId");
     let answer = match endpoint {
         Endpoint::Page(asset) => Answer::bytes(asset.content_type, asset.body.to_vec()),
-        Endpoint::Connect => connect(read_json(request, max)?, ctx)?,
-        Endpoint::Disconnect => disconnect(read_json(request, max)?, ctx)?,
-        Endpoint::Command => command(read_json(request, max)?, ctx)?,
-        Endpoint::Message => message(read_json(request, max)?, ctx)?,
+        Endpoint::Connect => connect(read_json(request, max)?, &from, ctx)?,
+        Endpoint::Register => register(read_json(request, max)?, &from, ctx)?,
+        Endpoint::Logout => logout(read_json_or_empty(request, max)?, &from, ctx)?,
+        Endpoint::Password => password(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Disconnect => disconnect(read_json_or_empty(request, max)?, &from, ctx)?,
+        Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
         Endpoint::Rooms => rooms(ctx)?,
         Endpoint::Members(room) => members(&room, ctx)?,
@@ -147,49 +162,182 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
 #[serde(rename_all = "camelCase")]
 struct ConnectBody {
     nickname: String,
+    /// Required for a registered nickname.
+    password: Option<String>,
 }
 
 impl JsonBody for ConnectBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("nickname", true)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("nickname", true), ("password", false)];
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RegisterBody {
+    nickname: String,
+    password: String,
+}
+
+impl JsonBody for RegisterBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("nickname", true), ("password", true)];
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PasswordBody {
+    session_id: Option<String>,
+    old: String,
+    new: String,
+}
+
+impl JsonBody for PasswordBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("old", true), ("new", true)];
+}
+
+/// A session named in the body, or by the `bd_session` cookie.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct SessionBody {
-    session_id: String,
+    session_id: Option<String>,
 }
 
 impl JsonBody for SessionBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false)];
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CommandBody {
-    session_id: String,
+    session_id: Option<String>,
     command: String,
 }
 
 impl JsonBody for CommandBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true), ("command", true)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("command", true)];
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MessageBody {
-    session_id: String,
+    session_id: Option<String>,
     content: String,
     /// If given, must be the session's current room.
     room: Option<String>,
 }
 
 impl JsonBody for MessageBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true), ("content", true), ("room", false)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("content", true), ("room", false)];
 }
 
-/// `POST /api/connect {"nickname"}`: a new session, named under the same
-/// rules as a TCP user's nickname.
-fn connect(body: ConnectBody, ctx: &HttpContext) -> Handled {
+/// A body that may be left out (logout and disconnect by cookie).
+fn read_json_or_empty<T: JsonBody + Default>(request: &mut Request, max: usize) -> Result<T, Refusal> {
+    if declared_length(request) == Some(0) {
+        return Ok(T::default());
+    }
+    read_json(request, max)
+}
+
+/// Who is asking: the `bd_session` cookie, and the client's address (for
+/// the login-attempt limit).
+pub struct Caller {
+    pub cookie: Option<String>,
+    pub peer: Option<IpAddr>,
+}
+
+const COOKIE: &str = "bd_session";
+
+/// The `bd_session` cookie's value, if the request has one.
+pub fn cookie_token(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Cookie"))
+        .flat_map(|h| h.value.as_str().split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+}
+
+/// `Set-Cookie` for a session: a lasting one for an account, else one
+/// that ends with the browser session.
+fn session_cookie(token: Uuid, lasting: Option<std::time::Duration>) -> String {
+    let mut cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    if let Some(ttl) = lasting {
+        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    cookie
+}
+
+fn clear_cookie() -> String {
+    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+fn accounts(ctx: &HttpContext) -> Result<&crate::accounts::Accounts, Refusal> {
+    ctx.accounts.as_deref().ok_or_else(|| Refusal::new(503, "accounts are not available on this server."))
+}
+
+/// The session a request names: `sessionId` in the body or query wins,
+/// else the cookie. A registered user's session that this process does not
+/// hold (a restart, another instance) is brought back from the store while
+/// it has not expired. An unknown `sessionId` is 404; a cookie that names
+/// no session (forged, expired, logged out) is 401.
+pub fn resolve_session(given: Option<&str>, from: &Caller, ctx: &HttpContext) -> Result<Uuid, Refusal> {
+    let (text, by_cookie) = match given.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(text) => (text.to_string(), false),
+        None => match &from.cookie {
+            Some(cookie) => (cookie.clone(), true),
+            None => {
+                return Err(Refusal::bad(
+                    "missing sessionId: give it in the request, or connect first to get the bd_session cookie.",
+                ))
+            }
+        },
+    };
+    let expired = || {
+        if by_cookie {
+            Refusal::new(401, "your session has ended or is not valid. Log in again with POST /api/connect.")
+        } else {
+            ChatError::UnknownSession.into()
+        }
+    };
+    let Ok(token) = Uuid::parse_str(&text) else { return Err(expired()) };
+    if ctx.router.session(token)?.is_some() {
+        return Ok(token);
+    }
+    let accounts = accounts(ctx)?;
+    let hash = crate::accounts::token_hash(&token);
+    let now = crate::event::now_ms();
+    let account = accounts.store.query(move |store| store.session_account(&hash, now)).map_err(|e| {
+        log::warn!("cannot check a stored session: {e}");
+        Refusal::from(ChatError::StoreUnavailable)
+    })?;
+    let Some(account) = account else { return Err(expired()) };
+    ctx.router.send(RouterMsg::Open { session: SessionId::next(), protocol: Protocol::Http, token: Some(token), sink: None });
+    let session = SessionRef::Token(token);
+    let (user_id, nickname) = (account.user_id, account.nickname);
+    match ctx.router.call(|reply| RouterMsg::LoginAccount { session, user_id, nickname, reply }) {
+        Ok(_) => Ok(token),
+        Err(e) => {
+            ctx.router.send(RouterMsg::Close { session });
+            Err(e.into())
+        }
+    }
+}
+
+/// Stores a registered user's session token (as a hash) so that it lasts.
+fn keep_session(token: Uuid, user_id: i64, ctx: &HttpContext) -> Result<(), Refusal> {
+    let accounts = accounts(ctx)?;
+    let hash = crate::accounts::token_hash(&token);
+    let now = crate::event::now_ms();
+    let expires = now + accounts.session_ttl.as_millis() as i64;
+    accounts.store.query(move |store| store.save_session(&hash, user_id, now, expires)).map_err(|e| {
+        log::warn!("cannot store a session: {e}");
+        Refusal::from(ChatError::StoreUnavailable)
+    })
+}
+
+/// Opens a new HTTP session and names it: as a guest, or with `password`
+/// as the account. Answers with the session (closed again on failure).
+fn open_session(nickname: &str, password: Option<&Secret>, from: &Caller, ctx: &HttpContext) -> Result<(Uuid, Reply), Refusal> {
     let token = Uuid::new_v4();
     let session = SessionRef::Token(token);
     ctx.router.send(RouterMsg::Open {
@@ -198,55 +346,158 @@ fn connect(body: ConnectBody, ctx: &HttpContext) -> Handled {
         token: Some(token),
         sink: None,
     });
-    let nickname = body.nickname.trim().to_string();
-    match ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }) {
-        Ok(Reply::LoggedIn { user_id, nickname, .. }) => {
-            Ok(Answer::data(json!({ "sessionId": token.to_string(), "userId": user_id, "nickname": nickname })))
-        }
+    let nickname = nickname.trim().to_string();
+    let outcome = match password {
+        Some(password) => accounts(ctx).map_err(Some).and_then(|a| a.login(session, &nickname, password, from.peer).map_err(|e| { let r: Refusal = e.into(); Some(r) })),
+        None => ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }).map_err(|e| match e {
+            // Taken on another instance: by its account, if it has one.
+            ChatError::NicknameTaken(nick) if accounts(ctx).is_ok_and(|a| a.is_registered(&nick)) => {
+                Some(ChatError::NicknameRegistered(nick).into())
+            }
+            e => Some(e.into()),
+        }),
+    };
+    match outcome {
+        Ok(reply @ Reply::LoggedIn { .. }) => Ok((token, reply)),
         outcome => {
             ctx.router.send(RouterMsg::Close { session });
             Err(match outcome {
-                Err(ChatError::UnknownSession) => ChatError::ShuttingDown.into(),
-                Err(e) => e.into(),
-                Ok(_) => Refusal::new(500, "unexpected answer from the router."),
+                Err(Some(refusal)) if refusal.status == 404 && refusal.message == ChatError::UnknownSession.to_string() => {
+                    ChatError::ShuttingDown.into()
+                }
+                Err(Some(refusal)) => refusal,
+                _ => Refusal::new(500, "unexpected answer from the router."),
             })
         }
     }
 }
 
-/// `POST /api/disconnect {"sessionId"}`: ends the session as a TCP client
-/// leaving would (its room sees "… disconnected", its nickname is free).
-fn disconnect(body: SessionBody, ctx: &HttpContext) -> Handled {
-    let token = session_token(&body.session_id)?;
-    if ctx.router.session(token)?.is_none() {
-        return Err(ChatError::UnknownSession.into());
+fn connected(token: Uuid, reply: Reply) -> Value {
+    match reply {
+        Reply::LoggedIn { user_id, nickname, .. } => {
+            json!({ "sessionId": token.to_string(), "userId": user_id, "nickname": nickname })
+        }
+        _ => Value::Null,
     }
+}
+
+/// `POST /api/connect {"nickname","password"?}`: a new session, named under
+/// the same rules as a TCP user's nickname; a registered nickname needs its
+/// password (401 without it or with a wrong one). Sets the cookie.
+fn connect(body: ConnectBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let password = body.password.as_deref().filter(|p| !p.is_empty()).map(Secret::new);
+    let (token, reply) = open_session(&body.nickname, password.as_ref(), from, ctx)?;
+    let lasting = match (&password, &reply) {
+        (Some(_), Reply::LoggedIn { user_id, .. }) => {
+            keep_session(token, *user_id, ctx)?;
+            Some(accounts(ctx)?.session_ttl)
+        }
+        _ => None,
+    };
+    Ok(Answer::data(connected(token, reply)).with_header("Set-Cookie", session_cookie(token, lasting)))
+}
+
+/// `POST /api/register {"nickname","password"}`: a new session whose
+/// nickname is registered at once. 201 and the connect answer; sets the cookie.
+fn register(body: RegisterBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let accounts = accounts(ctx)?;
+    let password = Secret::new(&body.password);
+    crate::accounts::validate_password(&password)?;
+    let (token, reply) = open_session(&body.nickname, None, from, ctx).map_err(|refusal| {
+        if refusal.status == 401 {
+            ChatError::AlreadyRegistered(body.nickname.trim().to_string()).into()
+        } else {
+            refusal
+        }
+    })?;
+    let session = SessionRef::Token(token);
+    if let Err(e) = accounts.register(session, &password) {
+        ctx.router.send(RouterMsg::Close { session });
+        return Err(e.into());
+    }
+    let Reply::LoggedIn { user_id, .. } = &reply else { unreachable!("open_session answers LoggedIn") };
+    keep_session(token, *user_id, ctx)?;
+    let answer = Answer::json(201, &json!({ "success": true, "data": connected(token, reply) }));
+    Ok(answer.with_header("Set-Cookie", session_cookie(token, Some(accounts.session_ttl))))
+}
+
+/// `POST /api/logout`: ends the session here and in the store (a lasting
+/// session is over everywhere), and clears the cookie.
+fn logout(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    ctx.router.send(RouterMsg::Close { session: SessionRef::Token(token) });
+    let hash = crate::accounts::token_hash(&token);
+    let now = crate::event::now_ms();
+    accounts(ctx)?.store.query(move |store| store.delete_session(&hash, now)).map_err(|e| {
+        log::warn!("cannot end a stored session: {e}");
+        Refusal::from(ChatError::StoreUnavailable)
+    })?;
+    Ok(Answer::success().with_header("Set-Cookie", clear_cookie()))
+}
+
+/// `POST /api/password {"old","new"}`
+fn password(body: PasswordBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let (old, new) = (Secret::new(&body.old), Secret::new(&body.new));
+    accounts(ctx)?.change_password(SessionRef::Token(token), &old, &new, from.peer)?;
+    Ok(Answer::success())
+}
+
+/// `POST /api/disconnect {"sessionId"?}`: ends the session as a TCP client
+/// leaving would (its room sees "… disconnected", its nickname is free). A
+/// registered user's lasting session stays valid (log out to end it).
+fn disconnect(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     ctx.router.send(RouterMsg::Close { session: SessionRef::Token(token) });
     Ok(Answer::success())
 }
 
 /// `POST /api/command {"sessionId","command"}`: any slash command; the
 /// answer is the text a TCP user would see.
-fn command(body: CommandBody, ctx: &HttpContext) -> Handled {
-    let token = session_token(&body.session_id)?;
+fn command(body: CommandBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let command = match parse_input(&body.command)? {
         Input::Command(command) => command,
         Input::Message(_) => {
             return Err(Refusal::bad("commands start with /; send chat messages with POST /api/message."))
         }
     };
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     let session = SessionRef::Token(token);
-    let text = match ctx.router.call(|reply| RouterMsg::Command { session, command, reply })? {
+    let accounts = accounts(ctx)?;
+    let mut lasting = false;
+    let outcome = match &command {
+        Command::Register(password) => {
+            lasting = true;
+            accounts.register(session, password)
+        }
+        Command::Password { old, new } => accounts.change_password(session, old, new, from.peer),
+        Command::Login { nick, password } => {
+            lasting = true;
+            accounts.login(session, nick, password, from.peer).map(|reply| match reply {
+                Reply::LoggedIn { nickname, .. } => Reply::Text(format!("Welcome back, {nickname}!")),
+                other => other,
+            })
+        }
+        _ => ctx.router.call(|reply| RouterMsg::Command { session, command, reply }),
+    };
+    let text = match outcome? {
         Reply::Text(text) | Reply::Shown(text) => text,
         _ => String::new(),
     };
-    Ok(Answer::json(200, &json!({ "success": true, "message": text })))
+    let mut answer = Answer::json(200, &json!({ "success": true, "message": text }));
+    if lasting {
+        if let Some(identity) = ctx.router.identity(session)?.filter(|i| i.registered) {
+            keep_session(token, identity.user_id, ctx)?;
+            answer = answer.with_header("Set-Cookie", session_cookie(token, Some(accounts.session_ttl)));
+        }
+    }
+    Ok(answer)
 }
 
 /// `POST /api/message {"sessionId","content","room"?}`: answered once the
 /// message is committed (a 200 means it is stored).
-fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
-    let token = session_token(&body.session_id)?;
+fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
     match ctx.router.call(|reply| RouterMsg::Say { session, text, room, reply })? {
         Reply::Sent { id, room, created_at_ms } => {

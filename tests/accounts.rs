@@ -1,0 +1,381 @@
+//! Accounts (`docs/protocol.md`, "Accounts"): registered nicknames with a
+//! password on TCP and HTTP, login limits, lasting sessions by cookie, and a
+//! database made by the previous release upgrading in place. Real sockets,
+//! the real binary, both stores.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Client, Store, TestServer, PATIENCE};
+use serde_json::{json, Value};
+
+const PW: &str = "hunter22hunter";
+
+/// An HTTP answer: status, headers, JSON body.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The `bd_session` value the answer sets.
+    fn cookie(&self) -> String {
+        let set = self.header("Set-Cookie").unwrap_or_else(|| panic!("no Set-Cookie in {}", self.body));
+        set.split(';').next().unwrap().trim().strip_prefix("bd_session=").expect("the bd_session cookie").to_string()
+    }
+
+    fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn request(server: &TestServer, method: &str, path: &str, cookie: Option<&str>, body: Option<&Value>) -> Response {
+    let mut stream = TcpStream::connect(server.http.unwrap()).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(cookie) = cookie {
+        head.push_str(&format!("Cookie: theme=dark; bd_session={cookie}\r\n"));
+    }
+    stream.write_all(format!("{head}\r\n{body}").as_bytes()).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Response { status, headers, body: body.to_string() }
+}
+
+fn post(server: &TestServer, path: &str, body: Value) -> Response {
+    request(server, "POST", path, None, Some(&body))
+}
+
+fn post_with(server: &TestServer, path: &str, cookie: &str, body: Value) -> Response {
+    request(server, "POST", path, Some(cookie), Some(&body))
+}
+
+/// A TCP guest that registers its nickname.
+fn registered(server: &TestServer, nick: &str) -> Client {
+    let mut client = server.login(nick);
+    client.send(&format!("/register {PW}"));
+    client.expect(&format!("Registered {nick}. From now on, log in as {nick} with your password."));
+    client
+}
+
+/// Logs in to an account at the TCP prompt.
+fn log_in(server: &TestServer, nick: &str, password: &str) -> Client {
+    let mut client = server.connect();
+    client.expect("Welcome to Baby Discord!");
+    client.expect_prompt();
+    client.send(nick);
+    client.expect_text(&format!("Password for {nick}: "));
+    client.send(password);
+    client.expect(&format!("Welcome back, {nick}!"));
+    client.expect("Type /help for available commands.");
+    client
+}
+
+for_each_store! {
+    fn a_registered_nickname_asks_for_its_password(store) {
+        let mut server = TestServer::start(store);
+        let mut alice = registered(&server, "alice");
+        alice.send("/quit");
+        alice.expect("Goodbye!");
+
+        // A wrong password sends the user back to the nickname prompt.
+        let mut c = server.connect();
+        c.expect("Welcome to Baby Discord!");
+        c.expect_prompt();
+        c.send("ALICE");
+        c.expect_text("Password for ALICE: ");
+        c.send("not-the-password");
+        c.expect("Error: wrong password for alice.");
+        c.expect_prompt();
+        c.send("alice");
+        c.expect_text("Password for alice: ");
+        c.send(PW);
+        c.expect("Welcome back, alice!");
+        c.expect("Type /help for available commands.");
+        c.send("/quit");
+        c.expect("Goodbye!");
+
+        // The account outlives the process.
+        server.kill9();
+        server.restart();
+        let mut alice = log_in(&server, "alice", PW);
+        alice.send("/list");
+        alice.expect("Online users (1): alice");
+    }
+
+    fn guests_cannot_take_a_registered_nickname(store) {
+        let server = TestServer::start(store);
+        let mut alice = registered(&server, "alice");
+        let mut bob = server.login("bob");
+        bob.send("/nick Alice");
+        bob.expect("Error: nickname 'Alice' is registered. Log in with its password or choose another.");
+        alice.send("/quit");
+        alice.expect("Goodbye!");
+        // Offline too.
+        std::thread::sleep(Duration::from_millis(200));
+        bob.send("/nick alice");
+        bob.expect("Error: nickname 'alice' is registered. Log in with its password or choose another.");
+        let r = post(&server, "/api/connect", json!({ "nickname": "alice" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.error(), "nickname 'alice' is registered. Log in with its password or choose another.");
+        // A registered user keeps its name.
+        let mut alice = log_in(&server, "alice", PW);
+        alice.send("/nick alicia");
+        alice.expect("Error: you are logged in as alice, a registered nickname, so it cannot change. Use /login <nick> <password> to switch accounts.");
+    }
+
+    fn an_account_may_be_online_several_times(store) {
+        let server = TestServer::start(store);
+        let mut first = registered(&server, "alice");
+        let mut second = log_in(&server, "alice", PW);
+        let r = post(&server, "/api/connect", json!({ "nickname": "alice", "password": PW }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut bob = server.login("bob");
+        bob.send("/list");
+        bob.expect("Online users (2): alice, bob");
+        bob.send("/dm alice psst");
+        bob.expect("[DM to alice] psst");
+        first.expect("[DM from bob] psst");
+        second.expect("[DM from bob] psst");
+        // One session leaving leaves the others, and the name stays taken.
+        first.send("/quit");
+        first.expect("Goodbye!");
+        std::thread::sleep(Duration::from_millis(200));
+        bob.send("/dm alice still there?");
+        bob.expect("[DM to alice] still there?");
+        second.expect("[DM from bob] still there?");
+        bob.send("/nick alice");
+        bob.expect("Error: nickname 'alice' is registered. Log in with its password or choose another.");
+    }
+
+    fn register_password_and_login_commands(store) {
+        let server = TestServer::start(store);
+        let mut alice = server.login("alice");
+        alice.send("/register short");
+        alice.expect("Error: invalid password: it must be at least 8 characters long.");
+        alice.send(&format!("/register {}", "x".repeat(129)));
+        alice.expect("Error: invalid password: it must be at most 128 characters long.");
+        alice.send("/register abc\u{7}defghij");
+        alice.expect("Error: invalid password: it must not contain control or invisible characters.");
+        alice.send("/password old12345 new12345");
+        alice.expect("Error: only registered users have a password. Use /register <password> first.");
+        alice.send(&format!("/register {PW}"));
+        alice.expect("Registered alice. From now on, log in as alice with your password.");
+        alice.send(&format!("/register {PW}"));
+        alice.expect("Error: nickname 'alice' is already registered. Log in with /login alice <password>.");
+        alice.send("/password wrong-old-password new-password-1");
+        alice.expect("Error: wrong password for alice.");
+        alice.send(&format!("/password {PW} new-password-1"));
+        alice.expect("Password changed.");
+
+        // /login turns a guest connection into the account.
+        let mut guest = server.login("guest1");
+        guest.send("/login alice hunter22hunter");
+        guest.expect("Error: wrong password for alice.");
+        guest.send("/login nobody whatever-pw");
+        guest.expect("Error: there is no account named 'nobody'. Use /register <password> to register your nickname.");
+        guest.send("/login alice new-password-1");
+        guest.expect("Welcome back, alice!");
+        guest.send("/list");
+        guest.expect("Online users (1): alice");
+        // No password ever shows in the log.
+        assert!(!server.log().contains(PW) && !server.log().contains("new-password-1"), "{}", server.log());
+    }
+
+    fn http_register_connect_password_logout(store) {
+        let server = TestServer::start(store);
+        let r = post(&server, "/api/register", json!({ "nickname": "carol", "password": "tiny" }));
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.error(), "invalid password: it must be at least 8 characters long.");
+        let r = post(&server, "/api/register", json!({ "nickname": "carol", "password": PW }));
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.json()["data"]["nickname"], "carol");
+        let set = r.header("Set-Cookie").unwrap().to_string();
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
+        let cookie = r.cookie();
+        assert_eq!(cookie, r.json()["data"]["sessionId"].as_str().unwrap());
+        let r = post(&server, "/api/register", json!({ "nickname": "Carol", "password": PW }));
+        assert_eq!(r.status, 409, "{}", r.body);
+
+        // The cookie names the session everywhere a sessionId does.
+        let r = post_with(&server, "/api/command", &cookie, json!({ "command": "/list" }));
+        assert_eq!(r.json()["message"], "Online users (1): carol", "{}", r.body);
+
+        for (body, status) in [
+            (json!({ "nickname": "carol" }), 401),
+            (json!({ "nickname": "carol", "password": "wrong-password" }), 401),
+        ] {
+            let r = post(&server, "/api/connect", body);
+            assert_eq!(r.status, status, "{}", r.body);
+        }
+        let r = post(&server, "/api/connect", json!({ "nickname": "carol", "password": PW }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let second = r.cookie();
+
+        let r = post_with(&server, "/api/password", &second, json!({ "old": "wrong-password", "new": "another-password" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        let r = post_with(&server, "/api/password", &second, json!({ "old": PW, "new": "x" }));
+        assert_eq!(r.status, 400, "{}", r.body);
+        let r = post_with(&server, "/api/password", &second, json!({ "old": PW, "new": "another-password" }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.body.contains("another-password"));
+
+        let r = post_with(&server, "/api/logout", &second, json!({}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.header("Set-Cookie").unwrap().contains("Max-Age=0"));
+        let r = post_with(&server, "/api/command", &second, json!({ "command": "/list" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        // The other session is untouched; a forged cookie is 401.
+        let r = post_with(&server, "/api/command", &cookie, json!({ "command": "/list" }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = post_with(&server, "/api/command", "5f0d3c3e-1111-4222-8333-944445555666", json!({ "command": "/list" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        let r = post_with(&server, "/api/command", "not-a-token", json!({ "command": "/list" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        let r = post(&server, "/api/connect", json!({ "nickname": "carol", "password": "another-password" }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!server.log().contains("another-password"));
+    }
+
+    fn a_registered_session_survives_a_restart(store) {
+        let mut server = TestServer::start(store);
+        let r = post(&server, "/api/register", json!({ "nickname": "dana", "password": PW }));
+        let cookie = r.cookie();
+        let guest = post(&server, "/api/connect", json!({ "nickname": "visitor" })).cookie();
+        server.kill9();
+        server.restart();
+        let r = post_with(&server, "/api/command", &cookie, json!({ "command": "/list" }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["message"], "Online users (1): dana");
+        // A guest's session ends with the process.
+        let r = post_with(&server, "/api/command", &guest, json!({ "command": "/list" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        // Logged out, it is over after a restart too.
+        assert_eq!(post_with(&server, "/api/logout", &cookie, json!({})).status, 200);
+        server.kill9();
+        server.restart();
+        let r = post_with(&server, "/api/command", &cookie, json!({ "command": "/list" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+
+    fn login_attempts_are_limited(store) {
+        let server = TestServer::builder(store).env("LOGIN_ATTEMPTS", 2).start();
+        drop(registered(&server, "erin"));
+        let mut c = server.connect();
+        c.expect("Welcome to Baby Discord!");
+        for _ in 0..2 {
+            c.expect_prompt();
+            c.send("erin");
+            c.expect_text("Password for erin: ");
+            c.send("bad-password");
+            c.expect("Error: wrong password for erin.");
+        }
+        c.expect_prompt();
+        c.send("erin");
+        c.expect_text("Password for erin: ");
+        c.send(PW);
+        let line = c.line();
+        let secs: u64 = line
+            .strip_prefix("Error: too many login attempts; try again in ")
+            .and_then(|rest| rest.strip_suffix(" seconds."))
+            .unwrap_or_else(|| panic!("{line}"))
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&secs), "{line}");
+        let r = post(&server, "/api/connect", json!({ "nickname": "erin", "password": PW }));
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(r.error().starts_with("too many login attempts; try again in "), "{}", r.body);
+    }
+
+    fn a_database_of_the_previous_release_upgrades_in_place(store) {
+        let dir = tempfile::tempdir().unwrap();
+        let (env, _db) = old_database(store, dir.path());
+        let mut builder = TestServer::builder(store);
+        for (k, v) in &env {
+            builder = builder.env(k, v);
+        }
+        let server = builder.start();
+        assert!(server.log().contains("applying migration 0003_accounts"), "{}", server.log());
+        // The old user is a guest; the old room keeps its history.
+        let mut olga = server.login("olga");
+        olga.send("/join lobby");
+        olga.expect("Joined room: lobby");
+        olga.expect("--- Recent Messages ---");
+        olga.expect("[lobby] Olga: from before");
+        olga.expect("---");
+        olga.send(&format!("/register {PW}"));
+        olga.expect("Registered olga. From now on, log in as olga with your password.");
+        olga.send("after");
+        olga.expect("[lobby] olga: after");
+    }
+}
+
+/// Opens the store of `store` at the schema of the previous release (the
+/// first two migrations) with a user, a room and a message in it; returns
+/// the environment a server needs to use it.
+fn old_database(store: Store, dir: &std::path::Path) -> (Vec<(String, String)>, Option<common::TestDatabase>) {
+    let schema = [
+        include_str!("../sql/sqlite/0001_initial.sql"),
+        include_str!("../sql/sqlite/0002_room_sequence.sql"),
+    ];
+    let data = "INSERT INTO users (id, nickname, nickname_key, created_at, last_seen_at) VALUES (1, 'Olga', 'olga', 1, 1);
+                INSERT INTO rooms (id, name, created_at) VALUES (1, 'lobby', 1);
+                INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq) VALUES (1, 1, 'Olga', 'from before', 1, 1);";
+    match store {
+        Store::Sqlite => {
+            let conn = rusqlite::Connection::open(dir.join("baby-discord.db")).unwrap();
+            conn.execute_batch("CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL);").unwrap();
+            for (sql, version) in schema.iter().zip(["0001_initial", "0002_room_sequence"]) {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations VALUES (?1, 1)", [version]).unwrap();
+            }
+            conn.execute_batch(data).unwrap();
+            (vec![("DATA_DIR".into(), dir.display().to_string())], None)
+        }
+        Store::Postgres => {
+            let db = common::TestDatabase::create();
+            let mut client = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
+            client
+                .batch_execute("CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());")
+                .unwrap();
+            let schema = [
+                include_str!("../sql/postgres/0001_initial.sql"),
+                include_str!("../sql/postgres/0002_room_sequence.sql"),
+            ];
+            for (sql, version) in schema.iter().zip(["0001_initial", "0002_room_sequence"]) {
+                client.batch_execute(sql).unwrap();
+                client.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version]).unwrap();
+            }
+            client
+                .batch_execute(
+                    "INSERT INTO users (id, nickname, nickname_key, created_at, last_seen_at) VALUES (1, 'Olga', 'olga', now(), now());
+                     INSERT INTO rooms (id, name, created_at) VALUES (1, 'lobby', now());
+                     INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq) VALUES (1, 1, 'Olga', 'from before', now(), 1);",
+                )
+                .unwrap();
+            client.batch_execute("SELECT setval(pg_get_serial_sequence('users', 'id'), 10); SELECT setval(pg_get_serial_sequence('rooms', 'id'), 10);").unwrap();
+            (vec![("DATABASE_URL".into(), db.url.clone())], Some(db))
+        }
+    }
+}
+
