@@ -220,3 +220,43 @@ fn the_page_reconnects_after_a_server_restart_without_losing_messages() {
         contents.iter().filter(|c| ["before the restart", "while you were away", "after the reconnect"].contains(&c.as_str())).collect();
     assert_eq!(order, ["before the restart", "while you were away", "after the reconnect"]);
 }
+
+#[test]
+fn a_registered_user_logs_in_with_a_password_and_stays_logged_in_across_a_reload() {
+    let server = TestServer::start(Store::Sqlite);
+    let _log = ServerLogOnPanic(&server);
+    let mut owner = server.login("alice");
+    owner.send("/register hunter22hunter");
+    owner.expect("Registered alice. From now on, log in as alice with your password.");
+    owner.create("lobby");
+
+    let http = server.http.expect("the server logs its HTTP address");
+    let browser = Browser::start();
+    browser.navigate(&format!("http://{http}/"));
+    browser.wait_until("the nickname form", SHOWN_WITHIN, |b| b.try_find("#nick-input").filter(|e| e.is_displayed()));
+    // Without the password, the page says why.
+    browser.find("#nick-input").send_keys("alice");
+    browser.find("#nick-form button[type=submit]").click();
+    browser.wait_until("the registered-nickname error", SHOWN_WITHIN, |b| {
+        b.text_of("#error-text").filter(|t| t.contains("is registered")).map(|_| ())
+    });
+    browser.find("#password-input").send_keys("hunter22hunter");
+    browser.find("#nick-form button[type=submit]").click();
+    let logged_in = |b: &Browser| {
+        let shown = b.try_find("#chat-screen")?.is_displayed();
+        (shown && b.text_of("#me-nick")? == "alice").then_some(())
+    };
+    browser.wait_until("the chat screen for alice", SHOWN_WITHIN, logged_in);
+    browser.find("#room-list li[data-room=lobby] button").click();
+    browser.wait_until("#current-room to show lobby", SHOWN_WITHIN, |b| (b.text_of("#current-room")? == "lobby").then_some(()));
+
+    browser.execute("location.reload();", vec![]);
+    browser.wait_until("the chat screen for alice after the reload", SHOWN_WITHIN, logged_in);
+    owner.send("still you?");
+    wait_for_message(&browser, "alice", "still you?");
+    // The token is in an HttpOnly cookie: never in page script, never in a URL.
+    assert_eq!(browser.execute("return document.cookie.includes('bd_session');", vec![]), json!(false));
+    let urls = browser.execute("return performance.getEntriesByType('resource').map(e => e.name).join(' ');", vec![]);
+    assert!(!urls.as_str().unwrap().contains("sessionId"), "a token in a URL: {urls}");
+    assert!(!browser.execute("return location.href;", vec![]).as_str().unwrap().contains("sessionId"));
+}

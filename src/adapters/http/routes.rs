@@ -30,6 +30,8 @@ enum Endpoint {
     Register,
     Logout,
     Password,
+    /// `GET /api/session`: who the cookie's session is.
+    WhoAmI,
     Disconnect,
     Command,
     Message,
@@ -85,6 +87,7 @@ fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
         ["api", "register"] => (Endpoint::Register, Verbs::Write),
         ["api", "logout"] => (Endpoint::Logout, Verbs::Write),
         ["api", "password"] => (Endpoint::Password, Verbs::Write),
+        ["api", "session"] => (Endpoint::WhoAmI, Verbs::Read),
         ["api", "command"] => (Endpoint::Command, Verbs::Write),
         ["api", "message"] => (Endpoint::Message, Verbs::Write),
         ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
@@ -146,6 +149,7 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Logout => logout(read_json_or_empty(request, max)?, &from, ctx)?,
         Endpoint::Password => password(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Disconnect => disconnect(read_json_or_empty(request, max)?, &from, ctx)?,
+        Endpoint::WhoAmI => who_am_i(query_param(query, "sessionId").as_deref(), &from, ctx)?,
         Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
@@ -441,6 +445,19 @@ fn password(body: PasswordBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let (old, new) = (Secret::new(&body.old), Secret::new(&body.new));
     accounts(ctx)?.change_password(SessionRef::Token(token), &old, &new, from.peer)?;
     Ok(Answer::success())
+}
+
+/// `GET /api/session`: the session the cookie (or `?sessionId=`) names,
+/// brought back from the store for a registered user after a restart; how
+/// the page finds its session again after a reload.
+fn who_am_i(given: Option<&str>, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(given, from, ctx)?;
+    let identity = ctx.router.identity(SessionRef::Token(token))?.ok_or(ChatError::UnknownSession)?;
+    Ok(Answer::data(json!({
+        "userId": identity.user_id,
+        "nickname": identity.nickname,
+        "registered": identity.registered,
+    })))
 }
 
 /// `POST /api/disconnect {"sessionId"?}`: ends the session as a TCP client
