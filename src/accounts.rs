@@ -236,6 +236,9 @@ impl LoginLimiter {
     }
 }
 
+/// Most missed DMs shown at one login (the rest stay unread, in `/api/dms`).
+const MISSED_DMS_MAX: usize = 500;
+
 /// The account procedures the adapters share.
 pub struct Accounts {
     pub hasher: Hasher,
@@ -320,6 +323,46 @@ impl Accounts {
         self.store.query(move |store| store.set_password(user_id, &hash)).map_err(unavailable)?;
         log::info!("{} changed their password", identity.nickname);
         Ok(Reply::Text("Password changed.".into()))
+    }
+
+    /// DMs that reached the account while it was offline, as the block
+    /// shown after the welcome (oldest first); they count as seen once shown.
+    pub fn missed_dms(&self, user_id: i64) -> Option<String> {
+        let dms = match self.store.query(move |store| store.unread_dms(user_id, MISSED_DMS_MAX)) {
+            Ok(dms) if !dms.is_empty() => dms,
+            Ok(_) => return None,
+            Err(e) => {
+                log::warn!("cannot read missed DMs: {e}");
+                return None;
+            }
+        };
+        let ids: Vec<i64> = dms.iter().map(|d| d.id).collect();
+        self.store.run(move |store| {
+            if let Err(e) = store.mark_dms_read(user_id, &ids, crate::event::now_ms()) {
+                log::warn!("cannot mark DMs read: {e}");
+            }
+        });
+        let mut block = String::from("--- Direct messages while you were away ---");
+        for dm in dms {
+            block.push_str(&format!("\n[DM from {}] {}", dm.sender, dm.content));
+        }
+        block.push_str("\n---");
+        Some(block)
+    }
+
+    /// `/login` as a command: the welcome, then any DMs missed meanwhile.
+    pub fn login_command(&self, session: SessionRef, nick: &str, password: &Secret, peer: Option<IpAddr>) -> Outcome {
+        match self.login(session, nick, password, peer)? {
+            Reply::LoggedIn { nickname, user_id, .. } | Reply::Welcomed { nickname, user_id } => {
+                let mut text = format!("Welcome back, {nickname}!");
+                if let Some(block) = self.missed_dms(user_id) {
+                    text.push('\n');
+                    text.push_str(&block);
+                }
+                Ok(Reply::Text(text))
+            }
+            other => Ok(other),
+        }
     }
 
     fn identity(&self, session: SessionRef) -> Result<Identity, ChatError> {

@@ -328,6 +328,75 @@ for_each_store! {
         olga.send("after");
         olga.expect("[lobby] olga: after");
     }
+
+    fn dms_between_registered_users_are_stored_and_shown_at_login(store) {
+        let mut server = TestServer::start(store);
+        let mut alice = registered(&server, "alice");
+        let mut bob = registered(&server, "bob");
+        bob.send("/quit");
+        bob.expect("Goodbye!");
+        std::thread::sleep(Duration::from_millis(200));
+        alice.send("/dm bob are you there?");
+        alice.expect("[DM to bob] are you there? (bob is offline; they will see it when they log in)");
+        alice.send("/dm BOB second one");
+        alice.expect("[DM to bob] second one (bob is offline; they will see it when they log in)");
+        alice.send("/dm nobody hello");
+        alice.expect("Error: user 'nobody' is not online. Use /list to see who is.");
+        alice.send("/dm alice me");
+        alice.expect("Error: you cannot send a direct message to yourself.");
+        // Acknowledged means committed: it survives kill -9.
+        server.kill9();
+        server.restart();
+        let mut bob = log_in(&server, "bob", PW);
+        bob.expect("--- Direct messages while you were away ---");
+        bob.expect("[DM from alice] are you there?");
+        bob.expect("[DM from alice] second one");
+        bob.expect("---");
+        bob.send("/quit");
+        bob.expect("Goodbye!");
+        // Shown once.
+        let mut bob = log_in(&server, "bob", PW);
+        bob.send("/list");
+        bob.expect("Online users (1): bob");
+
+        // Live DMs are stored too, and reach every session of the account.
+        let mut alice = log_in(&server, "alice", PW);
+        let r = post(&server, "/api/connect", json!({ "nickname": "bob", "password": PW }));
+        let cookie = r.cookie();
+        alice.send("/dm bob live one");
+        alice.expect("[DM to bob] live one");
+        bob.expect("[DM from alice] live one");
+        let r = request(&server, "GET", "/api/dms", Some(&cookie), None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let list = &r.json()["data"]["conversations"];
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(list[0]["with"], "alice");
+        assert_eq!(list[0]["unread"], 0);
+        let r = request(&server, "GET", "/api/dms/alice/history?limit=2", Some(&cookie), None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let messages = r.json()["data"]["messages"].clone();
+        let texts: Vec<&str> = messages.as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+        assert_eq!(texts, ["second one", "live one"]);
+        let before = messages[0]["id"].as_i64().unwrap();
+        let r = request(&server, "GET", &format!("/api/dms/alice/history?before={before}"), Some(&cookie), None);
+        assert_eq!(r.json()["data"]["messages"][0]["content"], "are you there?");
+        assert_eq!(r.json()["data"]["messages"].as_array().unwrap().len(), 1);
+        // HTTP sends are stored before the answer.
+        let r = post_with(&server, "/api/command", &cookie, json!({ "command": "/dm alice from the web" }));
+        assert_eq!(r.json()["message"], "[DM to alice] from the web", "{}", r.body);
+        alice.expect("[DM from bob] from the web");
+        // Guests have no stored DMs; DMs with guests stay live-only.
+        let guest = post(&server, "/api/connect", json!({ "nickname": "guest" })).cookie();
+        assert_eq!(request(&server, "GET", "/api/dms", Some(&guest), None).status, 403);
+        let r = request(&server, "GET", "/api/dms/nobody/history", Some(&cookie), None);
+        assert_eq!(r.status, 404, "{}", r.body);
+        let r = request(&server, "GET", "/api/dms/alice/history?limit=0", Some(&cookie), None);
+        assert_eq!(r.status, 400, "{}", r.body);
+        alice.send("/dm guest hi guest");
+        alice.expect("[DM to guest] hi guest");
+        alice.send("/dm ghost hi");
+        alice.expect("Error: user 'ghost' is not online. Use /list to see who is.");
+    }
 }
 
 /// Opens the store of `store` at the schema of the previous release (the

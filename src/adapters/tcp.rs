@@ -228,8 +228,13 @@ fn choose_nickname(
             welcome = "Welcome back";
         }
         match outcome {
-            Ok(Reply::LoggedIn { nickname, .. }) => {
+            Ok(Reply::LoggedIn { nickname, user_id, .. }) => {
                 say(Event::Reply(format!("{welcome}, {nickname}!\nType /help for available commands.")));
+                if welcome == "Welcome back" {
+                    if let Some(block) = ctx.accounts.missed_dms(user_id) {
+                        say(Event::Reply(block));
+                    }
+                }
                 let input = lines.get_ref();
                 input.until.set(None);
                 let _ = input.stream.set_read_timeout(None);
@@ -290,10 +295,7 @@ pub fn account_command(
     Some(match command {
         Command::Register(password) => accounts.register(session, password),
         Command::Password { old, new } => accounts.change_password(session, old, new, ip),
-        Command::Login { nick, password } => accounts.login(session, nick, password, ip).map(|reply| match reply {
-            Reply::LoggedIn { nickname, .. } => Reply::Text(format!("Welcome back, {nickname}!")),
-            other => other,
-        }),
+        Command::Login { nick, password } => accounts.login_command(session, nick, password, ip),
         _ => return None,
     })
 }

@@ -81,6 +81,7 @@ impl RouterState {
             }
             StoreDone::RoomCreated { session, name, result, reply } => self.room_created(session, name, result, reply),
             StoreDone::Registered { session, result, reply } => self.registered(session, result, reply),
+            StoreDone::DmStored { session, to, text, result, reply } => self.dm_stored(session, to, text, result, reply),
         }
     }
 
@@ -121,7 +122,7 @@ impl RouterState {
                 if let Some(room) = self.sessions[&id].room.clone() {
                     self.announce(&room, format!("{old} is now known as {nickname}"), Some(id));
                 }
-                self.respond_to(Some(id), reply, Ok(Reply::Text(format!("Welcome back, {nickname}!"))))
+                self.respond_to(Some(id), reply, Ok(Reply::Welcomed { user_id, nickname }))
             }
         }
     }
@@ -266,7 +267,7 @@ impl RouterState {
             Command::Join(name) => self.join(id, &name, "Joined room"),
             Command::Rooms => Ok(Reply::Text(self.rooms_text())),
             Command::Leave => self.leave(id),
-            Command::Dm { to, text } => self.dm(id, &to, &text),
+            Command::Dm { to, text } => return self.dm(id, to, text, reply),
             // Password work happens outside the router (crate::accounts).
             Command::Register(_) => Err(ChatError::Usage("/register <password>")),
             Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
@@ -433,25 +434,61 @@ impl RouterState {
 
     /// `/dm <user> <message>`: shown to both ends as a DM event.
     /// The recipient may be on this instance or, through the bus, another.
-    fn dm(&mut self, id: SessionId, to: &str, text: &str) -> Result<Reply, ChatError> {
-        let local = self
-            .nicknames
-            .get(&name_key(to))
-            .copied()
-            .filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()));
-        let remote = if local.is_none() { self.remote_instance_of(to) } else { None };
-        if local.is_none() && remote.is_none() {
+    fn dm(&mut self, id: SessionId, to: String, text: String, reply: Responder) {
+        let outcome = self.check_dm(id, &to, &text);
+        let (text, store) = match outcome {
+            Ok(checked) => checked,
+            Err(e) => return self.respond_to(Some(id), reply, Err(e)),
+        };
+        if !store {
+            let outcome = self.live_dm(id, &to, text);
+            return self.respond_to(Some(id), reply, outcome);
+        }
+        // Between registered users the store comes first: the sender's
+        // echo means the DM is committed, and an offline recipient finds
+        // it at the next login.
+        let (sender_id, sender) = (self.sessions[&id].user_id, self.sessions[&id].nick().to_string());
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.insert_dm(sender_id, &sender, &to, &text, now_ms());
+            let _ = inbox.send(Completion::StoreDone(StoreDone::DmStored { session: id, to, text, result, reply }));
+        });
+    }
+
+    /// Checks a DM and takes a rate token; answers the cleaned text and
+    /// whether it goes through the store (a registered sender, and a
+    /// recipient who may be an account: not a guest online here).
+    fn check_dm(&mut self, id: SessionId, to: &str, text: &str) -> Result<(String, bool), ChatError> {
+        let local = self.local_target(to);
+        let sender = &self.sessions[&id];
+        if local.is_some_and(|t| self.sessions_of(t).contains(&id)) || (sender.registered && name_key(to) == name_key(sender.nick())) {
+            return Err(ChatError::DmToSelf);
+        }
+        let store = sender.registered && local.is_none_or(|t| self.sessions[&t].registered);
+        if !store && local.is_none() && self.remote_instance_of(to).is_none() {
             return Err(ChatError::UserNotOnline(to.to_string()));
         }
-        if local.is_some_and(|t| self.sessions_of(t).contains(&id)) {
-            return Err(ChatError::DmToSelf);
+        if store && crate::names::validate_nickname(to).is_err() {
+            return Err(ChatError::UserNotOnline(to.to_string()));
         }
         let text = clean_message(text, self.settings.max_message_chars)?;
         self.take_rate_token(id)?;
+        Ok((text, store))
+    }
+
+    /// The named session here that a DM to `to` goes to, if any.
+    fn local_target(&self, to: &str) -> Option<SessionId> {
+        self.nicknames.get(&name_key(to)).copied().filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()))
+    }
+
+    /// A DM that is not stored: to an online user here or elsewhere.
+    fn live_dm(&mut self, id: SessionId, to: &str, text: String) -> Result<Reply, ChatError> {
+        let local = self.local_target(to);
+        let remote = if local.is_none() { self.remote_instance_of(to) } else { None };
         let recipient = match (local, &remote) {
             (Some(target), _) => self.sessions[&target].nick().to_string(),
             (None, Some((_, nick))) => nick.clone(),
-            (None, None) => unreachable!("checked above"),
+            (None, None) => return Err(ChatError::UserNotOnline(to.to_string())),
         };
         let dm = Arc::new(DirectMessage { from: self.sessions[&id].nick().to_string(), to: recipient, text, at_ms: now_ms() });
         match (local, remote) {
@@ -466,6 +503,67 @@ impl RouterState {
         let shown = format!("[DM to {}] {}", dm.to, dm.text);
         self.deliver_to(id, Event::Dm { dm, outgoing: true });
         Ok(Reply::Shown(shown))
+    }
+
+    /// A DM between registered users was stored (or the recipient turned
+    /// out not to be an account): deliver it to every session of the
+    /// recipient, here and on every other instance.
+    pub(super) fn dm_stored(
+        &mut self,
+        id: SessionId,
+        to: String,
+        text: String,
+        result: Result<Option<crate::store::DmRecord>, StoreError>,
+        reply: Responder,
+    ) {
+        if !self.sessions.contains_key(&id) {
+            return;
+        }
+        let record = match result {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let outcome = self.live_dm(id, &to, text);
+                return self.respond_to(Some(id), reply, outcome);
+            }
+            Err(e) => {
+                log::warn!("could not store a DM: {e}");
+                return self.respond_to(Some(id), reply, Err(ChatError::StoreUnavailable));
+            }
+        };
+        let dm = Arc::new(DirectMessage {
+            from: record.sender.clone(),
+            to: record.recipient.clone(),
+            text: record.content.clone(),
+            at_ms: record.created_at_ms,
+        });
+        let local = self.account_sessions.get(&record.recipient_id).cloned().unwrap_or_default();
+        for session in &local {
+            self.deliver_to(*session, Event::Dm { dm: dm.clone(), outgoing: false });
+        }
+        let remote = self.remote_instance_of(&record.recipient).is_some();
+        if remote {
+            // Every instance delivers it to the recipient's sessions there.
+            self.broadcast(crate::bus::BusEvent::Dm {
+                from: self.instance.clone(),
+                sender: dm.from.clone(),
+                recipient: dm.to.clone(),
+                text: dm.text.clone(),
+                at_ms: dm.at_ms,
+            });
+        }
+        if local.is_empty() && !remote {
+            let line = format!("[DM to {}] {} ({} is offline; they will see it when they log in)", dm.to, dm.text, dm.to);
+            return self.respond_to(Some(id), reply, Ok(Reply::Text(line)));
+        }
+        let (recipient, dm_id) = (record.recipient_id, record.id);
+        self.store.run(move |store| {
+            if let Err(e) = store.mark_dms_read(recipient, &[dm_id], now_ms()) {
+                log::debug!("could not mark a DM read: {e}");
+            }
+        });
+        let shown = format!("[DM to {}] {}", dm.to, dm.text);
+        self.deliver_to(id, Event::Dm { dm, outgoing: true });
+        self.respond_to(Some(id), reply, Ok(Reply::Shown(shown)));
     }
 
     /// Every session of the user that `id` is: all of an account's, or `id`.

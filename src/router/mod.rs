@@ -67,6 +67,8 @@ pub enum Reply {
     /// sent to channel responders, not written to the session again.
     Shown(String),
     LoggedIn { session: SessionId, user_id: i64, nickname: String },
+    /// A named session logged in to an account (`/login`).
+    Welcomed { user_id: i64, nickname: String },
     /// A message was committed under `id`.
     Sent { id: i64, room: String, created_at_ms: i64 },
     Done,
@@ -208,6 +210,14 @@ pub struct RoomInfo {
 pub enum StoreDone {
     UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<Option<i64>, StoreError>, reply: Responder },
     RoomCreated { session: SessionId, name: String, result: Result<RoomRecord, StoreError>, reply: Responder },
+    /// A DM between registered users, stored (`None`: the recipient is no account).
+    DmStored {
+        session: SessionId,
+        to: String,
+        text: String,
+        result: Result<Option<crate::store::DmRecord>, StoreError>,
+        reply: Responder,
+    },
     /// `Ok(false)`: the nickname was registered already.
     Registered { session: SessionId, result: Result<bool, StoreError>, reply: Responder },
 }

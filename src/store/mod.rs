@@ -44,6 +44,29 @@ impl fmt::Debug for Account {
     }
 }
 
+/// A stored direct message between two registered users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmRecord {
+    pub id: i64,
+    pub sender_id: i64,
+    pub sender: String,
+    pub recipient_id: i64,
+    pub recipient: String,
+    pub content: String,
+    pub created_at_ms: i64,
+}
+
+/// One DM conversation of a user, as listed by `GET /api/dms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmConversation {
+    /// The other user's nickname.
+    pub with: String,
+    pub last_id: i64,
+    pub last_at_ms: i64,
+    /// Messages to this user in the conversation not yet seen.
+    pub unread: i64,
+}
+
 /// A message accepted by the router and waiting to be committed.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -124,6 +147,20 @@ pub trait Store: Send {
     fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError>;
     /// Forgets a stored session (and any expired ones).
     fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Stores a DM from a registered user to the account named `recipient`
+    /// (ignoring case), committed before it returns; `Ok(None)` if that
+    /// nickname is not registered (nothing is stored).
+    fn insert_dm(&mut self, sender_id: i64, sender: &str, recipient: &str, content: &str, at_ms: i64)
+        -> Result<Option<DmRecord>, StoreError>;
+    /// Marks DMs to `recipient_id` as seen.
+    fn mark_dms_read(&mut self, recipient_id: i64, ids: &[i64], at_ms: i64) -> Result<(), StoreError>;
+    /// DMs to a user not seen yet, oldest first (at most `limit`).
+    fn unread_dms(&mut self, recipient_id: i64, limit: usize) -> Result<Vec<DmRecord>, StoreError>;
+    /// A user's DM conversations, the most recent first.
+    fn dm_conversations(&mut self, user_id: i64) -> Result<Vec<DmConversation>, StoreError>;
+    /// Up to `limit` DMs between two users with ids below `before`, oldest first.
+    fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
+        -> Result<Vec<DmRecord>, StoreError>;
     /// Records that a user joined a room.
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
     /// Commits a batch of messages in one transaction, all or nothing, and

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{Account, NewMessage, RoomRecord, Store, StoreError};
+use super::{Account, DmConversation, DmRecord, NewMessage, RoomRecord, Store, StoreError};
 use crate::event::ChatMessage;
 use crate::names::name_key;
 
@@ -77,6 +77,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/postgres/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/postgres/0002_room_sequence.sql")),
     ("0003_accounts", include_str!("../../sql/postgres/0003_accounts.sql")),
+    ("0004_direct_messages", include_str!("../../sql/postgres/0004_direct_messages.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -159,6 +160,55 @@ const SQL_SESSION_ACCOUNT: &str = concat!(
 );
 const SQL_DELETE_SESSION: &str =
     concat!("DELETE FROM auth_sessions WHERE token_hash = $1 OR expires_at <= ", ms_to_ts!("$2::bigint"));
+
+const SQL_INSERT_DM: &str = concat!(
+    "INSERT INTO direct_messages (sender_id, recipient_id, sender, recipient, content, created_at)
+     SELECT $1, u.id, $2, u.nickname, $4, ",
+    ms_to_ts!("$5::bigint"),
+    " FROM users u WHERE u.nickname_key = $3 AND u.password_hash IS NOT NULL
+     RETURNING id, recipient_id, recipient"
+);
+const SQL_MARK_DMS_READ: &str = concat!(
+    "UPDATE direct_messages SET read_at = ",
+    ms_to_ts!("$3::bigint"),
+    " WHERE id = ANY($2) AND recipient_id = $1 AND read_at IS NULL"
+);
+macro_rules! dm_columns {
+    () => {
+        concat!("id, sender_id, sender, recipient_id, recipient, content, ", ts_to_ms!("created_at"), " AS created_ms FROM direct_messages")
+    };
+}
+const SQL_UNREAD_DMS: &str =
+    concat!("SELECT ", dm_columns!(), " WHERE recipient_id = $1 AND read_at IS NULL ORDER BY id LIMIT $2");
+const SQL_DM_HISTORY: &str = concat!(
+    "SELECT * FROM (SELECT ",
+    dm_columns!(),
+    " WHERE ((sender_id = $1 AND recipient_id = $2) OR (sender_id = $2 AND recipient_id = $1)) AND id < $3
+       ORDER BY id DESC LIMIT $4) page ORDER BY id"
+);
+const SQL_DM_CONVERSATIONS: &str = concat!(
+    "SELECT CASE WHEN d.sender_id = $1 THEN d.recipient ELSE d.sender END, c.last_id, ",
+    ts_to_ms!("d.created_at"),
+    ",
+            (SELECT COUNT(*) FROM direct_messages u
+              WHERE u.recipient_id = $1 AND u.sender_id = c.other AND u.read_at IS NULL)
+     FROM (SELECT CASE WHEN sender_id = $1 THEN recipient_id ELSE sender_id END AS other, MAX(id) AS last_id
+           FROM direct_messages WHERE sender_id = $1 OR recipient_id = $1 GROUP BY 1) c
+     JOIN direct_messages d ON d.id = c.last_id
+     ORDER BY c.last_id DESC"
+);
+
+fn dm_from(row: &Row) -> Result<DmRecord, postgres::Error> {
+    Ok(DmRecord {
+        id: row.try_get(0)?,
+        sender_id: row.try_get(1)?,
+        sender: row.try_get(2)?,
+        recipient_id: row.try_get(3)?,
+        recipient: row.try_get(4)?,
+        content: row.try_get(5)?,
+        created_at_ms: row.try_get(6)?,
+    })
+}
 
 fn account_from(row: &Row) -> Result<Account, postgres::Error> {
     Ok(Account { user_id: row.try_get(0)?, nickname: row.try_get(1)?, password_hash: row.try_get(2)? })
@@ -673,6 +723,72 @@ impl Store for PostgresStore {
         self.run(true, |conn| {
             let statement = conn.prepare(SQL_DELETE_SESSION)?;
             conn.client.execute(&statement, &[&token_hash, &now_ms]).map(drop)
+        })
+    }
+
+    fn insert_dm(&mut self, sender_id: i64, sender: &str, recipient: &str, content: &str, at_ms: i64)
+        -> Result<Option<DmRecord>, StoreError> {
+        let key = name_key(recipient);
+        // Not retried: a lost reply may hide a commit.
+        let row = self.run(false, |conn| {
+            let statement = conn.prepare(SQL_INSERT_DM)?;
+            conn.client.query_opt(&statement, &[&sender_id, &sender, &key, &content, &at_ms])
+        })?;
+        row.map(|row| -> Result<DmRecord, StoreError> {
+            let get = |e: postgres::Error| StoreError::Failed(error_text(&e));
+            Ok(DmRecord {
+                id: row.try_get(0).map_err(get)?,
+                sender_id,
+                sender: sender.to_string(),
+                recipient_id: row.try_get(1).map_err(get)?,
+                recipient: row.try_get(2).map_err(get)?,
+                content: content.to_string(),
+                created_at_ms: at_ms,
+            })
+        })
+        .transpose()
+    }
+
+    fn mark_dms_read(&mut self, recipient_id: i64, ids: &[i64], at_ms: i64) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_MARK_DMS_READ)?;
+            conn.client.execute(&statement, &[&recipient_id, &ids, &at_ms]).map(drop)
+        })
+    }
+
+    fn unread_dms(&mut self, recipient_id: i64, limit: usize) -> Result<Vec<DmRecord>, StoreError> {
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_UNREAD_DMS)?;
+            conn.client.query(&statement, &[&recipient_id, &limit])?.iter().map(dm_from).collect()
+        })
+    }
+
+    fn dm_conversations(&mut self, user_id: i64) -> Result<Vec<DmConversation>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_DM_CONVERSATIONS)?;
+            conn.client
+                .query(&statement, &[&user_id])?
+                .iter()
+                .map(|row| {
+                    Ok(DmConversation {
+                        with: row.try_get(0)?,
+                        last_id: row.try_get(1)?,
+                        last_at_ms: row.try_get(2)?,
+                        unread: row.try_get(3)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
+        -> Result<Vec<DmRecord>, StoreError> {
+        let (before, limit) = (before.unwrap_or(i64::MAX), limit_of(limit));
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_DM_HISTORY)?;
+            conn.client.query(&statement, &[&user_id, &other_id, &before, &limit])?.iter().map(dm_from).collect()
         })
     }
 

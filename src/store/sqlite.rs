@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
-use super::{Account, NewMessage, RoomRecord, Store, StoreError};
+use super::{Account, DmConversation, DmRecord, NewMessage, RoomRecord, Store, StoreError};
 use crate::event::{now_ms, ChatMessage};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
@@ -16,6 +16,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/sqlite/0002_room_sequence.sql")),
     ("0003_accounts", include_str!("../../sql/sqlite/0003_accounts.sql")),
+    ("0004_direct_messages", include_str!("../../sql/sqlite/0004_direct_messages.sql")),
 ];
 
 pub struct SqliteStore {
@@ -101,6 +102,20 @@ impl SqliteStore {
             .map_err(failed)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(failed)
     }
+}
+
+const DM_COLUMNS: &str = "id, sender_id, sender, recipient_id, recipient, content, created_at FROM direct_messages";
+
+fn dm_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<DmRecord> {
+    Ok(DmRecord {
+        id: r.get(0)?,
+        sender_id: r.get(1)?,
+        sender: r.get(2)?,
+        recipient_id: r.get(3)?,
+        recipient: r.get(4)?,
+        content: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
 }
 
 const MESSAGE_COLUMNS: &str =
@@ -229,6 +244,84 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.execute(params![token_hash, now_ms]))
             .map(drop)
             .map_err(failed)
+    }
+
+    fn insert_dm(&mut self, sender_id: i64, sender: &str, recipient: &str, content: &str, at_ms: i64)
+        -> Result<Option<DmRecord>, StoreError> {
+        let Some(account) = self.account(recipient)? else { return Ok(None) };
+        let id = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO direct_messages (sender_id, recipient_id, sender, recipient, content, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![sender_id, account.user_id, sender, account.nickname, content, at_ms], |r| r.get(0))
+            })
+            .map_err(failed)?;
+        Ok(Some(DmRecord {
+            id,
+            sender_id,
+            sender: sender.to_string(),
+            recipient_id: account.user_id,
+            recipient: account.nickname,
+            content: content.to_string(),
+            created_at_ms: at_ms,
+        }))
+    }
+
+    fn mark_dms_read(&mut self, recipient_id: i64, ids: &[i64], at_ms: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE direct_messages SET read_at = ?3 WHERE id = ?1 AND recipient_id = ?2 AND read_at IS NULL")
+                .map_err(failed)?;
+            for id in ids {
+                update.execute(params![id, recipient_id, at_ms]).map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)
+    }
+
+    fn unread_dms(&mut self, recipient_id: i64, limit: usize) -> Result<Vec<DmRecord>, StoreError> {
+        let sql = format!("SELECT {DM_COLUMNS} WHERE recipient_id = ?1 AND read_at IS NULL ORDER BY id LIMIT ?2");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(failed)?;
+        let rows = stmt.query_map(params![recipient_id, limit as i64], dm_from).map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn dm_conversations(&mut self, user_id: i64) -> Result<Vec<DmConversation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT CASE WHEN d.sender_id = ?1 THEN d.recipient ELSE d.sender END,
+                        c.last_id, d.created_at,
+                        (SELECT COUNT(*) FROM direct_messages u
+                          WHERE u.recipient_id = ?1 AND u.sender_id = c.other AND u.read_at IS NULL)
+                 FROM (SELECT CASE WHEN sender_id = ?1 THEN recipient_id ELSE sender_id END AS other, MAX(id) AS last_id
+                       FROM direct_messages WHERE sender_id = ?1 OR recipient_id = ?1 GROUP BY other) c
+                 JOIN direct_messages d ON d.id = c.last_id
+                 ORDER BY c.last_id DESC",
+            )
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map([user_id], |r| Ok(DmConversation { with: r.get(0)?, last_id: r.get(1)?, last_at_ms: r.get(2)?, unread: r.get(3)? }))
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
+        -> Result<Vec<DmRecord>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {DM_COLUMNS}
+               WHERE ((sender_id = ?1 AND recipient_id = ?2) OR (sender_id = ?2 AND recipient_id = ?1)) AND id < ?3
+               ORDER BY id DESC LIMIT ?4) ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(failed)?;
+        let rows = stmt
+            .query_map(params![user_id, other_id, before.unwrap_or(i64::MAX), limit as i64], dm_from)
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
     }
 
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError> {

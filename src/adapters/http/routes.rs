@@ -32,6 +32,10 @@ enum Endpoint {
     Password,
     /// `GET /api/session`: who the cookie's session is.
     WhoAmI,
+    /// `GET /api/dms`: the session's DM conversations.
+    Dms,
+    /// `GET /api/dms/:nick/history`
+    DmHistory(String),
     Disconnect,
     Command,
     Message,
@@ -88,6 +92,8 @@ fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
         ["api", "logout"] => (Endpoint::Logout, Verbs::Write),
         ["api", "password"] => (Endpoint::Password, Verbs::Write),
         ["api", "session"] => (Endpoint::WhoAmI, Verbs::Read),
+        ["api", "dms"] => (Endpoint::Dms, Verbs::Read),
+        ["api", "dms", nick, "history"] => (Endpoint::DmHistory(nick.to_string()), Verbs::Read),
         ["api", "command"] => (Endpoint::Command, Verbs::Write),
         ["api", "message"] => (Endpoint::Message, Verbs::Write),
         ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
@@ -150,6 +156,8 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Password => password(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Disconnect => disconnect(read_json_or_empty(request, max)?, &from, ctx)?,
         Endpoint::WhoAmI => who_am_i(query_param(query, "sessionId").as_deref(), &from, ctx)?,
+        Endpoint::Dms => dms(query, &from, ctx)?,
+        Endpoint::DmHistory(nick) => dm_history(&nick, query, &from, ctx)?,
         Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
@@ -460,6 +468,67 @@ fn who_am_i(given: Option<&str>, from: &Caller, ctx: &HttpContext) -> Handled {
     })))
 }
 
+/// The account a read request's session is logged in to (403 for a guest).
+fn account_of(query: &str, from: &Caller, ctx: &HttpContext) -> Result<crate::router::Identity, Refusal> {
+    let token = resolve_session(query_param(query, "sessionId").as_deref(), from, ctx)?;
+    let identity = ctx.router.identity(SessionRef::Token(token))?.ok_or(ChatError::UnknownSession)?;
+    if !identity.registered {
+        return Err(Refusal::new(403, "only registered users have stored direct messages. Use /register <password> first."));
+    }
+    Ok(identity)
+}
+
+fn store_refusal(e: crate::store::StoreError) -> Refusal {
+    log::warn!("direct messages unavailable: {e}");
+    Refusal::new(503, "the message store is unavailable, so direct messages cannot be shown. Try again shortly.")
+}
+
+/// `GET /api/dms`: the session's conversations, the most recent first.
+fn dms(query: &str, from: &Caller, ctx: &HttpContext) -> Handled {
+    let me = account_of(query, from, ctx)?;
+    let user_id = me.user_id;
+    let conversations = ctx.store.query(move |store| store.dm_conversations(user_id)).map_err(store_refusal)?;
+    let list: Vec<Value> = conversations
+        .into_iter()
+        .map(|c| json!({ "with": c.with, "lastMessageId": c.last_id, "unread": c.unread, "lastAt": rfc3339(c.last_at_ms) }))
+        .collect();
+    Ok(Answer::data(json!({ "conversations": list })))
+}
+
+/// `GET /api/dms/:nick/history?before=<id>&limit=<n>`: one conversation,
+/// oldest first, as room history; what it shows counts as read.
+fn dm_history(nick: &str, query: &str, from: &Caller, ctx: &HttpContext) -> Handled {
+    let (before, limit) = page_params(query)?;
+    crate::names::validate_nickname(nick)?;
+    let me = account_of(query, from, ctx)?;
+    let other_nick = nick.to_string();
+    let other = ctx.store.query(move |store| store.account(&other_nick)).map_err(store_refusal)?;
+    let other = other.ok_or_else(|| Refusal::new(404, format!("there is no account named '{nick}'.")))?;
+    let (user_id, other_id) = (me.user_id, other.user_id);
+    let messages = ctx.store.query(move |store| store.dm_history(user_id, other_id, before, limit)).map_err(store_refusal)?;
+    let unread: Vec<i64> = messages.iter().filter(|m| m.recipient_id == user_id).map(|m| m.id).collect();
+    if !unread.is_empty() {
+        ctx.store.run(move |store| {
+            let _ = store.mark_dms_read(user_id, &unread, crate::event::now_ms());
+        });
+    }
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "from": m.sender,
+                "to": m.recipient,
+                "userId": m.sender_id,
+                "nickname": m.sender,
+                "content": m.content,
+                "createdAt": rfc3339(m.created_at_ms),
+            })
+        })
+        .collect();
+    Ok(Answer::data(json!({ "with": other.nickname, "messages": messages })))
+}
+
 /// `POST /api/disconnect {"sessionId"?}`: ends the session as a TCP client
 /// leaving would (its room sees "… disconnected", its nickname is free). A
 /// registered user's lasting session stays valid (log out to end it).
@@ -490,10 +559,7 @@ fn command(body: CommandBody, from: &Caller, ctx: &HttpContext) -> Handled {
         Command::Password { old, new } => accounts.change_password(session, old, new, from.peer),
         Command::Login { nick, password } => {
             lasting = true;
-            accounts.login(session, nick, password, from.peer).map(|reply| match reply {
-                Reply::LoggedIn { nickname, .. } => Reply::Text(format!("Welcome back, {nickname}!")),
-                other => other,
-            })
+            accounts.login_command(session, nick, password, from.peer)
         }
         _ => ctx.router.call(|reply| RouterMsg::Command { session, command, reply }),
     };
@@ -546,9 +612,8 @@ fn members(room: &str, ctx: &HttpContext) -> Handled {
 const HISTORY_MAX: usize = 100;
 const HISTORY_DEFAULT: usize = 50;
 
-/// `GET /api/rooms/:room/history?before=<id>&limit=<n>`: older messages
-/// from the store, oldest first.
-fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
+/// `?before=<id>&limit=<n>` of a history page.
+fn page_params(query: &str) -> Result<(Option<i64>, usize), Refusal> {
     let param = |name| query_param(query, name).filter(|v| !v.is_empty());
     let before = match param("before") {
         None => None,
@@ -567,6 +632,13 @@ fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
             .filter(|n| (1..=HISTORY_MAX).contains(n))
             .ok_or_else(|| Refusal::bad(format!("'limit' must be a whole number from 1 to {HISTORY_MAX}.")))?,
     };
+    Ok((before, limit))
+}
+
+/// `GET /api/rooms/:room/history?before=<id>&limit=<n>`: older messages
+/// from the store, oldest first.
+fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
+    let (before, limit) = page_params(query)?;
     let name = normalize_room(room)?;
     let room_id = ctx.router.room(&name)?.ok_or(ChatError::NoSuchRoom(name))?.id;
     let messages = ctx.store.query(move |store| store.messages_before(room_id, before, limit)).map_err(|e| {
