@@ -259,12 +259,6 @@ impl Accounts {
         Arc::new(Accounts { hasher: Hasher::start(1), limiter: LoginLimiter::new(login_attempts), store, router, session_ttl })
     }
 
-    /// Whether a nickname is registered (false if the store cannot say).
-    pub fn is_registered(&self, nickname: &str) -> bool {
-        let key = nickname.to_string();
-        matches!(self.store.query(move |store| store.account(&key)), Ok(Some(_)))
-    }
-
     /// Checks a nickname's password, within the attempt limits.
     pub fn authenticate(&self, nickname: &str, password: &Secret, peer: Option<IpAddr>) -> Result<Account, ChatError> {
         validate_nickname(nickname)?;

@@ -448,3 +448,54 @@ fn old_database(store: Store, dir: &std::path::Path) -> (Vec<(String, String)>, 
     }
 }
 
+
+/// Asks `command` until its answer satisfies `pred` (news between
+/// instances travels through Redis).
+fn eventually(client: &mut Client, command: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        client.send(command);
+        let line = client.line();
+        if pred(&line) {
+            return line;
+        }
+        assert!(std::time::Instant::now() < deadline, "{command}: still {line:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn accounts_are_service_wide_on_several_instances() {
+    let cluster = common::Cluster::start(2);
+    let (one, two) = (&cluster.servers[0], &cluster.servers[1]);
+    let mut alice = registered(one, "alice");
+    let mut carol = registered(one, "carol");
+    // A guest on the other instance cannot take the name, online or not.
+    let mut guest = two.login("guest");
+    guest.send("/nick alice");
+    guest.expect("Error: nickname 'alice' is registered. Log in with its password or choose another.");
+    let r = post(two, "/api/connect", json!({ "nickname": "alice" }));
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The account logs in on the other instance while online on the first.
+    eventually(&mut guest, "/list", |l| l.contains("alice"));
+    let mut alice_two = log_in(two, "alice", PW);
+    // A DM reaches its sessions on both instances.
+    carol.send("/dm alice hello both");
+    carol.expect("[DM to alice] hello both");
+    alice.expect("[DM from carol] hello both");
+    alice_two.expect("[DM from carol] hello both");
+    // Registering the same name from two instances at once: exactly one wins.
+    let mut d1 = one.login("dave");
+    d1.send("/quit");
+    d1.expect("Goodbye!");
+    std::thread::sleep(Duration::from_millis(300));
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let a = scope.spawn(|| post(one, "/api/register", json!({ "nickname": "erin", "password": PW })).status);
+        let b = scope.spawn(|| post(two, "/api/register", json!({ "nickname": "erin", "password": PW })).status);
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let mut sorted = answers.clone();
+    sorted.sort();
+    assert_eq!(sorted[0], 201, "{answers:?}");
+    assert_ne!(sorted[1], 201, "{answers:?}");
+}

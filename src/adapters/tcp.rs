@@ -201,12 +201,6 @@ fn choose_nickname(
         }
         let mut outcome = ctx.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname, reply });
         let mut welcome = "Welcome";
-        if let Err(ChatError::NicknameTaken(nick)) = &outcome {
-            // Taken on another instance: by its account, if it has one.
-            if ctx.accounts.is_registered(nick) {
-                outcome = Err(ChatError::NicknameRegistered(nick.clone()));
-            }
-        }
         if let Err(ChatError::NicknameRegistered(nick)) = &outcome {
             // An account: its password, then back here if it is wrong.
             let nick = nick.clone();

@@ -314,7 +314,7 @@ impl RouterState {
             }
             ClaimOutcome::Taken => {
                 self.unreserve_nickname(result.session, &result.nick);
-                return self.respond_to(Some(result.session), pending.reply, Err(ChatError::NicknameTaken(result.nick)));
+                return self.refuse_nickname(result.session, ChatError::NicknameTaken(result.nick), pending.reply);
             }
         }
         self.record_user(result.session, result.nick, pending.rename, pending.reply);

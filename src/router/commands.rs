@@ -22,7 +22,7 @@ impl RouterState {
             return self.respond_to(Some(id), reply, Err(ChatError::AlreadyNamed));
         }
         if let Err(e) = self.reserve_nickname(id, &nickname) {
-            return self.respond_to(Some(id), reply, Err(e));
+            return self.refuse_nickname(id, e, reply);
         }
         self.claim_then_record(id, nickname, false, reply);
     }
@@ -34,6 +34,19 @@ impl RouterState {
         } else {
             self.record_user(id, nickname, rename, reply);
         }
+    }
+
+    /// Refuses a nickname. One taken on another instance may be an
+    /// account's: the store says, and the answer names the right reason.
+    pub(super) fn refuse_nickname(&mut self, id: SessionId, error: ChatError, reply: Responder) {
+        let ChatError::NicknameTaken(nickname) = error else {
+            return self.respond_to(Some(id), reply, Err(error));
+        };
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let registered = matches!(store.account(&nickname), Ok(Some(_)));
+            let _ = inbox.send(Completion::StoreDone(StoreDone::TakenChecked { session: id, nickname, registered, reply }));
+        });
     }
 
     /// Frees a nickname reserved by `id` that it did not end up using.
@@ -81,6 +94,11 @@ impl RouterState {
             }
             StoreDone::RoomCreated { session, name, result, reply } => self.room_created(session, name, result, reply),
             StoreDone::Registered { session, result, reply } => self.registered(session, result, reply),
+            StoreDone::TakenChecked { session, nickname, registered, reply } => {
+                let error =
+                    if registered { ChatError::NicknameRegistered(nickname) } else { ChatError::NicknameTaken(nickname) };
+                self.respond_to(Some(session), reply, Err(error));
+            }
             StoreDone::DmStored { session, to, text, result, reply } => self.dm_stored(session, to, text, result, reply),
         }
     }
@@ -290,7 +308,7 @@ impl RouterState {
             return self.respond_to(Some(id), reply, Err(ChatError::AccountNickname(own)));
         }
         if let Err(e) = self.reserve_nickname(id, &nickname) {
-            return self.respond_to(Some(id), reply, Err(e));
+            return self.refuse_nickname(id, e, reply);
         }
         self.claim_then_record(id, nickname, true, reply);
     }

@@ -218,6 +218,8 @@ pub enum StoreDone {
         result: Result<Option<crate::store::DmRecord>, StoreError>,
         reply: Responder,
     },
+    /// Whether a nickname taken elsewhere is an account's.
+    TakenChecked { session: SessionId, nickname: String, registered: bool, reply: Responder },
     /// `Ok(false)`: the nickname was registered already.
     Registered { session: SessionId, result: Result<bool, StoreError>, reply: Responder },
 }

@@ -361,13 +361,7 @@ fn open_session(nickname: &str, password: Option<&Secret>, from: &Caller, ctx: &
     let nickname = nickname.trim().to_string();
     let outcome = match password {
         Some(password) => accounts(ctx).map_err(Some).and_then(|a| a.login(session, &nickname, password, from.peer).map_err(|e| { let r: Refusal = e.into(); Some(r) })),
-        None => ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }).map_err(|e| match e {
-            // Taken on another instance: by its account, if it has one.
-            ChatError::NicknameTaken(nick) if accounts(ctx).is_ok_and(|a| a.is_registered(&nick)) => {
-                Some(ChatError::NicknameRegistered(nick).into())
-            }
-            e => Some(e.into()),
-        }),
+        None => ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }).map_err(|e| Some(e.into())),
     };
     match outcome {
         Ok(reply @ Reply::LoggedIn { .. }) => Ok((token, reply)),
