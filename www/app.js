@@ -284,6 +284,7 @@ function enterChat(room) {
   setStatus('connected');
   startTimers();
   refreshRooms();
+  refreshDms();
   if (room) openStream(room);
   $('message-input').focus();
 }
@@ -320,6 +321,7 @@ function startTimers() {
   stopTimers();
   state.timers.push(
     setInterval(() => refreshRooms(), ROOMS_REFRESH_MS),
+    setInterval(() => refreshDms(), ROOMS_REFRESH_MS),
     setInterval(() => refreshMembers(), MEMBERS_REFRESH_MS),
   );
 }
@@ -546,12 +548,70 @@ function handleSystem(data) {
 }
 
 function handleDm(data) {
-  const text = isMe(data.from)
-    ? `[DM to ${data.to}] ${data.content}`
-    : `[DM from ${data.from}] ${data.content}`;
+  appendDm(data.from, data.to, data.content, data.timestamp);
+  if (state.registered) refreshDms();
+}
+
+function appendDm(from, to, content, timestamp) {
+  const text = isMe(from) ? `[DM to ${to}] ${content}` : `[DM from ${from}] ${content}`;
   const node = el('div', 'line dm');
-  node.append(timeElement(data.timestamp), el('span', 'content', text));
+  node.append(timeElement(timestamp), el('span', 'content', text));
   appendLine(node, true);
+}
+
+// ------------------------------------------------------------------ DM conversations (registered users)
+
+async function refreshDms() {
+  const epoch = state.epoch;
+  if (!state.registered) {
+    renderDms([]);
+    return;
+  }
+  const result = await api('GET', '/api/dms');
+  if (!result.ok || epoch !== state.epoch) return;
+  renderDms((result.json.data && result.json.data.conversations) || []);
+}
+
+function renderDms(conversations) {
+  const list = $('dm-list');
+  list.replaceChildren();
+  conversations.filter((c) => c && typeof c.with === 'string').forEach((c) => {
+    const li = el('li', 'room dm-conversation');
+    li.dataset.with = c.with;
+    const button = el('button', 'room-btn');
+    button.type = 'button';
+    const unread = Number(c.unread) || 0;
+    button.append(el('span', 'room-name', c.with), el('span', 'room-count', unread ? String(unread) : ''));
+    button.title = unread ? `${c.with}: ${unread} unread` : c.with;
+    li.classList.toggle('unread', unread > 0);
+    li.append(button);
+    list.append(li);
+  });
+  const any = list.children.length > 0;
+  list.hidden = !any;
+  $('dm-title').hidden = !any;
+}
+
+/** Shows a conversation's history in the pane and readies the input to answer. */
+async function openConversation(nick) {
+  const result = await api('GET', `/api/dms/${encodeURIComponent(nick)}/history?limit=${HISTORY_PAGE}`);
+  if (!result.ok) {
+    showError(result.error);
+    return;
+  }
+  const data = result.json.data || {};
+  addSystemLine(`Direct messages with ${data.with || nick}`, null);
+  (data.messages || []).forEach((m) => appendDm(m.from, m.to, m.content, m.createdAt));
+  const input = $('message-input');
+  input.value = `/dm ${data.with || nick} `;
+  input.focus();
+  closeDrawers();
+  refreshDms();
+}
+
+function onDmListClick(event) {
+  const li = event.target.closest('li[data-with]');
+  if (li) openConversation(li.dataset.with);
 }
 
 // ------------------------------------------------------------------ re-connect
@@ -794,6 +854,7 @@ function resetChatView() {
   clearPane();
   renderRoomHeader();
   $('room-list').replaceChildren();
+  renderDms([]);
   $('rooms-empty').hidden = true;
   renderMembers([]);
   closeDrawers();
@@ -907,6 +968,7 @@ function init() {
   $('register-submit').addEventListener('click', () => submitLogin(true));
   $('error-close').addEventListener('click', hideError);
   $('room-list').addEventListener('click', onRoomListClick);
+  $('dm-list').addEventListener('click', onDmListClick);
   $('new-room-form').addEventListener('submit', onCreateRoom);
   $('message-form').addEventListener('submit', onMessageSubmit);
   $('load-older').addEventListener('click', loadOlder);
