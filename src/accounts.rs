@@ -388,6 +388,11 @@ mod tests {
         assert!(hasher.verify(&password, &hash).unwrap());
         assert!(!hasher.verify(&Secret::new("hunter22hunteR"), &hash).unwrap());
         assert_ne!(hasher.hash(&password).unwrap(), hash, "salted");
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            hasher.verify(&password, &hash).unwrap();
+        }
+        println!("one Argon2id verification: {:?}", started.elapsed() / 5);
     }
 
     #[test]

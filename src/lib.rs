@@ -13,6 +13,9 @@
 //!   session's [`event::Sink`].
 //! - [`command`]: slash-command parsing and the `/help` table.
 //! - [`names`]: nickname, room-name and message-text rules.
+//! - [`accounts`]: registered nicknames: password rules, Argon2id on the
+//!   hasher thread, the login-attempt limiter, and the login, `/register`
+//!   and `/password` procedures the adapters run (never the router).
 //! - [`error`]: every user-visible refusal, as one enum.
 //! - [`adapters`]: the TCP line protocol and HTTP (API, SSE, page): bytes to
 //!   router requests, and each transport's encoder of events into bytes;
@@ -38,6 +41,7 @@
 //! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
 //! | `sse` | 1 per SSE stream | `CLIENT_STACK_KB` (64 KiB) | its stream's life: attach, `: ping`, detach |
 //! | tiny_http's | 1 accept + 1 per open HTTP connection | default | reading one request at a time under `HTTP_READ_TIMEOUT_SECS` (head and body up to `MAX_BODY_BYTES`), closing idle connections after `HTTP_IDLE_SECS`; each connection holds a `MAX_CONNECTIONS` place until its socket closes (an event-stream request ends its connection's thread; the stream keeps the place) |
+//! | `hasher-0` | 1 | 256 KiB | hashing and checking passwords (Argon2id, ~30 ms and 19 MiB each) |
 //! | `pg-close` | brief, now and then | default | closing a lost PostgreSQL connection without blocking the storage thread |
 //!
 //! A panic in a vital thread logs and exits the process (status 101) at
