@@ -21,6 +21,12 @@ pub enum Command {
     Quit,
     /// `/create <room>`
     Create(String),
+    /// `/create <room> private`
+    CreatePrivate(String),
+    /// `/invite <nick>`
+    Invite(String),
+    /// `/kick <nick>`
+    Kick(String),
     /// `/join <room>`
     Join(String),
     /// `/rooms`
@@ -70,9 +76,25 @@ const COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "quit", usage: "/quit", summary: "say goodbye and disconnect", parse: |a| a.is_empty().then_some(Command::Quit) },
     CommandSpec {
         name: "create",
-        usage: "/create <room>",
-        summary: "create a room and join it",
-        parse: |args| one_arg(args).map(Command::Create),
+        usage: "/create <room> [private]",
+        summary: "create a room and join it (private: invite-only, registered users)",
+        parse: |args| match args.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [name] => Some(Command::Create(name.to_string())),
+            [name, kind] if kind.eq_ignore_ascii_case("private") => Some(Command::CreatePrivate(name.to_string())),
+            _ => None,
+        },
+    },
+    CommandSpec {
+        name: "invite",
+        usage: "/invite <nick>",
+        summary: "let a registered user into your private room",
+        parse: |args| one_arg(args).map(Command::Invite),
+    },
+    CommandSpec {
+        name: "kick",
+        usage: "/kick <nick>",
+        summary: "remove a member from your private room",
+        parse: |args| one_arg(args).map(Command::Kick),
     },
     CommandSpec {
         name: "join",
@@ -169,6 +191,10 @@ mod tests {
         assert_eq!(cmd("/list"), Command::List);
         assert_eq!(cmd("/quit"), Command::Quit);
         assert_eq!(cmd("/create general"), Command::Create("general".into()));
+        assert_eq!(cmd("/create secret Private"), Command::CreatePrivate("secret".into()));
+        assert_eq!(cmd("/invite bob"), Command::Invite("bob".into()));
+        assert_eq!(cmd("/kick bob"), Command::Kick("bob".into()));
+        assert_eq!(parse_input("/create a b"), Err(ChatError::Usage("/create <room> [private]")));
         assert_eq!(cmd("/join  general "), Command::Join("general".into()));
         assert_eq!(cmd("/rooms"), Command::Rooms);
         assert_eq!(cmd("/leave"), Command::Leave);

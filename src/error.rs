@@ -53,6 +53,18 @@ pub enum ChatError {
     AccountNickname(String),
     /// Too many password checks are waiting; try again shortly.
     AuthBusy,
+    /// `/create <room> private` by a guest.
+    PrivateNeedsAccount,
+    /// `/invite` or `/kick` outside a private room.
+    NotPrivate(String),
+    /// `/invite` or `/kick` by someone other than the room's owner.
+    NotOwner(String),
+    /// `/invite` of a nickname that is not registered.
+    NotAnAccount(String),
+    AlreadyInvited { nick: String, room: String },
+    NotAMember { nick: String, room: String },
+    /// `/kick` of the owner.
+    KickOwner,
 }
 
 impl ChatError {
@@ -62,7 +74,9 @@ impl ChatError {
         match self {
             NicknameTaken(_) | RoomExists(_) | AlreadyRegistered(_) => 409,
             NicknameRegistered(_) | WrongPassword(_) | NoAccount(_) => 401,
-            NotRegistered => 403,
+            NotRegistered | PrivateNeedsAccount | NotOwner(_) => 403,
+            NotAnAccount(_) | NotAMember { .. } => 404,
+            AlreadyInvited { .. } => 409,
             TooManyLoginAttempts { .. } => 429,
             AuthBusy => 503,
             NoSuchRoom(_) | UnknownSession | UserNotOnline(_) => 404,
@@ -142,6 +156,13 @@ impl fmt::Display for ChatError {
                 "you are logged in as {nick}, a registered nickname, so it cannot change. Use /login <nick> <password> to switch accounts."
             ),
             AuthBusy => write!(f, "the server is busy checking passwords. Try again shortly."),
+            PrivateNeedsAccount => write!(f, "only registered users can create private rooms. Use /register <password> first."),
+            NotPrivate(room) => write!(f, "room '{room}' is not private: everyone can join it. Join a private room you own first."),
+            NotOwner(room) => write!(f, "only the owner of '{room}' can invite or remove members."),
+            NotAnAccount(nick) => write!(f, "'{nick}' is not a registered user; only registered users can be invited."),
+            AlreadyInvited { nick, room } => write!(f, "{nick} can already enter '{room}'."),
+            NotAMember { nick, room } => write!(f, "{nick} is not a member of '{room}'."),
+            KickOwner => write!(f, "the owner cannot be removed from their room."),
         }
     }
 }

@@ -55,6 +55,7 @@ impl Server {
             rooms.push((room, history));
         }
         log::info!("loaded {} rooms", rooms.len());
+        let private_rooms = store.private_rooms().map_err(|e| format!("cannot read private rooms from the store: {e}"))?;
 
         let metrics = Arc::new(Metrics::default());
         let inboxes = Router::inboxes();
@@ -82,8 +83,9 @@ impl Server {
             }
             None => (None, None),
         };
-        let router =
+        let mut router =
             Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, inboxes, bus);
+        router.set_private_rooms(private_rooms);
         let handle = router.handle();
         let router_thread = router.spawn();
 

@@ -397,6 +397,107 @@ for_each_store! {
         alice.send("/dm ghost hi");
         alice.expect("Error: user 'ghost' is not online. Use /list to see who is.");
     }
+
+    fn private_rooms_exist_only_for_their_members(store) {
+        let mut server = TestServer::start(store);
+        let mut guest = server.login("guest");
+        guest.send("/create secret private");
+        guest.expect("Error: only registered users can create private rooms. Use /register <password> first.");
+        let mut alice = registered(&server, "alice");
+        alice.send("/create secret private");
+        alice.expect("Created and joined room: secret");
+        alice.wait_for(|l| l == "---");
+        alice.send("the plan");
+        alice.expect("[secret] alice: the plan");
+        let mut bob = registered(&server, "bob");
+        let mut carol = registered(&server, "carol");
+
+        // Outsiders cannot tell it from a room that does not exist.
+        for outsider in [&mut guest, &mut bob] {
+            outsider.send("/rooms");
+            outsider.expect("No rooms yet. Use /create <room> to create one.");
+            outsider.send("/join secret");
+            outsider.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
+        }
+        let bob_cookie = post(&server, "/api/connect", json!({ "nickname": "bob", "password": PW })).cookie();
+        let outsider_views = |cookie: Option<&str>| {
+            let rooms = request(&server, "GET", "/api/rooms", cookie, None);
+            assert_eq!(rooms.json()["data"]["rooms"], json!([]), "{}", rooms.body);
+            for path in ["/api/rooms/secret/members", "/api/rooms/secret/history", "/api/rooms/nothere/history"] {
+                let r = request(&server, "GET", path, cookie, None);
+                assert_eq!(r.status, 404, "{path}: {}", r.body);
+                assert_eq!(r.error(), format!("room '{}' does not exist. Use /create {} to create it.", path.split('/').nth(3).unwrap(), path.split('/').nth(3).unwrap()));
+            }
+            let r = request(&server, "GET", "/api/messages/secret", cookie, None);
+            assert_eq!(r.status, if cookie.is_some() { 404 } else { 400 }, "{}", r.body);
+        };
+        outsider_views(None);
+        outsider_views(Some(&bob_cookie));
+
+        // Owner rules.
+        carol.send("/invite bob");
+        carol.expect("Error: you are not in a room. Use /join <room> or /create <room> first.");
+        carol.send("/create open");
+        carol.wait_for(|l| l == "---");
+        carol.send("/invite bob");
+        carol.expect("Error: room 'open' is not private: everyone can join it. Join a private room you own first.");
+        alice.send("/invite nobody");
+        alice.expect("Error: 'nobody' is not a registered user; only registered users can be invited.");
+        alice.send("/invite guest");
+        alice.expect("Error: 'guest' is not a registered user; only registered users can be invited.");
+        alice.send("/kick bob");
+        alice.expect("Error: bob is not a member of 'secret'.");
+        alice.send("/invite Bob");
+        alice.expect("Invited bob to secret.");
+        bob.expect("[system] alice invited you to secret. Type /join secret to enter.");
+        alice.send("/invite bob");
+        alice.expect("Error: bob can already enter 'secret'.");
+        bob.send("/rooms");
+        bob.expect("Rooms (2):");
+        bob.expect("  open (1 member)");
+        bob.expect("  secret (1 member)");
+        let rooms = request(&server, "GET", "/api/rooms", Some(&bob_cookie), None);
+        assert_eq!(rooms.json()["data"]["rooms"].as_array().unwrap().len(), 2, "{}", rooms.body);
+        bob.send("/join secret");
+        bob.expect("Joined room: secret");
+        bob.expect("--- Recent Messages ---");
+        bob.expect("[secret] alice: the plan");
+        bob.expect("---");
+        alice.expect("[system] bob joined secret");
+        bob.send("/invite carol");
+        bob.expect("Error: only the owner of 'secret' can invite or remove members.");
+        bob.send("/kick alice");
+        bob.expect("Error: only the owner of 'secret' can invite or remove members.");
+        alice.send("/kick alice");
+        alice.expect("Error: the owner cannot be removed from their room.");
+
+        // Access is kept in the store.
+        server.kill9();
+        server.restart();
+        let mut alice = log_in(&server, "alice", PW);
+        let mut bob = log_in(&server, "bob", PW);
+        let mut guest = server.login("guest");
+        guest.send("/join secret");
+        guest.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
+        bob.send("/join secret");
+        bob.wait_for(|l| l == "---");
+        let joined = alice.ask("/join secret", |l| l == "---" || l.starts_with("Error"));
+        assert_eq!(joined.last().unwrap(), "---", "{joined:?}");
+        bob.expect("[system] alice joined secret");
+        alice.send("/kick bob");
+        alice.expect("[system] bob left secret");
+        alice.expect("Removed bob from secret.");
+        bob.expect("[system] alice removed you from secret.");
+        bob.send("/rooms");
+        bob.expect("Rooms (1):");
+        bob.expect("  open (0 members)");
+        bob.send("hello?");
+        bob.expect("Error: you are not in a room. Use /join <room> or /create <room> first.");
+        bob.send("/join secret");
+        bob.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
+        let r = request(&server, "GET", "/api/rooms/secret/history", Some(&bob_cookie), None);
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
 }
 
 /// Opens the store of `store` at the schema of the previous release (the

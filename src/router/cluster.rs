@@ -146,7 +146,9 @@ impl RouterState {
         if !self.rooms.contains_key(&record.name) {
             log::info!("room {} (created elsewhere) is now known here", record.name);
             let name = record.name.clone();
-            self.rooms.insert(name, super::Room::new(record.id, record.name, record.created_at_ms));
+            self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
+            // It may be private: hidden until the store says.
+            self.hide_until_known(&name);
         }
     }
 
@@ -178,7 +180,13 @@ impl RouterState {
                 }
                 self.admit(Arc::new(message));
             }
-            BusEvent::RoomCreated { id, name, created_at_ms, .. } => self.add_room(RoomRecord { id, name, created_at_ms }),
+            BusEvent::RoomCreated { id, name, created_at_ms, .. } => {
+                if self.private.contains_key(&name) {
+                    // News of a private room: who may enter it changed.
+                    self.reload_private_rooms();
+                }
+                self.add_room(RoomRecord { id, name, created_at_ms })
+            }
             BusEvent::Presence { member, .. } => {
                 remote.members.insert(name_key(&member.nick), member);
             }

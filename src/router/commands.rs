@@ -92,7 +92,12 @@ impl RouterState {
             StoreDone::UserRecorded { session, nickname, rename, result, reply } => {
                 self.user_recorded(session, nickname, rename, result, reply)
             }
-            StoreDone::RoomCreated { session, name, result, reply } => self.room_created(session, name, result, reply),
+            StoreDone::RoomCreated { session, name, private, result, reply } => {
+                self.room_created(session, name, private, result, reply)
+            }
+            StoreDone::AccessChanged { session, room, nick, change, result, reply } => {
+                self.access_changed(session, room, nick, change, result, reply)
+            }
             StoreDone::Registered { session, result, reply } => self.registered(session, result, reply),
             StoreDone::TakenChecked { session, nickname, registered, reply } => {
                 let error =
@@ -281,9 +286,12 @@ impl RouterState {
                 self.respond_to(Some(id), reply, Ok(Reply::Text("Goodbye!".into())));
                 return self.end_session(id, CloseReason::Normal);
             }
-            Command::Create(name) => return self.create_room(id, name, reply),
+            Command::Create(name) => return self.create_room(id, name, false, reply),
+            Command::CreatePrivate(name) => return self.create_private_room(id, name, reply),
+            Command::Invite(nick) => return self.change_access(id, nick, super::private::AccessChange::Invite, reply),
+            Command::Kick(nick) => return self.change_access(id, nick, super::private::AccessChange::Kick, reply),
             Command::Join(name) => self.join(id, &name, "Joined room"),
-            Command::Rooms => Ok(Reply::Text(self.rooms_text())),
+            Command::Rooms => Ok(Reply::Text(self.rooms_text(id))),
             Command::Leave => self.leave(id),
             Command::Dm { to, text } => return self.dm(id, to, text, reply),
             // Password work happens outside the router (crate::accounts).
@@ -328,19 +336,20 @@ impl RouterState {
     }
 
     /// `/rooms`
-    fn rooms_text(&self) -> String {
-        if self.rooms.is_empty() {
+    fn rooms_text(&self, id: SessionId) -> String {
+        let rooms = self.room_list(Some(id));
+        if rooms.is_empty() {
             return "No rooms yet. Use /create <room> to create one.".into();
         }
-        let mut text = format!("Rooms ({}):", self.rooms.len());
-        for RoomSummary { name, members: n, .. } in self.room_list() {
+        let mut text = format!("Rooms ({}):", rooms.len());
+        for RoomSummary { name, members: n, .. } in rooms {
             text.push_str(&format!("\n  {name} ({n} {})", if n == 1 { "member" } else { "members" }));
         }
         text
     }
 
     /// `/create <room>`: stored first, joined once stored.
-    fn create_room(&mut self, id: SessionId, name: String, reply: Responder) {
+    pub(super) fn create_room(&mut self, id: SessionId, name: String, private: bool, reply: Responder) {
         let name = match normalize_room(&name) {
             Ok(name) => name,
             Err(e) => return self.respond_to(Some(id), reply, Err(e)),
@@ -349,10 +358,15 @@ impl RouterState {
             return self.respond_to(Some(id), reply, Err(ChatError::RoomExists(name)));
         }
         self.creating.insert(name.clone());
+        let owner_id = self.sessions[&id].user_id;
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
-            let result = store.create_room(&name, now_ms());
-            let _ = inbox.send(Completion::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
+            let result = if private {
+                store.create_private_room(&name, owner_id, now_ms())
+            } else {
+                store.create_room(&name, now_ms())
+            };
+            let _ = inbox.send(Completion::StoreDone(StoreDone::RoomCreated { session: id, name, private, result, reply }));
         });
     }
 
@@ -360,6 +374,7 @@ impl RouterState {
         &mut self,
         id: SessionId,
         name: String,
+        private: bool,
         result: Result<crate::store::RoomRecord, StoreError>,
         reply: Responder,
     ) {
@@ -374,6 +389,9 @@ impl RouterState {
                     created_at_ms: record.created_at_ms,
                 });
                 self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
+                if private {
+                    self.private_room_created(id, &name);
+                }
                 if self.sessions.contains_key(&id) {
                     self.join(id, &name, "Created and joined room")
                 } else {
@@ -397,7 +415,7 @@ impl RouterState {
     /// room, joins, and answers with the room's recent messages.
     pub(super) fn join(&mut self, id: SessionId, name: &str, verb: &str) -> Result<Reply, ChatError> {
         let name = normalize_room(name)?;
-        if !self.rooms.contains_key(&name) {
+        if !self.rooms.contains_key(&name) || !self.can_see(&name, Some(id)) {
             return Err(ChatError::NoSuchRoom(name));
         }
         if self.sessions[&id].room.as_deref() == Some(name.as_str()) {

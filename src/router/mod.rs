@@ -24,6 +24,7 @@
 
 mod cluster;
 mod commands;
+mod private;
 mod state;
 mod streams;
 #[cfg(test)]
@@ -141,6 +142,8 @@ pub enum Completion {
     Fetched { room: String, messages: Vec<ChatMessage>, limit: usize },
     /// Every room, read back from the store (rooms created elsewhere).
     RoomsLoaded(Vec<RoomRecord>),
+    /// Who may enter each private room, read back from the store.
+    PrivateRoomsLoaded(Vec<crate::store::PrivateRoomRecord>),
     /// A page of a stream's replay, read back from the store.
     Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
 }
@@ -164,13 +167,15 @@ impl Inboxes {
 pub enum Query {
     /// Proves the router thread is alive and taking requests.
     Ping(Sender<()>),
-    /// Every room here with its service-wide member count, sorted by name.
-    Rooms(Sender<Vec<RoomSummary>>),
+    /// Every room here with its service-wide member count, sorted by name:
+    /// the public ones, and the private ones `viewer` may enter.
+    Rooms { viewer: Option<SessionRef>, reply: Sender<Vec<RoomSummary>> },
     /// The nicknames in a room on every instance, sorted; `None` if the room
-    /// does not exist.
-    Members { room: String, reply: Sender<Option<Vec<String>>> },
-    /// A room's store id and ring-buffer state; `None` if it does not exist.
-    Room { room: String, reply: Sender<Option<RoomInfo>> },
+    /// does not exist (or is private and not `viewer`'s).
+    Members { room: String, viewer: Option<SessionRef>, reply: Sender<Option<Vec<String>>> },
+    /// A room's store id and ring-buffer state; `None` if it does not exist
+    /// (or is private and not `viewer`'s).
+    Room { room: String, viewer: Option<SessionRef>, reply: Sender<Option<RoomInfo>> },
     /// The session an HTTP `sessionId` names, if any.
     Session { token: Uuid, reply: Sender<Option<SessionId>> },
     /// Who a session is: its user and whether that is an account.
@@ -209,7 +214,16 @@ pub struct RoomInfo {
 /// Completions of store calls the router made for itself.
 pub enum StoreDone {
     UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<Option<i64>, StoreError>, reply: Responder },
-    RoomCreated { session: SessionId, name: String, result: Result<RoomRecord, StoreError>, reply: Responder },
+    RoomCreated { session: SessionId, name: String, private: bool, result: Result<RoomRecord, StoreError>, reply: Responder },
+    /// `/invite` or `/kick` was stored (`None`: no such account).
+    AccessChanged {
+        session: SessionId,
+        room: String,
+        nick: String,
+        change: private::AccessChange,
+        result: Result<Option<(crate::store::Account, bool)>, StoreError>,
+        reply: Responder,
+    },
     /// A DM between registered users, stored (`None`: the recipient is no account).
     DmStored {
         session: SessionId,
@@ -258,21 +272,36 @@ impl RouterHandle {
         self.ask(Query::Ping, deadline).is_some()
     }
 
-    /// Every room with its member count, sorted by name.
+    /// Every public room with its member count, sorted by name.
     pub fn rooms(&self) -> Result<Vec<RoomSummary>, ChatError> {
-        self.ask(Query::Rooms, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+        self.rooms_for(None)
+    }
+
+    /// Every room `viewer` may know of, with its member count, sorted by name.
+    pub fn rooms_for(&self, viewer: Option<SessionRef>) -> Result<Vec<RoomSummary>, ChatError> {
+        self.ask(|reply| Query::Rooms { viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// The members of `room` (a normalized name); `None` if there is no such room.
     pub fn members(&self, room: &str) -> Result<Option<Vec<String>>, ChatError> {
+        self.members_for(room, None)
+    }
+
+    /// The members of `room` as `viewer` may know them.
+    pub fn members_for(&self, room: &str, viewer: Option<SessionRef>) -> Result<Option<Vec<String>>, ChatError> {
         let room = room.to_string();
-        self.ask(|reply| Query::Members { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+        self.ask(|reply| Query::Members { room, viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// What is known of `room` (a normalized name); `None` if there is no such room.
     pub fn room(&self, room: &str) -> Result<Option<RoomInfo>, ChatError> {
+        self.room_for(room, None)
+    }
+
+    /// What `viewer` may know of `room`.
+    pub fn room_for(&self, room: &str, viewer: Option<SessionRef>) -> Result<Option<RoomInfo>, ChatError> {
         let room = room.to_string();
-        self.ask(|reply| Query::Room { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+        self.ask(|reply| Query::Room { room, viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// Who a session is; `None` if there is no such session.
@@ -344,6 +373,8 @@ pub struct RouterState {
     account_sessions: HashMap<i64, Vec<SessionId>>,
     /// Rooms by (lower-case) name, sorted for `/rooms`.
     rooms: BTreeMap<String, Room>,
+    /// Private rooms by name: who may enter them.
+    private: HashMap<String, private::PrivateRoom>,
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
@@ -419,6 +450,7 @@ impl Router {
             nicknames: HashMap::new(),
             account_sessions: HashMap::new(),
             rooms: BTreeMap::new(),
+            private: HashMap::new(),
             creating: Default::default(),
             pending_sends: HashMap::new(),
             next_ticket: 1,
@@ -445,6 +477,11 @@ impl Router {
             requests: crossbeam_channel::bounded(INBOX_CAPACITY),
             completions: crossbeam_channel::bounded(COMPLETIONS_CAPACITY),
         }
+    }
+
+    /// Who may enter each private room, as stored (before the router runs).
+    pub fn set_private_rooms(&mut self, rooms: Vec<crate::store::PrivateRoomRecord>) {
+        self.state.load_private_rooms(rooms);
     }
 
     pub fn handle(&self) -> RouterHandle {
@@ -547,6 +584,7 @@ impl RouterState {
             Completion::Claimed(result) => self.claimed(result),
             Completion::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
             Completion::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
+            Completion::PrivateRoomsLoaded(rooms) => self.private_rooms_loaded(rooms),
             Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
         }
     }
@@ -752,14 +790,22 @@ impl RouterState {
             Query::Ping(reply) => {
                 let _ = reply.send(());
             }
-            Query::Rooms(reply) => {
-                let _ = reply.send(self.room_list());
+            Query::Rooms { viewer, reply } => {
+                let viewer = viewer.and_then(|v| self.resolve(v).ok());
+                let _ = reply.send(self.room_list(viewer));
             }
-            Query::Members { room, reply } => {
-                let _ = reply.send(self.room_members(&room));
+            Query::Members { room, viewer, reply } => {
+                let viewer = viewer.and_then(|v| self.resolve(v).ok());
+                let members = if self.can_see(&room, viewer) { self.room_members(&room) } else { None };
+                let _ = reply.send(members);
             }
-            Query::Room { room, reply } => {
-                let info = self.rooms.get(&room).map(|r| RoomInfo { id: r.id, evicted_up_to: r.evicted_up_to });
+            Query::Room { room, viewer, reply } => {
+                let viewer = viewer.and_then(|v| self.resolve(v).ok());
+                let info = self
+                    .rooms
+                    .get(&room)
+                    .filter(|_| self.can_see(&room, viewer))
+                    .map(|r| RoomInfo { id: r.id, evicted_up_to: r.evicted_up_to });
                 let _ = reply.send(info);
             }
             Query::Session { token, reply } => {
@@ -777,10 +823,12 @@ impl RouterState {
         }
     }
 
-    /// Room names with service-wide member counts, sorted by name.
-    fn room_list(&self) -> Vec<RoomSummary> {
+    /// Room names with service-wide member counts, sorted by name: public
+    /// rooms and the private ones `viewer` may enter.
+    fn room_list(&self, viewer: Option<SessionId>) -> Vec<RoomSummary> {
         self.rooms
             .values()
+            .filter(|r| self.can_see(&r.name, viewer))
             .map(|r| RoomSummary {
                 name: r.name.clone(),
                 members: r.members.len() + self.remote_members(Some(&r.name)).count(),

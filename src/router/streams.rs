@@ -61,6 +61,9 @@ impl RouterState {
             return Err(ChatError::NoNickname);
         }
         let name = normalize_room(room)?;
+        if !self.can_see(&name, Some(id)) {
+            return Err(ChatError::NoSuchRoom(name));
+        }
         let target = self.rooms.get(&name).ok_or_else(|| ChatError::NoSuchRoom(name.clone()))?;
         let room_id = target.id;
         let from_ring = match after {

@@ -44,6 +44,16 @@ impl fmt::Debug for Account {
     }
 }
 
+/// A private room's owner and who may enter it (the owner included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateRoomRecord {
+    pub room_id: i64,
+    pub name: String,
+    pub owner_id: i64,
+    pub owner: String,
+    pub allowed: Vec<i64>,
+}
+
 /// A stored direct message between two registered users.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmRecord {
@@ -161,6 +171,15 @@ pub trait Store: Send {
     /// Up to `limit` DMs between two users with ids below `before`, oldest first.
     fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
         -> Result<Vec<DmRecord>, StoreError>;
+    /// Creates a private room owned by `owner_id` (who may enter it);
+    /// `Err(Conflict)` if the name exists.
+    fn create_private_room(&mut self, name: &str, owner_id: i64, at_ms: i64) -> Result<RoomRecord, StoreError>;
+    /// Every private room with who may enter it.
+    fn private_rooms(&mut self) -> Result<Vec<PrivateRoomRecord>, StoreError>;
+    /// Lets a user into a private room; `Ok(false)` if they were already.
+    fn grant_room(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<bool, StoreError>;
+    /// Takes a user's access to a private room away; `Ok(false)` if they had none.
+    fn revoke_room(&mut self, room_id: i64, user_id: i64) -> Result<bool, StoreError>;
     /// Records that a user joined a room.
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
     /// Commits a batch of messages in one transaction, all or nothing, and

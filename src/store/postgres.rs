@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{Account, DmConversation, DmRecord, NewMessage, RoomRecord, Store, StoreError};
+use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError};
 use crate::event::ChatMessage;
 use crate::names::name_key;
 
@@ -78,6 +78,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_room_sequence", include_str!("../../sql/postgres/0002_room_sequence.sql")),
     ("0003_accounts", include_str!("../../sql/postgres/0003_accounts.sql")),
     ("0004_direct_messages", include_str!("../../sql/postgres/0004_direct_messages.sql")),
+    ("0005_private_rooms", include_str!("../../sql/postgres/0005_private_rooms.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -197,6 +198,22 @@ const SQL_DM_CONVERSATIONS: &str = concat!(
      JOIN direct_messages d ON d.id = c.last_id
      ORDER BY c.last_id DESC"
 );
+
+const SQL_CREATE_PRIVATE_ROOM: &str = concat!(
+    "WITH room AS (INSERT INTO rooms (name, created_at, owner_id) VALUES ($1, ",
+    ms_to_ts!("$2::bigint"),
+    ", $3) RETURNING id, owner_id, created_at)
+     INSERT INTO room_access (room_id, user_id, invited_at) SELECT id, owner_id, created_at FROM room RETURNING room_id"
+);
+const SQL_PRIVATE_ROOMS: &str = "SELECT r.id, r.name, r.owner_id, u.nickname,
+        COALESCE((SELECT array_agg(a.user_id) FROM room_access a WHERE a.room_id = r.id), '{}')
+     FROM rooms r JOIN users u ON u.id = r.owner_id WHERE r.owner_id IS NOT NULL ORDER BY r.id";
+const SQL_GRANT_ROOM: &str = concat!(
+    "INSERT INTO room_access (room_id, user_id, invited_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ") ON CONFLICT DO NOTHING"
+);
+const SQL_REVOKE_ROOM: &str = "DELETE FROM room_access WHERE room_id = $1 AND user_id = $2";
 
 fn dm_from(row: &Row) -> Result<DmRecord, postgres::Error> {
     Ok(DmRecord {
@@ -723,6 +740,48 @@ impl Store for PostgresStore {
         self.run(true, |conn| {
             let statement = conn.prepare(SQL_DELETE_SESSION)?;
             conn.client.execute(&statement, &[&token_hash, &now_ms]).map(drop)
+        })
+    }
+
+    fn create_private_room(&mut self, name: &str, owner_id: i64, at_ms: i64) -> Result<RoomRecord, StoreError> {
+        // Not retried, like create_room.
+        let id: i64 = self.run(false, |conn| {
+            let statement = conn.prepare(SQL_CREATE_PRIVATE_ROOM)?;
+            conn.client.query_one(&statement, &[&name, &at_ms, &owner_id])?.try_get(0)
+        })?;
+        Ok(RoomRecord { id, name: name.to_string(), created_at_ms: at_ms })
+    }
+
+    fn private_rooms(&mut self) -> Result<Vec<PrivateRoomRecord>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_PRIVATE_ROOMS)?;
+            conn.client
+                .query(&statement, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(PrivateRoomRecord {
+                        room_id: row.try_get(0)?,
+                        name: row.try_get(1)?,
+                        owner_id: row.try_get(2)?,
+                        owner: row.try_get(3)?,
+                        allowed: row.try_get(4)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn grant_room(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<bool, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_GRANT_ROOM)?;
+            conn.client.execute(&statement, &[&room_id, &user_id, &at_ms]).map(|n| n == 1)
+        })
+    }
+
+    fn revoke_room(&mut self, room_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_REVOKE_ROOM)?;
+            conn.client.execute(&statement, &[&room_id, &user_id]).map(|n| n == 1)
         })
     }
 

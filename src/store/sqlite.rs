@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
-use super::{Account, DmConversation, DmRecord, NewMessage, RoomRecord, Store, StoreError};
+use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError};
 use crate::event::{now_ms, ChatMessage};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_room_sequence", include_str!("../../sql/sqlite/0002_room_sequence.sql")),
     ("0003_accounts", include_str!("../../sql/sqlite/0003_accounts.sql")),
     ("0004_direct_messages", include_str!("../../sql/sqlite/0004_direct_messages.sql")),
+    ("0005_private_rooms", include_str!("../../sql/sqlite/0005_private_rooms.sql")),
 ];
 
 pub struct SqliteStore {
@@ -243,6 +244,57 @@ impl Store for SqliteStore {
             .prepare_cached("DELETE FROM auth_sessions WHERE token_hash = ?1 OR expires_at <= ?2")
             .and_then(|mut s| s.execute(params![token_hash, now_ms]))
             .map(drop)
+            .map_err(failed)
+    }
+
+    fn create_private_room(&mut self, name: &str, owner_id: i64, at_ms: i64) -> Result<RoomRecord, StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        tx.execute("INSERT INTO rooms (name, created_at, owner_id) VALUES (?1, ?2, ?3)", params![name, at_ms, owner_id])
+            .map_err(failed)?;
+        let id = tx.last_insert_rowid();
+        tx.execute("INSERT INTO room_access (room_id, user_id, invited_at) VALUES (?1, ?2, ?3)", params![id, owner_id, at_ms])
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        Ok(RoomRecord { id, name: name.to_string(), created_at_ms: at_ms })
+    }
+
+    fn private_rooms(&mut self) -> Result<Vec<PrivateRoomRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.id, r.name, r.owner_id, u.nickname,
+                        COALESCE((SELECT group_concat(a.user_id) FROM room_access a WHERE a.room_id = r.id), '')
+                 FROM rooms r JOIN users u ON u.id = r.owner_id WHERE r.owner_id IS NOT NULL ORDER BY r.id",
+            )
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let allowed: String = r.get(4)?;
+                Ok(PrivateRoomRecord {
+                    room_id: r.get(0)?,
+                    name: r.get(1)?,
+                    owner_id: r.get(2)?,
+                    owner: r.get(3)?,
+                    allowed: allowed.split(',').filter_map(|id| id.parse().ok()).collect(),
+                })
+            })
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn grant_room(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO room_access (room_id, user_id, invited_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+            .and_then(|mut s| s.execute(params![room_id, user_id, at_ms]))
+            .map(|n| n == 1)
+            .map_err(failed)
+    }
+
+    fn revoke_room(&mut self, room_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM room_access WHERE room_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![room_id, user_id]))
+            .map(|n| n == 1)
             .map_err(failed)
     }
 

@@ -161,9 +161,9 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
-        Endpoint::Rooms => rooms(ctx)?,
-        Endpoint::Members(room) => members(&room, ctx)?,
-        Endpoint::History(room) => history(&room, query, ctx)?,
+        Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
+        Endpoint::Members(room) => members(&room, viewer(query, &from, ctx), ctx)?,
+        Endpoint::History(room) => history(&room, query, viewer(query, &from, ctx), ctx)?,
         Endpoint::Health => health(ctx),
         Endpoint::Metrics => metrics(ctx),
     };
@@ -584,11 +584,21 @@ fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
     }
 }
 
+/// The session a read request names, if any and valid: it sees the private
+/// rooms it may enter; without one, only public rooms exist.
+fn viewer(query: &str, from: &Caller, ctx: &HttpContext) -> Option<SessionRef> {
+    let given = query_param(query, "sessionId").filter(|v| !v.is_empty());
+    if given.is_none() && from.cookie.is_none() {
+        return None;
+    }
+    resolve_session(given.as_deref(), from, ctx).ok().map(SessionRef::Token)
+}
+
 /// `GET /api/rooms`
-fn rooms(ctx: &HttpContext) -> Handled {
+fn rooms(viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let rooms: Vec<Value> = ctx
         .router
-        .rooms()?
+        .rooms_for(viewer)?
         .into_iter()
         .map(|r| json!({ "name": r.name, "memberCount": r.members, "createdAt": rfc3339(r.created_at_ms) }))
         .collect();
@@ -596,9 +606,9 @@ fn rooms(ctx: &HttpContext) -> Handled {
 }
 
 /// `GET /api/rooms/:room/members`: the nicknames in a room, sorted.
-fn members(room: &str, ctx: &HttpContext) -> Handled {
+fn members(room: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let name = normalize_room(room)?;
-    let members = ctx.router.members(&name)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
+    let members = ctx.router.members_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
     Ok(Answer::data(json!({ "room": name, "members": members })))
 }
 
@@ -631,10 +641,10 @@ fn page_params(query: &str) -> Result<(Option<i64>, usize), Refusal> {
 
 /// `GET /api/rooms/:room/history?before=<id>&limit=<n>`: older messages
 /// from the store, oldest first.
-fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
+fn history(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let (before, limit) = page_params(query)?;
     let name = normalize_room(room)?;
-    let room_id = ctx.router.room(&name)?.ok_or(ChatError::NoSuchRoom(name))?.id;
+    let room_id = ctx.router.room_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name))?.id;
     let messages = ctx.store.query(move |store| store.messages_before(room_id, before, limit)).map_err(|e| {
         log::warn!("history of room {room_id} unavailable: {e}");
         Refusal::new(503, "the message store is unavailable, so history cannot be shown. Try again shortly.")
