@@ -600,3 +600,46 @@ fn accounts_are_service_wide_on_several_instances() {
     assert_eq!(sorted[0], 201, "{answers:?}");
     assert_ne!(sorted[1], 201, "{answers:?}");
 }
+
+#[test]
+fn private_rooms_are_private_on_every_instance() {
+    let cluster = common::Cluster::start(2);
+    let (one, two) = (&cluster.servers[0], &cluster.servers[1]);
+    let mut alice = registered(one, "alice");
+    let mut bob = registered(two, "bob");
+    let mut outsider = registered(two, "eve");
+    alice.send("/create secret private");
+    alice.wait_for(|l| l == "---");
+    alice.send("/create open");
+    alice.wait_for(|l| l == "---");
+    // The other instance learns of both rooms; the private one stays hidden.
+    eventually(&mut outsider, "/rooms", |l| l == "Rooms (1):");
+    outsider.expect("  open (1 member)");
+    std::thread::sleep(Duration::from_millis(300));
+    outsider.send("/rooms");
+    outsider.expect("Rooms (1):");
+    outsider.expect("  open (1 member)");
+    outsider.send("/join secret");
+    outsider.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
+    let r = request(two, "GET", "/api/rooms/secret/history", None, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    alice.send("/join secret");
+    alice.wait_for(|l| l == "---");
+    alice.send("/invite bob");
+    alice.expect("Invited bob to secret.");
+    bob.expect("[system] alice invited you to secret. Type /join secret to enter.");
+    bob.send("/join secret");
+    bob.wait_for(|l| l == "---");
+    bob.send("across instances");
+    bob.expect("[secret] bob: across instances");
+    alice.expect("[secret] bob: across instances");
+    outsider.send("/join secret");
+    outsider.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
+
+    alice.send("/kick bob");
+    alice.wait_for(|l| l == "Removed bob from secret.");
+    bob.expect("[system] alice removed you from secret.");
+    bob.send("/join secret");
+    bob.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
+}

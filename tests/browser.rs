@@ -229,6 +229,9 @@ fn a_registered_user_logs_in_with_a_password_and_stays_logged_in_across_a_reload
         let mut owner = server.login(nick);
         owner.send("/register hunter22hunter");
         owner.expect(&format!("Registered {nick}. From now on, log in as {nick} with your password."));
+        if nick == "bob" {
+            owner.create("hideout private");
+        }
         owner.send("/quit");
         owner.expect("Goodbye!");
     }
@@ -255,6 +258,9 @@ fn a_registered_user_logs_in_with_a_password_and_stays_logged_in_across_a_reload
     browser.wait_until("the chat screen for webber", SHOWN_WITHIN, logged_in);
     browser.find("#room-list li[data-room=lobby] button").click();
     browser.wait_until("#current-room to show lobby", SHOWN_WITHIN, |b| (b.text_of("#current-room")? == "lobby").then_some(()));
+    // Someone else's private room does not exist for this user.
+    let listed = browser.execute("return [...document.querySelectorAll('#room-list li')].map(li => li.dataset.room);", vec![]);
+    assert_eq!(listed, json!(["lobby"]), "the room list shows a private room of someone else");
 
     browser.execute("location.reload();", vec![]);
     browser.wait_until("the chat screen for webber after the reload", SHOWN_WITHIN, logged_in);
