@@ -289,9 +289,10 @@ fn accounts(ctx: &HttpContext) -> Result<&crate::accounts::Accounts, Refusal> {
 
 /// The session a request names: `sessionId` in the body or query wins,
 /// else the cookie. A registered user's session that this process does not
-/// hold (a restart, another instance) is brought back from the store while
-/// it has not expired. An unknown `sessionId` is 404; a cookie that names
-/// no session (forged, expired, logged out) is 401.
+/// hold (a restart, another instance) is brought back from the store, by
+/// its cookie, while it has not expired. An unknown `sessionId` is 404 (from
+/// the router, when the request reaches it); a cookie that names no session
+/// (forged, expired, logged out) is 401.
 pub fn resolve_session(given: Option<&str>, from: &Caller, ctx: &HttpContext) -> Result<Uuid, Refusal> {
     let (text, by_cookie) = match given.map(str::trim).filter(|t| !t.is_empty()) {
         Some(text) => (text.to_string(), false),
@@ -312,6 +313,11 @@ pub fn resolve_session(given: Option<&str>, from: &Caller, ctx: &HttpContext) ->
         }
     };
     let Ok(token) = Uuid::parse_str(&text) else { return Err(expired()) };
+    if !by_cookie {
+        // The router answers an unknown one (404) with the request itself:
+        // no extra round trip on the hot path of API clients.
+        return Ok(token);
+    }
     if ctx.router.session(token)?.is_some() {
         return Ok(token);
     }
@@ -431,6 +437,9 @@ fn register(body: RegisterBody, from: &Caller, ctx: &HttpContext) -> Handled {
 /// session is over everywhere), and clears the cookie.
 fn logout(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    if ctx.router.session(token)?.is_none() {
+        return Err(ChatError::UnknownSession.into());
+    }
     ctx.router.send(RouterMsg::Close { session: SessionRef::Token(token) });
     let hash = crate::accounts::token_hash(&token);
     let now = crate::event::now_ms();
@@ -528,6 +537,9 @@ fn dm_history(nick: &str, query: &str, from: &Caller, ctx: &HttpContext) -> Hand
 /// registered user's lasting session stays valid (log out to end it).
 fn disconnect(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    if ctx.router.session(token)?.is_none() {
+        return Err(ChatError::UnknownSession.into());
+    }
     ctx.router.send(RouterMsg::Close { session: SessionRef::Token(token) });
     Ok(Answer::success())
 }
