@@ -643,3 +643,25 @@ fn private_rooms_are_private_on_every_instance() {
     bob.send("/join secret");
     bob.expect("Error: room 'secret' does not exist. Use /create secret to create it.");
 }
+
+#[test]
+fn logging_out_ends_the_session_on_every_instance() {
+    let cluster = common::Cluster::start(2);
+    let (one, two) = (&cluster.servers[0], &cluster.servers[1]);
+    let cookie = post(one, "/api/register", json!({ "nickname": "frank", "password": PW })).cookie();
+    // The same cookie brings the session to life on the other instance.
+    let r = post_with(two, "/api/command", &cookie, json!({ "command": "/list" }));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(post_with(one, "/api/logout", &cookie, json!({})).status, 200);
+    // The other instance finds out from the store within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post_with(two, "/api/command", &cookie, json!({ "command": "/list" }));
+        if r.status == 401 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(std::time::Instant::now() < deadline, "still logged in on the other instance");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

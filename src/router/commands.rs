@@ -135,6 +135,7 @@ impl RouterState {
         session.nickname = Some(nickname.clone());
         session.user_id = user_id;
         session.registered = true;
+        session.opened = Instant::now();
         self.nicknames.entry(key).or_insert(id);
         self.account_sessions.entry(user_id).or_default().push(id);
         self.announce_presence(id);
@@ -204,6 +205,7 @@ impl RouterState {
         let outcome = match result {
             Ok(true) => {
                 session.registered = true;
+                session.opened = Instant::now();
                 let user_id = session.user_id;
                 self.account_sessions.entry(user_id).or_default().push(id);
                 log::info!("{nick} registered");

@@ -142,6 +142,9 @@ pub enum Completion {
     Fetched { room: String, messages: Vec<ChatMessage>, limit: usize },
     /// Every room, read back from the store (rooms created elsewhere).
     RoomsLoaded(Vec<RoomRecord>),
+    /// Of the registered HTTP sessions checked, the token hashes the store
+    /// still holds (valid, not logged out, not expired).
+    SessionsChecked { checked: Vec<(SessionId, String)>, valid: Vec<String> },
     /// Who may enter each private room, read back from the store.
     PrivateRoomsLoaded(Vec<crate::store::PrivateRoomRecord>),
     /// A page of a stream's replay, read back from the store.
@@ -396,6 +399,7 @@ pub struct RouterState {
     next_replay: u64,
     last_heartbeat: Instant,
     last_second: Instant,
+    last_session_check: Instant,
 }
 
 /// The router thread's loop around [`RouterState`].
@@ -407,6 +411,12 @@ pub struct Router {
     requests: Receiver<RouterMsg>,
     completions: Receiver<Completion>,
 }
+
+/// How often registered users' HTTP sessions are checked against the store
+/// (a logout on another instance, an expiry), and how old a session must be
+/// to be checked (it is stored just after its login).
+const SESSION_CHECK_EVERY: Duration = Duration::from_secs(5);
+const SESSION_CHECK_AFTER: Duration = Duration::from_secs(5);
 
 /// How often the router looks at timers (gaps, heartbeats, idle sessions).
 const TICK: Duration = Duration::from_millis(100);
@@ -444,6 +454,7 @@ impl Router {
             next_replay: 0,
             last_heartbeat: Instant::now(),
             last_second: Instant::now(),
+            last_session_check: Instant::now(),
             settings,
             sessions: HashMap::new(),
             tokens: HashMap::new(),
@@ -585,6 +596,7 @@ impl RouterState {
             Completion::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
             Completion::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
             Completion::PrivateRoomsLoaded(rooms) => self.private_rooms_loaded(rooms),
+            Completion::SessionsChecked { checked, valid } => self.sessions_checked(checked, valid),
             Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
         }
     }
@@ -750,6 +762,10 @@ impl RouterState {
         }
         self.last_second = now;
         self.bus_tick(now);
+        if now.duration_since(self.last_session_check) >= SESSION_CHECK_EVERY {
+            self.last_session_check = now;
+            self.check_lasting_sessions(now);
+        }
         let idle = self.settings.session_idle;
         let expired: Vec<SessionId> = self
             .sessions
@@ -761,6 +777,40 @@ impl RouterState {
         for id in expired {
             log::info!("HTTP session {:?} expired after {:?} idle", id, idle);
             self.end_session(id, CloseReason::Expired);
+        }
+    }
+
+    /// Asks the store which registered HTTP sessions are still valid.
+    fn check_lasting_sessions(&mut self, now: Instant) {
+        let checked: Vec<(SessionId, String)> = self
+            .sessions
+            .values()
+            .filter(|s| s.registered && now.duration_since(s.opened) >= SESSION_CHECK_AFTER)
+            .filter_map(|s| Some((s.id, crate::accounts::token_hash(&s.token?))))
+            .collect();
+        if checked.is_empty() {
+            return;
+        }
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let hashes: Vec<String> = checked.iter().map(|(_, h)| h.clone()).collect();
+            match store.valid_sessions(&hashes, now_ms()) {
+                Ok(valid) => {
+                    let _ = inbox.send(Completion::SessionsChecked { checked, valid });
+                }
+                Err(e) => log::debug!("cannot check lasting sessions: {e}"),
+            }
+        });
+    }
+
+    /// Ends the sessions logged out elsewhere or expired.
+    fn sessions_checked(&mut self, checked: Vec<(SessionId, String)>, valid: Vec<String>) {
+        let valid: std::collections::HashSet<String> = valid.into_iter().collect();
+        for (id, hash) in checked {
+            if !valid.contains(&hash) && self.sessions.get(&id).is_some_and(|s| s.registered) {
+                log::info!("HTTP session {:?} was logged out or expired", id);
+                self.end_session(id, CloseReason::Expired);
+            }
         }
     }
 

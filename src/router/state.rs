@@ -28,6 +28,9 @@ pub struct Session {
     pub rate: RateLimiter,
     /// Last request or stream activity, for HTTP idle expiry.
     pub last_active: Instant,
+    /// When the session was opened (lasting sessions are checked against
+    /// the store only once they have had time to be stored).
+    pub opened: Instant,
 }
 
 impl Session {
@@ -44,6 +47,7 @@ impl Session {
             sink,
             rate,
             last_active: Instant::now(),
+            opened: Instant::now(),
         }
     }
 

@@ -155,6 +155,8 @@ pub trait Store: Send {
     fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError>;
     /// The account of a stored session that has not expired at `now_ms`.
     fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError>;
+    /// Of these stored sessions (token hashes), the ones still valid at `now_ms`.
+    fn valid_sessions(&mut self, token_hashes: &[String], now_ms: i64) -> Result<Vec<String>, StoreError>;
     /// Forgets a stored session (and any expired ones).
     fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError>;
     /// Stores a DM from a registered user to the account named `recipient`

@@ -159,6 +159,10 @@ const SQL_SESSION_ACCOUNT: &str = concat!(
     ms_to_ts!("$2::bigint"),
     " AND u.password_hash IS NOT NULL"
 );
+const SQL_VALID_SESSIONS: &str = concat!(
+    "SELECT token_hash FROM auth_sessions WHERE token_hash = ANY($1) AND expires_at > ",
+    ms_to_ts!("$2::bigint")
+);
 const SQL_DELETE_SESSION: &str =
     concat!("DELETE FROM auth_sessions WHERE token_hash = $1 OR expires_at <= ", ms_to_ts!("$2::bigint"));
 
@@ -733,6 +737,14 @@ impl Store for PostgresStore {
         self.run(true, |conn| {
             let statement = conn.prepare(SQL_SESSION_ACCOUNT)?;
             conn.client.query_opt(&statement, &[&token_hash, &now_ms])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn valid_sessions(&mut self, token_hashes: &[String], now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let hashes = token_hashes.to_vec();
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_VALID_SESSIONS)?;
+            conn.client.query(&statement, &[&hashes, &now_ms])?.iter().map(|row| row.try_get(0)).collect()
         })
     }
 

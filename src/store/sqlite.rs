@@ -239,6 +239,20 @@ impl Store for SqliteStore {
             .map_err(failed)
     }
 
+    fn valid_sessions(&mut self, token_hashes: &[String], now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM auth_sessions WHERE token_hash = ?1 AND expires_at > ?2")
+            .map_err(failed)?;
+        let mut valid = Vec::new();
+        for hash in token_hashes {
+            if stmt.exists(params![hash, now_ms]).map_err(failed)? {
+                valid.push(hash.clone());
+            }
+        }
+        Ok(valid)
+    }
+
     fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM auth_sessions WHERE token_hash = ?1 OR expires_at <= ?2")
