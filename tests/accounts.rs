@@ -498,6 +498,30 @@ for_each_store! {
         let r = request(&server, "GET", "/api/rooms/secret/history", Some(&bob_cookie), None);
         assert_eq!(r.status, 404, "{}", r.body);
     }
+
+    fn an_expired_session_is_refused(store) {
+        let server = TestServer::start(store);
+        let cookie = post(&server, "/api/register", json!({ "nickname": "gina", "password": PW })).cookie();
+        assert_eq!(post_with(&server, "/api/disconnect", &cookie, json!({})).status, 200);
+        // Its time runs out (as after SESSION_TTL_DAYS).
+        let sql = "UPDATE auth_sessions SET expires_at = created_at";
+        match &server.database {
+            Some(db) => {
+                let mut client = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
+                client.batch_execute(sql).unwrap();
+            }
+            None => {
+                let conn = rusqlite::Connection::open(server.data_dir.path().join("baby-discord.db")).unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
+        }
+        let r = post_with(&server, "/api/command", &cookie, json!({ "command": "/list" }));
+        assert_eq!(r.status, 401, "{}", r.body);
+        // Nothing secret is ever in the metrics or the log.
+        let metrics = request(&server, "GET", "/metrics", None, None).body;
+        assert!(!metrics.contains(PW) && !metrics.contains("argon2"));
+        assert!(!server.log().contains(PW) && !server.log().contains("$argon2"));
+    }
 }
 
 /// Opens the store of `store` at the schema of the previous release (the
