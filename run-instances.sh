@@ -4,7 +4,9 @@
 #   instance 2: nc localhost 9002, http://localhost:3002/
 #   instance 3: nc localhost 9003, http://localhost:3003/
 # They share PostgreSQL (DATABASE_URL) and Redis (REDIS_URL); the defaults
-# match docker-compose.yml. Ctrl-C stops all three.
+# match docker-compose.yml. REDIS_URL may name a Redis Cluster:
+#   REDIS_URL=redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 ./run-instances.sh
+# Ctrl-C stops all three.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,10 +14,20 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@localhost:5432
 export REDIS_URL="${REDIS_URL:-redis://localhost:6379}"
 
 cargo build --release --bin baby-discord
-server=target/release/baby-discord
+server=${CARGO_TARGET_DIR:-target}/release/baby-discord
 
 # One clear line (per service) instead of starting half a service.
-if ! "$server" check; then
+status=0
+"$server" check || status=$?
+if [ "$status" -eq 3 ]; then
+  # PostgreSQL answers but the database is missing: create it (what
+  # 'createdb baby_discord' would do), then check again.
+  echo "run-instances.sh: creating the missing database (as 'createdb' would)"
+  "$server" createdb
+  status=0
+  "$server" check || status=$?
+fi
+if [ "$status" -ne 0 ]; then
   echo "run-instances.sh: PostgreSQL and Redis must be running first: 'docker compose up -d' starts both (or set DATABASE_URL and REDIS_URL)." >&2
   exit 1
 fi

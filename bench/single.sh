@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 store=${1:?usage: bench/single.sh sqlite|postgres [loadgen options...]}
 shift
 cargo build --release --quiet -p baby-discord -p loadgen
+out=${CARGO_TARGET_DIR:-target}/release
 
 data=$(mktemp -d)
 env=(DATA_DIR="$data" MSG_RATE=0 TCP_PORT=19401 HTTP_PORT=13401 LOG_LEVEL=warn)
@@ -22,7 +23,7 @@ fi
 # shellcheck disable=SC2206
 env+=(${SERVER_ENV:-})
 
-env "${env[@]}" target/release/baby-discord &
+env "${env[@]}" "$out/baby-discord" &
 pid=$!
 cleanup() {
   kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
@@ -32,4 +33,4 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/19401) 2>/dev/null && break; sleep 0.1; done
 
-target/release/loadgen --targets 127.0.0.1:19401:13401 --server-pid "$pid" "$@"
+"$out/loadgen" --targets 127.0.0.1:19401:13401 --server-pid "$pid" "$@"

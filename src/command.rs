@@ -159,7 +159,7 @@ pub fn parse_input(line: &str) -> Result<Input, ChatError> {
     let spec = COMMANDS
         .iter()
         .find(|spec| spec.name == lower)
-        .ok_or_else(|| ChatError::UnknownCommand(format!("/{}", crate::names::strip_controls(name))))?;
+        .ok_or_else(|| ChatError::UnknownCommand(format!("/{}", crate::names::clean_text(name))))?;
     (spec.parse)(args).map(Input::Command).ok_or(ChatError::Usage(spec.usage))
 }
 

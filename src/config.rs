@@ -91,6 +91,9 @@ pub struct Limits {
     pub login_attempts: u32,
     /// How long a registered user's HTTP session lasts (`SESSION_TTL_DAYS`).
     pub session_ttl: Duration,
+    /// Web origins (`scheme://host[:port]`, lower case) besides the server's
+    /// own whose pages may open a WebSocket (`ALLOWED_ORIGINS`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Limits {
@@ -167,6 +170,7 @@ impl Config {
             store_queue_max: env.number("STORE_QUEUE_MAX", 50_000, 1, 10_000_000)?,
             login_attempts: env.number("LOGIN_ATTEMPTS", 5, 0, 1_000_000)?,
             session_ttl: Duration::from_secs(env.number::<u64>("SESSION_TTL_DAYS", 30, 1, 3650)? * 86_400),
+            allowed_origins: env.origins("ALLOWED_ORIGINS")?,
         };
         let database_url = env.optional("DATABASE_URL");
         let redis_url = env.optional("REDIS_URL");
@@ -223,6 +227,21 @@ impl Env<'_> {
         self.string(name, default).parse().map_err(|_| self.error(name, &format!("expected {expected}")))
     }
 
+    /// A comma-separated list of web origins such as `https://chat.example.com`.
+    fn origins(&self, name: &str) -> Result<Vec<String>, ConfigError> {
+        let Some(raw) = self.optional(name) else { return Ok(Vec::new()) };
+        let mut origins = Vec::new();
+        for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+            let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+            if rest.is_none_or(|host| host.is_empty() || host.contains(['/', ' ', '?', '#'])) {
+                return Err(self.error(name, "expected origins like https://chat.example.com, separated by commas"));
+            }
+            origins.push(origin);
+        }
+        Ok(origins)
+    }
+
     fn number<T>(&self, name: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + fmt::Display + Copy,
@@ -266,6 +285,10 @@ mod tests {
         assert_eq!(err.variable, "HISTORY_SIZE");
         let err = Config::from_vars(&vars(&[("BIND_ADDR", "localhost:1")])).unwrap_err();
         assert_eq!(err.variable, "BIND_ADDR");
+        let err = Config::from_vars(&vars(&[("ALLOWED_ORIGINS", "https://a.example, ftp://b")])).unwrap_err();
+        assert_eq!(err.variable, "ALLOWED_ORIGINS");
+        let c = Config::from_vars(&vars(&[("ALLOWED_ORIGINS", "https://A.example/, http://b:8080")])).unwrap();
+        assert_eq!(c.limits.allowed_origins, ["https://a.example", "http://b:8080"]);
         let err = Config::from_vars(&vars(&[("LOG_LEVEL", "loud")])).unwrap_err();
         assert!(err.to_string().contains("LOG_LEVEL"));
     }

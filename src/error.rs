@@ -3,7 +3,9 @@
 //! The router and the adapters return these; each adapter renders them in
 //! one place (a TCP `Error: …` line, an HTTP status with a JSON `error`).
 //! The `Display` text is the sentence after `Error: `: it says what was
-//! wrong and what to do.
+//! wrong and what to do. Many variants carry text the user sent (a name, a
+//! command); `Display` cleans it like a delivered message, so no refusal
+//! can echo an escape sequence or a bidi control back to a terminal.
 
 use std::fmt;
 
@@ -90,6 +92,15 @@ impl ChatError {
 
 impl fmt::Display for ChatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.describe(&mut text)?;
+        f.write_str(&crate::names::clean_text(&text))
+    }
+}
+
+impl ChatError {
+    /// The sentence as written, before user text in it is cleaned.
+    fn describe(&self, f: &mut impl fmt::Write) -> fmt::Result {
         use ChatError::*;
         match self {
             InvalidNickname(why) => write!(f, "invalid nickname: {why}"),

@@ -33,11 +33,20 @@ pub enum Protocol {
     Http,
 }
 
+/// Which transport carries a sink's events, for metrics by protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Sse,
+    WebSocket,
+}
+
 /// Per-protocol cache of an event's wire bytes, filled on first use.
 #[derive(Debug, Default)]
 pub struct Rendered {
     tcp: OnceLock<Box<[u8]>>,
     sse: OnceLock<Box<[u8]>>,
+    ws: OnceLock<Box<[u8]>>,
 }
 
 /// The wire formats an event is rendered into.
@@ -45,6 +54,7 @@ pub struct Rendered {
 pub enum Wire {
     Tcp,
     Sse,
+    WebSocket,
 }
 
 impl Rendered {
@@ -53,6 +63,7 @@ impl Rendered {
         let slot = match wire {
             Wire::Tcp => &self.tcp,
             Wire::Sse => &self.sse,
+            Wire::WebSocket => &self.ws,
         };
         slot.get_or_init(|| render().into_boxed_slice())
     }
@@ -118,6 +129,12 @@ pub enum CloseReason {
     Expired,
     /// Missed messages could not be read back from the store (SSE resume).
     ReplayFailed,
+    /// The client sent more than a message may hold (WebSocket frames).
+    TooLarge,
+    /// The client answered no keep-alive for too long (WebSocket).
+    Unresponsive,
+    /// The client broke the framing protocol (WebSocket).
+    ProtocolError,
 }
 
 impl CloseReason {
@@ -129,6 +146,9 @@ impl CloseReason {
             CloseReason::ReplayFailed => Some(
                 "the message store is unavailable, so missed messages cannot be replayed. Reconnect shortly.",
             ),
+            CloseReason::TooLarge => Some("the frame is larger than the server accepts."),
+            CloseReason::Unresponsive => Some("no frame and no answer to pings for too long."),
+            CloseReason::ProtocolError => Some("the frame broke the WebSocket protocol."),
             CloseReason::Normal | CloseReason::Shutdown | CloseReason::Expired => None,
         }
     }
@@ -151,6 +171,21 @@ pub enum Event {
     Error(ChatError),
     /// The session's room changed; carries the new room's recent messages.
     RoomChanged { room: Option<String>, history: Vec<Arc<ChatMessage>> },
+    /// The answer to a client request that named itself (a WebSocket
+    /// frame's `ref`), in order with the session's other events.
+    Ack(Arc<Ack>),
+    /// The answer to a client's keep-alive ping (WebSocket), with its payload.
+    Pong(Arc<[u8]>),
+}
+
+/// The outcome of one client request, for transports that answer requests
+/// in their event stream (WebSocket).
+#[derive(Debug)]
+pub struct Ack {
+    /// The client's own reference for the request, echoed as it came.
+    pub reference: Option<serde_json::Value>,
+    /// The answer's fields, or why the request was refused.
+    pub outcome: Result<serde_json::Map<String, serde_json::Value>, String>,
 }
 
 impl Event {
@@ -169,6 +204,11 @@ impl Event {
                 Event::Reply(text) => text.len(),
                 Event::Error(_) => 64,
                 Event::RoomChanged { history, .. } => history.iter().map(|m| FRAMING + m.content.len()).sum(),
+                Event::Ack(ack) => match &ack.outcome {
+                    Ok(fields) => fields.len() * 32,
+                    Err(error) => error.len(),
+                },
+                Event::Pong(payload) => payload.len(),
             }
     }
 }
@@ -193,6 +233,10 @@ pub trait Sink: Send + Sync {
     /// About how many bytes are queued and not yet taken by the client.
     fn backlog(&self) -> usize {
         0
+    }
+    /// The transport the events go out on, if the sink knows it.
+    fn transport(&self) -> Option<Transport> {
+        None
     }
 }
 

@@ -17,7 +17,7 @@
 //!   hasher thread, the login-attempt limiter, and the login, `/register`
 //!   and `/password` procedures the adapters run (never the router).
 //! - [`error`]: every user-visible refusal, as one enum.
-//! - [`adapters`]: the TCP line protocol and HTTP (API, SSE, page): bytes to
+//! - [`adapters`]: the TCP line protocol and HTTP (API, SSE, WebSocket, page): bytes to
 //!   router requests, and each transport's encoder of events into bytes;
 //!   [`adapters::writers`] is the delivery layer every transport shares.
 //! - [`store`]: the storage interface, SQLite and PostgreSQL behind it, and
@@ -40,8 +40,9 @@
 //! | `tcp-client` | 1 per TCP client | `CLIENT_STACK_KB` (64 KiB) | reading its client's socket, the nickname prompt |
 //! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
 //! | `sse` | 1 per SSE stream | `CLIENT_STACK_KB` (64 KiB) | its stream's life: attach, `: ping`, detach |
-//! | tiny_http's | 1 accept + 1 per open HTTP connection | default | reading one request at a time under `HTTP_READ_TIMEOUT_SECS` (head and body up to `MAX_BODY_BYTES`), closing idle connections after `HTTP_IDLE_SECS`; each connection holds a `MAX_CONNECTIONS` place until its socket closes (an event-stream request ends its connection's thread; the stream keeps the place) |
 //! | `hasher-0` | 1 | 256 KiB | hashing and checking passwords (Argon2id, ~30 ms and 19 MiB each) |
+//! | `ws` | 1 per WebSocket | `CLIENT_STACK_KB` (64 KiB) | reading its client's frames into router requests, pings, detach |
+//! | tiny_http's | 1 accept + 1 per open HTTP connection | default | reading one request at a time under `HTTP_READ_TIMEOUT_SECS` (head and body up to `MAX_BODY_BYTES`), closing idle connections after `HTTP_IDLE_SECS`; each connection holds a `MAX_CONNECTIONS` place until its socket closes (an event-stream or upgrade request ends its connection's thread; the stream or WebSocket keeps the place) |
 //! | `pg-close` | brief, now and then | default | closing a lost PostgreSQL connection without blocking the storage thread |
 //!
 //! A panic in a vital thread logs and exits the process (status 101) at

@@ -2,23 +2,26 @@
 //! gracefully on SIGINT or SIGTERM (exit status 0).
 //!
 //! `baby-discord check` only checks that the configured PostgreSQL and
-//! Redis answer, one line each (used by `run-instances.sh`).
+//! Redis answer, one line each (used by `run-instances.sh`); it exits with
+//! status 3 when PostgreSQL answers but the database does not exist, which
+//! `baby-discord createdb` creates.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use baby_discord::config::Config;
 use baby_discord::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "usage: baby-discord [check]
+const USAGE: &str = "usage: baby-discord [check | createdb]
 
 Runs the Baby Discord chat server (TCP line protocol and HTTP API).
 Configuration comes from environment variables (TCP_PORT, HTTP_PORT,
 DATABASE_URL, REDIS_URL, ...): see README.md.
 
-  check   report whether DATABASE_URL and REDIS_URL can be reached, then exit";
+  check     report whether DATABASE_URL and REDIS_URL can be reached, then exit
+            (status 3: PostgreSQL answers but the database does not exist)
+  createdb  create the database DATABASE_URL names, then exit";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => serve(config),
         ["check"] => check(&config),
+        ["createdb"] => createdb(&config),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -75,22 +79,28 @@ fn serve(config: Config) -> ExitCode {
 /// One line per configured service; exit status 1 if any is unreachable.
 fn check(config: &Config) -> ExitCode {
     let mut ok = true;
+    let mut missing_database = false;
     match &config.database_url {
         Some(url) => match baby_discord::store::postgres::PostgresStore::open(url) {
             Ok(_) => println!("PostgreSQL (DATABASE_URL): reachable"),
-            Err(e) => {
-                ok = false;
-                println!("PostgreSQL (DATABASE_URL): NOT reachable: {e}");
-            }
+            Err(e) => match baby_discord::store::postgres::missing_database(url) {
+                Some(name) => {
+                    missing_database = true;
+                    println!(
+                        "PostgreSQL (DATABASE_URL): reachable, but database '{name}' does not exist: create it with 'createdb {name}' (or 'baby-discord createdb')"
+                    );
+                }
+                None => {
+                    ok = false;
+                    println!("PostgreSQL (DATABASE_URL): NOT reachable: {e}");
+                }
+            },
         },
         None => println!("DATABASE_URL is not set: the embedded store under DATA_DIR is used"),
     }
     match &config.redis_url {
         Some(url) => {
-            let reachable = redis::Client::open(url.as_str())
-                .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(3)))
-                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
-            match reachable {
+            match baby_discord::bus::ping(url) {
                 Ok(_) => println!("Redis (REDIS_URL): reachable"),
                 Err(e) => {
                     ok = false;
@@ -100,9 +110,29 @@ fn check(config: &Config) -> ExitCode {
         }
         None => println!("REDIS_URL is not set: single instance"),
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
+    if !ok {
         ExitCode::FAILURE
+    } else if missing_database {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Creates the database DATABASE_URL names.
+fn createdb(config: &Config) -> ExitCode {
+    let Some(url) = &config.database_url else {
+        eprintln!("baby-discord: DATABASE_URL is not set");
+        return ExitCode::from(2);
+    };
+    match baby_discord::store::postgres::create_database(url) {
+        Ok(name) => {
+            println!("created database '{name}'");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("baby-discord: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::event::Transport;
+
 
 /// A histogram with fixed bucket bounds (seconds, or a plain count).
 pub struct Histogram {
@@ -67,6 +69,10 @@ pub struct Metrics {
     pub messages: AtomicU64,
     pub deliveries: AtomicU64,
     pub dropped_slow: AtomicU64,
+    /// Slow consumers dropped, by transport: TCP, SSE, WebSocket.
+    dropped_slow_by: [AtomicU64; 3],
+    /// Open WebSocket connections.
+    pub ws_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
     pub store_failures: AtomicU64,
     /// Time from a message's arrival at the router to its fan-out.
@@ -74,6 +80,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Messages per commit.
     batch_sizes: Histogram,
+    /// Redis bus traffic (multi-instance only).
+    pub bus: crate::bus::BusStats,
 }
 
 impl Default for Metrics {
@@ -86,11 +94,14 @@ impl Default for Metrics {
             messages: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             dropped_slow: AtomicU64::new(0),
+            dropped_slow_by: Default::default(),
+            ws_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
             delivery_latency: Histogram::new(LATENCY_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
             batch_sizes: Histogram::new(BATCH_BOUNDS),
+            bus: Default::default(),
         }
     }
 }
@@ -99,6 +110,14 @@ impl Metrics {
     pub fn record_commit(&self, batch: usize, latency: Duration) {
         self.commit_latency.observe(latency);
         self.batch_sizes.observe_value(batch as f64);
+    }
+
+    /// Counts a slow consumer dropped; `transport` is its sink's, if known.
+    pub fn record_slow_drop(&self, transport: Option<Transport>) {
+        self.dropped_slow.fetch_add(1, Relaxed);
+        if let Some(transport) = transport {
+            self.dropped_slow_by[transport as usize].fetch_add(1, Relaxed);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -113,6 +132,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"tcp\"}} {}", self.tcp_connections.load(Relaxed));
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"sse\"}} {}", self.http_streams.load(Relaxed));
+        let _ = writeln!(out, "baby_discord_connections{{protocol=\"ws\"}} {}", self.ws_connections.load(Relaxed));
         let _ = writeln!(out, "baby_discord_connections{{protocol=\"http\"}} {}", self.http_connections.load(Relaxed));
         gauge(&mut out, "baby_discord_http_sessions", "Open HTTP sessions.", "gauge", "", self.http_sessions.load(Relaxed));
         gauge(&mut out, "baby_discord_messages_total", "Room messages committed.", "counter", "", self.messages.load(Relaxed));
@@ -125,6 +145,11 @@ impl Metrics {
             "",
             self.dropped_slow.load(Relaxed),
         );
+        let name = "baby_discord_dropped_slow_consumers_by_protocol_total";
+        let _ = writeln!(out, "# HELP {name} Slow consumers dropped, by protocol.\n# TYPE {name} counter");
+        for (label, counter) in ["tcp", "sse", "ws"].iter().zip(&self.dropped_slow_by) {
+            let _ = writeln!(out, "{name}{{protocol=\"{label}\"}} {}", counter.load(Relaxed));
+        }
         gauge(
             &mut out,
             "baby_discord_rejected_connections_total",
@@ -148,6 +173,7 @@ impl Metrics {
         );
         self.commit_latency.render(&mut out, "baby_discord_store_commit_seconds", "Duration of one group commit.");
         self.batch_sizes.render(&mut out, "baby_discord_store_batch_size", "Messages per group commit.");
+        self.bus.render(&mut out);
         out
     }
 }

@@ -27,34 +27,48 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err("it is empty; use 1-32 letters, digits, '_' or '-'.".into());
     }
     if name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!("'{name}' is longer than {MAX_NAME_CHARS} characters."));
+        return Err(format!("'{}' is longer than {MAX_NAME_CHARS} characters.", clean_text(name)));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         return Err(format!(
             "'{}' contains {:?}; use only letters, digits, '_' or '-'.",
-            strip_controls(name),
+            clean_text(name),
             bad
         ));
     }
     Ok(())
 }
 
-/// Removes control characters (C0, DEL, C1) so no user can send terminal
-/// escape sequences to another. Tabs become spaces.
-pub fn strip_controls(text: &str) -> String {
+/// Removes what could let one user change how text looks on another's
+/// screen: control characters (C0, DEL, C1), so no terminal escape
+/// sequences, and Unicode bidirectional controls and invisible formatting
+/// characters ([`is_invisible_format`]), so no reversed or hidden text.
+/// Tabs become spaces. Used on every delivered message and on every piece
+/// of user text echoed back in an error.
+pub fn clean_text(text: &str) -> String {
     text.chars()
         .filter_map(|c| match c {
             '\t' => Some(' '),
-            c if c.is_control() => None,
+            c if c.is_control() || is_invisible_format(c) => None,
             c => Some(c),
         })
         .collect()
 }
 
+/// Unicode bidirectional controls and invisible formatting characters:
+/// zero-width space, joiners and marks (U+200B–U+200F), the embeddings and
+/// overrides (U+202A–U+202E), word joiner and invisible operators
+/// (U+2060–U+2064), the isolates (U+2066–U+2069), the byte order mark
+/// (U+FEFF), and the Arabic letter mark (U+061C), the one bidi control
+/// outside those blocks.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Cleans a chat message and checks its length: the text that will be stored
 /// and delivered.
 pub fn clean_message(text: &str, max_chars: usize) -> Result<String, ChatError> {
-    let cleaned = strip_controls(text);
+    let cleaned = clean_text(text);
     let trimmed = cleaned.trim();
     if trimmed.is_empty() {
         return Err(ChatError::EmptyMessage);
@@ -89,10 +103,59 @@ mod tests {
 
     #[test]
     fn control_characters_are_removed() {
-        assert_eq!(strip_controls("hi\x1b[31mred\x07\u{9b}"), "hi[31mred");
+        assert_eq!(clean_text("hi\x1b[31mred\x07\u{9b}"), "hi[31mred");
         assert_eq!(clean_message("  a\tb  ", 10).unwrap(), "a b");
         assert_eq!(clean_message("\x1b\x1b", 10), Err(ChatError::EmptyMessage));
         assert_eq!(clean_message("héllo", 5).unwrap(), "héllo");
         assert_eq!(clean_message("héllo!", 5), Err(ChatError::MessageTooLong { max: 5 }));
+    }
+
+    const INVISIBLE: &[char] = &[
+        '\u{061C}', '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}',
+        '\u{202D}', '\u{202E}', '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}', '\u{2064}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{FEFF}',
+    ];
+
+    #[test]
+    fn bidi_and_invisible_characters_are_removed_from_messages() {
+        for &c in INVISIBLE {
+            assert!(is_invisible_format(c), "{c:?}");
+            assert_eq!(clean_message(&format!("a{c}b"), 10).unwrap(), "ab", "{c:?}");
+            assert_eq!(clean_message(&c.to_string(), 10), Err(ChatError::EmptyMessage), "{c:?}");
+        }
+        assert_eq!(clean_message("\u{202E}gnp.exe\u{202C}", 20).unwrap(), "gnp.exe");
+        // Neighbours of the ranges are ordinary text.
+        for c in ['\u{200A}', '\u{2010}', '\u{2029}', '\u{2065}', '\u{206A}', '\u{FEFE}', 'é', '🙂'] {
+            assert!(!is_invisible_format(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn bidi_and_invisible_characters_are_refused_in_names() {
+        for &c in INVISIBLE {
+            let name = format!("ali{c}ce");
+            let err = validate_nickname(&name).unwrap_err().to_string();
+            assert!(!err.contains(c), "{err:?}");
+            assert!(normalize_room(&name).is_err(), "{c:?}");
+            assert!(normalize_room(&c.to_string()).is_err(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_never_echo_control_or_invisible_characters() {
+        let hostile = format!("\x1b[2J\u{202E}{}\x07", "x".repeat(40));
+        for err in [
+            validate_nickname(&hostile).unwrap_err(),
+            normalize_room(&hostile).unwrap_err(),
+            validate_nickname("a\x1b[31mb").unwrap_err(),
+            ChatError::UserNotOnline(hostile.clone()),
+            ChatError::NoSuchRoom(hostile.clone()),
+            ChatError::UnknownCommand(hostile.clone()),
+            ChatError::WrongRoom { current: "a".into(), requested: hostile.clone() },
+        ] {
+            let text = err.to_string();
+            assert_eq!(text, clean_text(&text), "{text:?}");
+            assert!(text.contains("[2J") || text.contains("[31m"), "{text:?}");
+        }
     }
 }

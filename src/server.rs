@@ -71,6 +71,7 @@ impl Server {
                 let (handle, health) = bus::start(
                     url,
                     names,
+                    metrics.clone(),
                     move |incoming| {
                         let _ = events.send(Completion::Bus(incoming));
                     },

@@ -315,7 +315,7 @@ for_each_store! {
             builder = builder.env(k, v);
         }
         let server = builder.start();
-        assert!(server.log().contains("applying migration 0003_accounts"), "{}", server.log());
+        assert!(server.log().contains("applying migration 0004_accounts"), "{}", server.log());
         // The old user is a guest; the old room keeps its history.
         let mut olga = server.login("olga");
         olga.send("/join lobby");
@@ -657,6 +657,8 @@ fn private_rooms_are_private_on_every_instance() {
     bob.wait_for(|l| l == "---");
     bob.send("across instances");
     bob.expect("[secret] bob: across instances");
+    // [system] lines cross instances now: alice sees bob come in first.
+    alice.expect("[system] bob joined secret");
     alice.expect("[secret] bob: across instances");
     outsider.send("/join secret");
     outsider.expect("Error: room 'secret' does not exist. Use /create secret to create it.");

@@ -21,6 +21,7 @@ impl Target {
 pub struct Args {
     pub tcp: usize,
     pub sse: usize,
+    pub ws: usize,
     pub senders: usize,
     pub rate: f64,
     pub duration: Duration,
@@ -33,6 +34,7 @@ pub struct Args {
     pub connect_rate: f64,
     pub nick_prefix: String,
     pub sender_http: bool,
+    pub sender_ws: bool,
     pub drain: Duration,
     pub setup_timeout: Duration,
     pub cleanup: bool,
@@ -43,6 +45,7 @@ impl Default for Args {
         Args {
             tcp: 100,
             sse: 0,
+            ws: 0,
             senders: 10,
             rate: 100.0,
             duration: Duration::from_secs(10),
@@ -54,6 +57,7 @@ impl Default for Args {
             connect_rate: 2000.0,
             nick_prefix: "lg".to_string(),
             sender_http: false,
+            sender_ws: false,
             drain: Duration::from_secs(2),
             setup_timeout: Duration::from_secs(60),
             cleanup: true,
@@ -62,16 +66,19 @@ impl Default for Args {
 }
 
 pub const HELP: &str = "\
-loadgen — load generator for baby-discord (TCP line protocol and HTTP/SSE)
+loadgen — load generator for baby-discord (TCP line protocol, HTTP/SSE, WebSocket)
 
 USAGE: loadgen [OPTIONS]
 
 Clients:
   --tcp N                 TCP receiving clients (default 100)
   --sse N                 SSE receiving clients (default 0)
+  --ws N                  WebSocket receiving clients (default 0)
   --senders S             sending clients, not counted in N (default 10)
   --sender-http           senders POST /api/message over kept-alive HTTP/1.1
                           instead of being TCP clients
+  --sender-ws             senders send message frames over a WebSocket each
+                          (acknowledged by ack frames once committed)
   --room NAME             room everyone joins (default \"load\"; created by
                           the first client on each target if missing)
   --nick-prefix P         nickname prefix (default \"lg\"); a short per-run
@@ -168,6 +175,7 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Parsed, String> {
             "--help" | "-h" => return Ok(Parsed::Help),
             "--tcp" => a.tcp = num(&flag, &val(&mut it)?)?,
             "--sse" => a.sse = num(&flag, &val(&mut it)?)?,
+            "--ws" => a.ws = num(&flag, &val(&mut it)?)?,
             "--senders" => a.senders = num(&flag, &val(&mut it)?)?,
             "--rate" => {
                 a.rate = num(&flag, &val(&mut it)?)?;
@@ -195,6 +203,7 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Parsed, String> {
             }
             "--json" => a.json = true,
             "--sender-http" => a.sender_http = true,
+            "--sender-ws" => a.sender_ws = true,
             "--no-cleanup" => a.cleanup = false,
             "--max-loss" => a.max_loss = Some(num(&flag, &val(&mut it)?)?),
             "--connect-rate" => {
@@ -215,8 +224,11 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Parsed, String> {
             return Err(format!("{flag} takes no value"));
         }
     }
-    if a.tcp + a.sse == 0 {
-        return Err("need at least one receiver (--tcp or --sse)".into());
+    if a.tcp + a.sse + a.ws == 0 {
+        return Err("need at least one receiver (--tcp, --sse or --ws)".into());
+    }
+    if a.sender_http && a.sender_ws {
+        return Err("--sender-http and --sender-ws exclude each other".into());
     }
     if a.senders == 0 {
         return Err("--senders must be at least 1".into());

@@ -27,18 +27,26 @@ const PROMPT: &[u8] = b"Enter your nickname:";
 pub enum Role {
     TcpRecv,
     SseRecv,
+    /// Receives over a WebSocket (`GET /api/ws`).
+    WsRecv,
     TcpSender,
     HttpSender,
+    /// Sends message frames over a WebSocket; acked by `ack` frames.
+    WsSender,
     /// A one-request connection (POST /api/disconnect during cleanup).
     Oneshot,
 }
 
 impl Role {
     pub fn is_receiver(self) -> bool {
-        matches!(self, Role::TcpRecv | Role::SseRecv)
+        matches!(self, Role::TcpRecv | Role::SseRecv | Role::WsRecv)
     }
     pub fn is_http(self) -> bool {
-        matches!(self, Role::SseRecv | Role::HttpSender | Role::Oneshot)
+        matches!(self, Role::SseRecv | Role::HttpSender | Role::Oneshot | Role::WsRecv | Role::WsSender)
+    }
+    /// Ends up on an open stream (SSE or WebSocket), which joins the room.
+    fn streams(self) -> bool {
+        matches!(self, Role::SseRecv | Role::WsRecv | Role::WsSender)
     }
 }
 
@@ -121,6 +129,7 @@ pub struct Conn {
     http: HttpResp,
     body: Vec<u8>,
     sse: Option<Box<SseParser>>,
+    ws: Option<Box<WsClient>>,
     pub req: Option<Req>,
     pub session: String,
     pub joined: bool,
@@ -152,6 +161,7 @@ impl Conn {
             http: HttpResp::default(),
             body: Vec::new(),
             sse: None,
+            ws: None,
             req: None,
             session: String::new(),
             joined: false,
@@ -171,7 +181,8 @@ impl Conn {
         let kind = match self.role {
             Role::TcpRecv => "tcp",
             Role::SseRecv => "sse",
-            Role::TcpSender | Role::HttpSender => "sender",
+            Role::WsRecv => "ws",
+            Role::TcpSender | Role::HttpSender | Role::WsSender => "sender",
             Role::Oneshot => "cleanup",
         };
         let what = if !self.connected {
@@ -207,7 +218,8 @@ fn role_stats(stats: &mut Stats, role: Role) -> Option<&mut crate::report::RoleS
     match role {
         Role::TcpRecv => Some(&mut stats.tcp),
         Role::SseRecv => Some(&mut stats.sse),
-        Role::TcpSender | Role::HttpSender => Some(&mut stats.senders),
+        Role::WsRecv => Some(&mut stats.ws),
+        Role::TcpSender | Role::HttpSender | Role::WsSender => Some(&mut stats.senders),
         Role::Oneshot => None,
     }
 }
@@ -221,7 +233,7 @@ pub fn start(c: &mut Conn, ctx: &mut Ctx) {
             c.phase = Phase::TcpPrompt;
             open(c, ctx);
         }
-        Role::SseRecv | Role::HttpSender => {
+        Role::SseRecv | Role::HttpSender | Role::WsRecv | Role::WsSender => {
             c.phase = Phase::Http;
             let body = format!("{{\"nickname\":\"{}\"}}", c.nick);
             let r = http_request(ctx, c.target, "POST", "/api/connect", Some(&body), false);
@@ -302,7 +314,8 @@ pub fn fail(c: &mut Conn, ctx: &mut Ctx, why: &str) {
     let kind = match c.role {
         Role::TcpRecv => "tcp",
         Role::SseRecv => "sse",
-        Role::TcpSender | Role::HttpSender => "sender",
+        Role::WsRecv => "ws",
+        Role::TcpSender | Role::HttpSender | Role::WsSender => "sender",
         Role::Oneshot => "cleanup",
     };
     let when = if was_joined { "disconnected" } else { "failed" };
@@ -431,6 +444,32 @@ fn send_stream(c: &mut Conn, ctx: &mut Ctx) {
     send_request(c, ctx, Req::Stream, r.into_bytes());
 }
 
+/// Opens the WebSocket (on the kept-alive HTTP connection); `?room=`
+/// joins the room, as an event stream does.
+fn send_ws(c: &mut Conn, ctx: &mut Ctx) {
+    let path = format!("/api/ws?sessionId={}&room={}", c.session, ctx.room);
+    let host = &ctx.addrs[c.target].2;
+    let r = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    c.ws = Some(Box::new(WsClient::new()));
+    c.req = None;
+    if c.sock.is_none() && !open(c, ctx) {
+        return;
+    }
+    queue(c, ctx, r.as_bytes());
+}
+
+/// Opens the client's stream: SSE or WebSocket.
+fn send_open_stream(c: &mut Conn, ctx: &mut Ctx) {
+    if c.role == Role::SseRecv {
+        send_stream(c, ctx)
+    } else {
+        send_ws(c, ctx)
+    }
+}
+
 /// The scheduler asks sender `c` to send its next message now.
 pub fn send_message(c: &mut Conn, ctx: &mut Ctx) {
     if !(c.joined && c.phase == Phase::Ready) {
@@ -443,6 +482,18 @@ pub fn send_message(c: &mut Conn, ctx: &mut Ctx) {
             let mut line = format_payload(c.idx, seq, ctx.now_ns());
             line.push('\n');
             queue(c, ctx, line.as_bytes());
+        }
+        Role::WsSender => {
+            let seq = ctx.tracker.on_sent(c.idx);
+            let sent_ns = ctx.now_ns();
+            let frame = format!(
+                "{{\"type\":\"message\",\"content\":\"{}\",\"ref\":\"{sent_ns}\"}}",
+                format_payload(c.idx, seq, sent_ns)
+            );
+            let ws = c.ws.as_mut().expect("a joined WebSocket sender has its socket");
+            let _ = ws.socket.send(tungstenite::Message::text(frame));
+            let out = std::mem::take(&mut ws.socket.get_mut().output);
+            queue(c, ctx, &out);
         }
         Role::HttpSender => {
             if c.req.is_some() {
@@ -520,7 +571,9 @@ fn read_all(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
             Ok(n) => {
                 let data = std::mem::take(&mut s.rbuf);
                 let now_ns = ctx.now_ns();
-                if c.role.is_http() {
+                if c.ws.is_some() {
+                    ws_data(c, ctx, &data[..n], now_ns);
+                } else if c.role.is_http() {
                     http_data(c, ctx, s, &data[..n], now_ns);
                 } else {
                     tcp_data(c, ctx, s, &data[..n], now_ns);
@@ -539,6 +592,10 @@ fn read_all(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
 }
 
 fn on_eof(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
+    if c.ws.is_some() {
+        fail(c, ctx, "WebSocket closed by server");
+        return;
+    }
     if !c.role.is_http() {
         fail(c, ctx, "connection closed by server");
         return;
@@ -744,8 +801,8 @@ fn on_response(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, req: Req) {
                     c.session = String::from_utf8_lossy(sid).into_owned();
                     if c.creator {
                         send_command(c, ctx, true);
-                    } else if c.role == Role::SseRecv {
-                        send_stream(c, ctx);
+                    } else if c.role.streams() {
+                        send_open_stream(c, ctx);
                     } else {
                         send_command(c, ctx, false);
                     }
@@ -770,9 +827,9 @@ fn on_response(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, req: Req) {
                 let why = status_error(c, "POST /api/command");
                 ctx.stats.errors.record(&why);
             }
-            if c.role == Role::SseRecv {
+            if c.role.streams() {
                 // the stream request joins the room by itself
-                send_stream(c, ctx);
+                send_open_stream(c, ctx);
             } else if ok {
                 c.phase = Phase::Ready;
                 joined(c, ctx);
@@ -866,4 +923,148 @@ fn sse_body(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, now_ns: u64) {
         }
     }
     ctx.stats.seen.overlong += sse.overlong() - before;
+}
+
+// ------------------------------------------------------------ websocket --
+
+/// The bytes between a WebSocket and its socket: `tungstenite` reads what
+/// the event loop received and writes what is to be queued to the socket.
+#[derive(Default)]
+struct Pipe {
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len() - self.pos);
+        buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A WebSocket client: the upgrade's response head, then frames.
+struct WsClient {
+    head: Vec<u8>,
+    upgraded: bool,
+    socket: tungstenite::WebSocket<Pipe>,
+}
+
+impl WsClient {
+    fn new() -> WsClient {
+        let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let socket =
+            tungstenite::WebSocket::from_raw_socket(Pipe::default(), tungstenite::protocol::Role::Client, Some(config));
+        WsClient { head: Vec::new(), upgraded: false, socket }
+    }
+}
+
+fn ws_data(c: &mut Conn, ctx: &mut Ctx, data: &[u8], now_ns: u64) {
+    let ws = c.ws.as_mut().expect("a WebSocket client");
+    if !ws.upgraded {
+        ws.head.extend_from_slice(data);
+        let Some(end) = ws.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if ws.head.len() > 16 * 1024 {
+                fail(c, ctx, "WebSocket handshake: response head too long");
+            }
+            return;
+        };
+        let head = String::from_utf8_lossy(&ws.head[..end]).into_owned();
+        if head.split_whitespace().nth(1) != Some("101") {
+            let why = format!("GET /api/ws: {}", crate::proto::truncate(head.lines().next().unwrap_or(""), 80));
+            ctx.stats.errors.record(&why);
+            fail(c, ctx, &why);
+            return;
+        }
+        ws.upgraded = true;
+        let rest = ws.head.split_off(end + 4);
+        ws.head = Vec::new();
+        ws.socket.get_mut().input.extend_from_slice(&rest);
+    } else {
+        ws.socket.get_mut().input.extend_from_slice(data);
+    }
+    loop {
+        let Some(ws) = c.ws.as_mut() else { return };
+        let text = match ws.socket.read() {
+            Ok(tungstenite::Message::Text(text)) => text,
+            Ok(tungstenite::Message::Close(frame)) => {
+                let why = format!("WebSocket closed by server: {frame:?}");
+                fail(c, ctx, &why);
+                return;
+            }
+            Ok(tungstenite::Message::Ping(_)) => {
+                ctx.stats.seen.sse_pings += 1;
+                continue;
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                fail(c, ctx, &format!("WebSocket: {e}"));
+                return;
+            }
+        };
+        ws_frame(c, ctx, text.as_bytes(), now_ns);
+    }
+    // Pongs tungstenite answered with.
+    if let Some(ws) = c.ws.as_mut() {
+        let out = std::mem::take(&mut ws.socket.get_mut().output);
+        if !out.is_empty() {
+            queue(c, ctx, &out);
+        }
+    }
+}
+
+fn ws_frame(c: &mut Conn, ctx: &mut Ctx, frame: &[u8], now_ns: u64) {
+    let seen = &mut ctx.stats.seen;
+    match json_str_field(frame, "type").unwrap_or(b"") {
+        b"connected" => {
+            if c.phase != Phase::Ready {
+                c.phase = Phase::Ready;
+                joined(c, ctx);
+            }
+        }
+        b"message" => {
+            seen.sse_messages += 1;
+            match json_str_field(frame, "content").and_then(parse_payload) {
+                Some(p) if c.counted => ctx.tracker.deliver(c.slot, p, now_ns),
+                Some(_) => {}
+                None => seen.foreign_room_lines += 1,
+            }
+        }
+        b"ack" => {
+            if let Some(sent_ns) = json_str_field(frame, "ref").and_then(|r| std::str::from_utf8(r).ok()?.parse().ok()) {
+                ctx.stats.acked += 1;
+                ctx.stats.ack_latency.record(now_ns.saturating_sub(sent_ns));
+            }
+        }
+        b"error" => {
+            seen.errors += 1;
+            let why = format!("WebSocket error frame: {}", String::from_utf8_lossy(frame));
+            if json_str_field(frame, "ref").is_some() {
+                message_failed(ctx, &why);
+            } else {
+                ctx.stats.errors.record(&why);
+            }
+        }
+        b"system" => seen.system += 1,
+        b"dm" => seen.dm += 1,
+        _ => seen.sse_other += 1,
+    }
 }

@@ -172,7 +172,7 @@ fn run(args: &Args) -> Result<i32, String> {
         addrs.push((resolve(t.tcp_port)?, resolve(t.http_port)?, format!("{host}:{}", t.http_port)));
     }
 
-    let total_clients = args.tcp + args.sse + args.senders;
+    let total_clients = args.tcp + args.sse + args.ws + args.senders;
     if let Some(limit) = nofile {
         if (total_clients as u64) + 64 > limit {
             eprintln!("loadgen: warning: {total_clients} clients but the open-files limit is {limit}");
@@ -191,6 +191,7 @@ fn run(args: &Args) -> Result<i32, String> {
     }
     stats.tcp.requested = args.tcp as u64;
     stats.sse.requested = args.sse as u64;
+    stats.ws.requested = args.ws as u64;
     stats.senders.requested = args.senders as u64;
 
     let ntargets = args.targets.len();
@@ -200,7 +201,7 @@ fn run(args: &Args) -> Result<i32, String> {
         addrs,
         room: args.room.clone(),
         stats,
-        tracker: Tracker::new(args.senders, args.tcp + args.sse),
+        tracker: Tracker::new(args.senders, args.tcp + args.sse + args.ws),
         timers: Vec::new(),
         creator_done: vec![true; ntargets],
         settled: 0,
@@ -212,8 +213,13 @@ fn run(args: &Args) -> Result<i32, String> {
     let tag = run_tag();
     let p = &args.nick_prefix;
     let mut conns: Vec<Conn> = Vec::with_capacity(total_clients);
-    let sender_role = if args.sender_http { Role::HttpSender } else { Role::TcpSender };
-    let sender_letter = if args.sender_http { 'h' } else { 's' };
+    let (sender_role, sender_letter) = if args.sender_http {
+        (Role::HttpSender, 'h')
+    } else if args.sender_ws {
+        (Role::WsSender, 'w')
+    } else {
+        (Role::TcpSender, 's')
+    };
     for i in 0..args.senders {
         let id = conns.len();
         conns.push(Conn::new(id, sender_role, i, i % ntargets, format!("{p}{tag}_{sender_letter}{i}")));
@@ -228,6 +234,12 @@ fn run(args: &Args) -> Result<i32, String> {
         let id = conns.len();
         let mut c = Conn::new(id, Role::SseRecv, i, i % ntargets, format!("{p}{tag}_e{i}"));
         c.slot = args.tcp + i;
+        conns.push(c);
+    }
+    for i in 0..args.ws {
+        let id = conns.len();
+        let mut c = Conn::new(id, Role::WsRecv, i, i % ntargets, format!("{p}{tag}_v{i}"));
+        c.slot = args.tcp + args.sse + i;
         conns.push(c);
     }
     let main_clients = conns.len();
@@ -316,9 +328,9 @@ fn run(args: &Args) -> Result<i32, String> {
                     eprintln!(
                         "loadgen: setup {:.0}s: {} of {} clients joined, {} failed",
                         now.duration_since(start).as_secs_f64(),
-                        ctx.stats.tcp.joined + ctx.stats.sse.joined + ctx.stats.senders.joined,
+                        ctx.stats.tcp.joined + ctx.stats.sse.joined + ctx.stats.ws.joined + ctx.stats.senders.joined,
                         main_clients,
-                        ctx.stats.tcp.failed + ctx.stats.sse.failed + ctx.stats.senders.failed
+                        ctx.stats.tcp.failed + ctx.stats.sse.failed + ctx.stats.ws.failed + ctx.stats.senders.failed
                     );
                 }
                 let all_settled = to_start.is_empty() && ctx.settled >= main_clients;

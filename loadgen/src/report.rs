@@ -153,6 +153,7 @@ pub struct Seen {
 pub struct Stats {
     pub tcp: RoleStats,
     pub sse: RoleStats,
+    pub ws: RoleStats,
     pub senders: RoleStats,
     pub setup_ns: u64,
     pub setup_timed_out: bool,
@@ -208,7 +209,7 @@ pub struct Report<'a> {
 impl Report<'_> {
     fn connections(&self) -> u64 {
         let s = self.stats;
-        s.tcp.joined + s.sse.joined + s.senders.joined
+        s.tcp.joined + s.sse.joined + s.ws.joined + s.senders.joined
     }
 
     fn kib_per_conn(&self) -> Option<f64> {
@@ -240,7 +241,7 @@ impl Report<'_> {
                 a.rate,
                 a.duration.as_secs_f64(),
                 a.senders,
-                if a.sender_http { "HTTP" } else { "TCP" },
+                if a.sender_http { "HTTP" } else if a.sender_ws { "WebSocket" } else { "TCP" },
                 a.room
             ),
         );
@@ -252,6 +253,7 @@ impl Report<'_> {
         };
         line("TCP clients", role(&s.tcp));
         line("SSE clients", role(&s.sse));
+        line("WebSocket clients", role(&s.ws));
         line("senders", role(&s.senders));
         line(
             "connect+join time",
@@ -310,7 +312,7 @@ impl Report<'_> {
                 ms(h.percentile(50.0)),
                 ms(h.percentile(99.0)),
                 ms(h.max_ns()),
-                if a.sender_http { "HTTP 200" } else { "own echo" }
+                if a.sender_http { "HTTP 200" } else if a.sender_ws { "ack frame" } else { "own echo" }
             ),
         );
         if !a.server_pids.is_empty() {
@@ -376,7 +378,7 @@ impl Report<'_> {
         format!(
             concat!(
                 "{{\"targets\":[{}],\"room\":{},\"rate\":{},\"duration_s\":{},\"sender_http\":{},",
-                "\"tcp\":{},\"sse\":{},\"senders\":{},\"setup_s\":{:.3},\"setup_timed_out\":{},",
+                "\"tcp\":{},\"sse\":{},\"ws\":{},\"senders\":{},\"setup_s\":{:.3},\"setup_timed_out\":{},",
                 "\"sent\":{},\"send_failures\":{},\"acked\":{},\"sender_down\":{},\"deferred\":{},",
                 "\"receivers\":{},\"expected\":{},\"received\":{},\"lost\":{},\"duplicates\":{},\"reordered\":{},\"unknown\":{},",
                 "\"deliveries_per_s\":{:.1},",
@@ -393,6 +395,7 @@ impl Report<'_> {
             a.sender_http,
             role(&s.tcp),
             role(&s.sse),
+            role(&s.ws),
             role(&s.senders),
             s.setup_ns as f64 / 1e9,
             s.setup_timed_out,

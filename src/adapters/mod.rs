@@ -5,9 +5,9 @@
 //!   encoder.
 //! - [`writers`]: the delivery layer, a small pool of threads that send
 //!   every client's output through its transport's encoder (TCP lines, SSE
-//!   events), with queues bounded in events and bytes.
+//!   events, WebSocket frames), with queues bounded in events and bytes.
 //! - [`lines`]: bounded line reading shared by the TCP adapter.
-//! - [`http`]: the JSON API, Server-Sent Events and the web page.
+//! - [`http`]: the JSON API, Server-Sent Events, the WebSocket and the web page.
 
 pub mod http;
 pub mod lines;

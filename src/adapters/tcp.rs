@@ -27,7 +27,7 @@ use crate::accounts::{Accounts, Secret};
 use crate::command::{parse_input, Command, Input};
 use crate::config::Limits;
 use crate::error::ChatError;
-use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Wire};
+use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Transport, Wire};
 
 /// How TCP output looks on the wire: one line per event (the prompt
 /// without its line ending); the last words of a dropped client are an
@@ -35,6 +35,10 @@ use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Wire};
 pub struct LineEncoder;
 
 impl Encoder for LineEncoder {
+    fn transport(&self) -> Transport {
+        Transport::Tcp
+    }
+
     fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
         render(event, out);
     }
@@ -260,7 +264,7 @@ fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext
         let msg = match lines.next_line() {
             Ok(Some(LineEvent::Line(line))) if line.trim().is_empty() => continue,
             Ok(Some(LineEvent::Line(line))) => match parse_input(&line) {
-                Ok(Input::Message(text)) => RouterMsg::Say { session, text, room: None, reply: reply() },
+                Ok(Input::Message(text)) => RouterMsg::Say { session, text, room: None, client_msg_id: None, reply: reply() },
                 Ok(Input::Command(command)) => match account_command(&command, session, ctx, ip) {
                     Some(outcome) => RouterMsg::Answer { session: id, outcome },
                     None => RouterMsg::Command { session, command, reply: reply() },
@@ -315,6 +319,6 @@ pub fn render(event: &Event, out: &mut Vec<u8>) {
         }
         Event::Error(error) => out.extend_from_slice(format!("Error: {error}\n").as_bytes()),
         Event::Prompt(prompt) => out.extend_from_slice(prompt.as_bytes()),
-        Event::RoomChanged { .. } | Event::Ping => {}
+        Event::RoomChanged { .. } | Event::Ping | Event::Ack(_) | Event::Pong(_) => {}
     }
 }

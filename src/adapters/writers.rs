@@ -39,11 +39,13 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::event::{CloseReason, Event, Overflow, Sink};
+use crate::event::{CloseReason, Event, Overflow, Sink, Transport};
 
 /// How one transport turns events into bytes. One encoder per stream, used
 /// only by the writer thread serving it.
 pub trait Encoder: Send {
+    /// The transport this encoder writes, for metrics by protocol.
+    fn transport(&self) -> Transport;
     /// Appends the bytes of `event` to `out`.
     fn encode(&mut self, event: &Event, out: &mut Vec<u8>);
     /// Appends what the client is told as its output ends for `reason`.
@@ -180,6 +182,7 @@ impl Shared {
 /// [`Sink`]; nothing is sent before [`Outbox::start`] gives it a socket.
 pub struct Outbox {
     token: Token,
+    transport: Transport,
     this: Weak<Outbox>,
     limits: QueueLimits,
     writer: Arc<Shared>,
@@ -245,6 +248,7 @@ impl Writers {
         let writer = self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()].clone();
         Arc::new_cyclic(|this| Outbox {
             token: Token(NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)),
+            transport: encoder.transport(),
             this: this.clone(),
             limits,
             writer,
@@ -351,6 +355,10 @@ impl Sink for Outbox {
         state.queued_bytes + state.unsent.len()
     }
 
+    fn transport(&self) -> Option<Transport> {
+        Some(self.transport)
+    }
+
     fn close(&self, reason: CloseReason) {
         let mut state = self.state.lock().unwrap();
         if state.closing.is_none() {
@@ -435,9 +443,10 @@ impl Worker {
                 return;
             }
             if state.closing == Some(CloseReason::TooSlow) && !state.said_last_words {
-                // What is queued is hopeless; only the last words go out.
+                // What is queued is hopeless; only the last words go out,
+                // after the bytes already encoded (a frame may be half
+                // sent: cutting it would garble the stream's framing).
                 state.events.clear();
-                state.unsent.clear();
             } else {
                 self.batch.extend(state.events.drain(..));
             }

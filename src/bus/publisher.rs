@@ -35,7 +35,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0";
 
 enum Job {
-    Publish { channel: String, payload: String },
+    /// `sharded`: a room channel, published with `SPUBLISH` on a cluster.
+    Publish { channel: String, payload: String, sharded: bool },
     Claim { session: SessionId, nick: String },
     Release { nick: String },
 }
@@ -61,7 +62,18 @@ pub struct ClaimResult {
 #[derive(Clone)]
 pub struct BusHandle {
     jobs: Sender<Job>,
+    /// To the subscriber thread: which room channels to listen to.
+    rooms: Sender<RoomRequest>,
     pub names: Names,
+}
+
+/// A change to the room channels the subscriber listens to.
+#[derive(Debug)]
+pub enum RoomRequest {
+    /// Listen to a room; the subscriber answers `Incoming::Subscribed` once
+    /// Redis has confirmed it.
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 impl BusHandle {
@@ -70,8 +82,29 @@ impl BusHandle {
         self.publish(self.names.events(), event);
     }
 
-    /// Sends a committed message to every instance, serialized from the
-    /// shared message itself (the same JSON as [`BusEvent::Message`]).
+    /// Sends an event to the instances with a member in `room`.
+    pub fn to_room(&self, room: &str, event: &BusEvent) {
+        match serde_json::to_string(event) {
+            Ok(payload) => {
+                let _ = self.jobs.send(Job::Publish { channel: self.names.room_channel(room), payload, sharded: true });
+            }
+            Err(e) => log::error!("cannot encode a bus event: {e}"),
+        }
+    }
+
+    /// Starts listening to a room's channel.
+    pub fn subscribe(&self, room: &str) {
+        let _ = self.rooms.send(RoomRequest::Subscribe(room.to_string()));
+    }
+
+    /// Stops listening to a room's channel.
+    pub fn unsubscribe(&self, room: &str) {
+        let _ = self.rooms.send(RoomRequest::Unsubscribe(room.to_string()));
+    }
+
+    /// Sends a committed message to the instances with a member in its
+    /// room, serialized from the shared message itself (the same JSON as
+    /// [`BusEvent::Message`]).
     pub fn broadcast_message(&self, from: &str, message: &crate::event::ChatMessage) {
         #[derive(serde::Serialize)]
         struct MessageEvent<'a> {
@@ -82,7 +115,7 @@ impl BusHandle {
         }
         match serde_json::to_string(&MessageEvent { kind: "message", from, message }) {
             Ok(payload) => {
-                let _ = self.jobs.send(Job::Publish { channel: self.names.events(), payload });
+                let _ = self.jobs.send(Job::Publish { channel: self.names.room_channel(&message.room), payload, sharded: true });
             }
             Err(e) => log::error!("cannot encode a bus message: {e}"),
         }
@@ -96,7 +129,7 @@ impl BusHandle {
     fn publish(&self, channel: String, event: &BusEvent) {
         match serde_json::to_string(event) {
             Ok(payload) => {
-                let _ = self.jobs.send(Job::Publish { channel, payload });
+                let _ = self.jobs.send(Job::Publish { channel, payload, sharded: false });
             }
             Err(e) => log::error!("cannot encode a bus event: {e}"),
         }
@@ -115,9 +148,11 @@ impl BusHandle {
 }
 
 pub(super) fn spawn(
-    client: redis::Client,
+    client: super::Backend,
     names: Names,
     health: Arc<BusHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
+    rooms: Sender<RoomRequest>,
     claims_done: impl Fn(ClaimResult) + Send + 'static,
 ) -> BusHandle {
     let (jobs, rx) = crossbeam_channel::unbounded();
@@ -125,6 +160,7 @@ pub(super) fn spawn(
         client,
         names: names.clone(),
         health,
+        metrics,
         connection: None,
         retry_at: Instant::now(),
         backoff: Duration::ZERO,
@@ -132,14 +168,15 @@ pub(super) fn spawn(
     };
     crate::vital::spawn("redis-publisher", None, move || publisher.run(rx, claims_done))
         .expect("spawn Redis publisher thread");
-    BusHandle { jobs, names }
+    BusHandle { jobs, rooms, names }
 }
 
 struct Publisher {
-    client: redis::Client,
+    client: super::Backend,
     names: Names,
     health: Arc<BusHealth>,
-    connection: Option<redis::Connection>,
+    metrics: Arc<crate::metrics::Metrics>,
+    connection: Option<super::Conn>,
     /// No reconnect attempt before this.
     retry_at: Instant,
     backoff: Duration,
@@ -159,7 +196,7 @@ impl Publisher {
             let mut publishes = Vec::new();
             for job in first.into_iter().chain(rx.try_iter()) {
                 match job {
-                    Job::Publish { channel, payload } => publishes.push((channel, payload)),
+                    Job::Publish { channel, payload, sharded } => publishes.push((channel, payload, sharded)),
                     Job::Claim { session, nick } => {
                         self.flush(&mut publishes);
                         let outcome = self.claim(&nick);
@@ -183,12 +220,10 @@ impl Publisher {
     }
 
     /// The connection, reconnecting if it is time to try again.
-    fn connect(&mut self) -> Option<&mut redis::Connection> {
+    fn connect(&mut self) -> Option<&mut super::Conn> {
         if self.connection.is_none() && Instant::now() >= self.retry_at {
-            match self.client.get_connection_with_timeout(Duration::from_secs(2)) {
+            match self.client.connect() {
                 Ok(connection) => {
-                    let _ = connection.set_write_timeout(Some(Duration::from_secs(2)));
-                    let _ = connection.set_read_timeout(Some(Duration::from_secs(2)));
                     log::info!("Redis publisher connected");
                     self.connection = Some(connection);
                     self.backoff = Duration::ZERO;
@@ -215,17 +250,20 @@ impl Publisher {
     }
 
     /// Publishes everything queued in one pipelined round trip.
-    fn flush(&mut self, publishes: &mut Vec<(String, String)>) {
+    fn flush(&mut self, publishes: &mut Vec<(String, String, bool)>) {
         if publishes.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        for (channel, payload) in publishes.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
-        }
+        let (count, bytes) = (publishes.len(), publishes.iter().map(|(_, p, _)| p.len()).sum::<usize>());
+        let batch: Vec<(String, String, bool)> = publishes.drain(..).collect();
         let Some(connection) = self.connect() else { return };
-        if let Err(e) = pipe.query::<()>(connection) {
-            self.failed(e);
+        match connection.publish_all(&batch) {
+            Ok(()) => {
+                let stats = &self.metrics.bus;
+                stats.messages_out.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+                stats.bytes_out.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => self.failed(e),
         }
     }
 
@@ -234,7 +272,7 @@ impl Publisher {
         let mut eval = redis::cmd("EVAL");
         eval.arg(CLAIM_SCRIPT).arg(1).arg(&key).arg(&self.names.instance).arg(CLAIM_TTL_SECS);
         let Some(connection) = self.connect() else { return ClaimOutcome::Unavailable };
-        match eval.query::<i64>(connection) {
+        match connection.query::<i64>(&eval) {
             Ok(1) => {
                 self.held.insert(key);
                 ClaimOutcome::Granted
@@ -253,7 +291,7 @@ impl Publisher {
         let mut eval = redis::cmd("EVAL");
         eval.arg(RELEASE_SCRIPT).arg(1).arg(&key).arg(&self.names.instance);
         let Some(connection) = self.connect() else { return };
-        if let Err(e) = eval.query::<i64>(connection) {
+        if let Err(e) = connection.query::<i64>(&eval) {
             self.failed(e);
         }
     }
@@ -265,12 +303,16 @@ impl Publisher {
         }
         let keys: Vec<String> = self.held.iter().cloned().collect();
         for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.cmd("EVAL").arg(CLAIM_SCRIPT).arg(1).arg(key).arg(&self.names.instance).arg(CLAIM_TTL_SECS);
-            }
+            let evals: Vec<redis::Cmd> = chunk
+                .iter()
+                .map(|key| {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(CLAIM_SCRIPT).arg(1).arg(key).arg(&self.names.instance).arg(CLAIM_TTL_SECS);
+                    eval
+                })
+                .collect();
             let Some(connection) = self.connect() else { return };
-            match pipe.query::<Vec<i64>>(connection) {
+            match connection.evals(&evals) {
                 Ok(results) => {
                     for (key, ok) in chunk.iter().zip(results) {
                         if ok != 1 {
@@ -292,7 +334,8 @@ mod tests {
     #[test]
     fn a_broadcast_message_reads_back_as_a_message_event() {
         let (jobs, rx) = crossbeam_channel::unbounded();
-        let bus = BusHandle { jobs, names: Names { prefix: "p".into(), instance: "1".into() } };
+        let (rooms, _) = crossbeam_channel::unbounded();
+        let bus = BusHandle { jobs, rooms, names: Names { prefix: "p".into(), instance: "1".into() } };
         let message = ChatMessage {
             id: 7,
             seq: 3,
@@ -305,8 +348,8 @@ mod tests {
             rendered: Default::default(),
         };
         bus.broadcast_message("1", &message);
-        let Ok(Job::Publish { channel, payload }) = rx.try_recv() else { panic!("nothing published") };
-        assert_eq!(channel, "p:events");
+        let Ok(Job::Publish { channel, payload, sharded: true }) = rx.try_recv() else { panic!("nothing published") };
+        assert_eq!(channel, "p:room:general");
         match serde_json::from_str::<BusEvent>(&payload).unwrap() {
             BusEvent::Message { from, message: back } => {
                 assert_eq!(from, "1");

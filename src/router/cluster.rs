@@ -11,17 +11,30 @@
 //! join) are identical, and after a Redis outage a catch-up read from the
 //! store delivers exactly what was missed. Without Redis, local commits
 //! arrive in `seq` order already and pass straight through.
+//!
+//! **Only the rooms it serves.** An instance listens to a room's bus
+//! channel only while the room has a local member. The first local entry
+//! (a `/join`, a stream attaching) waits while the room warms up: the
+//! subscriber confirms the subscription, then the room's recent messages
+//! are read from the store into the ring buffer; whatever is committed
+//! after that read arrives on the channel, and the `seq` gate drops what
+//! both delivered. The last local member leaving unsubscribes. A room just
+//! created here is empty, so it is listened to at once and read back only
+//! from its first `seq` once the subscription is confirmed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Completion, RouterState};
+use super::{Completion, RouterMsg, RouterState};
+use super::state::RoomSub;
+use crate::command::Command;
+use crate::names::normalize_room;
 use crate::bus::publisher::{ClaimOutcome, ClaimResult};
 use crate::bus::subscriber::Incoming;
 use crate::bus::{BusEvent, Member};
 use crate::error::ChatError;
-use crate::event::{ChatMessage, DirectMessage, Event, SessionId};
+use crate::event::{ChatMessage, DirectMessage, Event, Notice, SessionId};
 use crate::names::name_key;
 use crate::store::RoomRecord;
 
@@ -34,6 +47,9 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const PRESENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Messages read from the store per catch-up step.
 const CATCH_UP_BATCH: usize = 1000;
+/// How long a room may wait for its subscription before it is read back
+/// from the store anyway (Redis is slow or away: serve from the store).
+const WARM_WAIT: Duration = Duration::from_secs(2);
 
 /// What this instance knows of another one.
 pub struct RemoteInstance {
@@ -50,7 +66,7 @@ impl RouterState {
             log::warn!("message {} for unknown room {}", message.id, message.room);
             return;
         };
-        if message.seq < room.next_seq {
+        if message.seq < room.next_seq || room.sub == RoomSub::Cold {
             return;
         }
         room.waiting.insert(message.seq, message);
@@ -59,9 +75,72 @@ impl RouterState {
             room.next_seq += 1;
             ready.push(next);
         }
-        room.gap_since = if room.waiting.is_empty() { None } else { room.gap_since.or(Some(Instant::now())) };
+        let name = room.name.clone();
+        self.update_gap(&name);
         for message in ready {
+            let seq = message.seq;
+            self.release_notices(&name, seq);
             self.publish(message);
+        }
+        if let Some(next) = self.rooms.get(&name).map(|r| r.next_seq) {
+            self.release_notices(&name, next);
+        }
+    }
+
+    /// Whether a room waits for messages (early ones, or ones a held notice
+    /// follows), and since when.
+    fn update_gap(&mut self, room: &str) {
+        let Some(room) = self.rooms.get_mut(room) else { return };
+        let behind = !room.waiting.is_empty() || room.held_notices.iter().any(|(after, _)| *after > room.next_seq);
+        room.gap_since = if behind { room.gap_since.or(Some(Instant::now())) } else { None };
+    }
+
+    /// Delivers the held notices that come before message `seq`.
+    fn release_notices(&mut self, room: &str, seq: i64) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if state.held_notices.is_empty() {
+            return;
+        }
+        // In arrival order: a notice never overtakes one held before it.
+        let mut ready = Vec::new();
+        while state.held_notices.front().is_some_and(|(after, _)| *after <= seq) {
+            ready.extend(state.held_notices.pop_front().map(|(_, notice)| notice));
+        }
+        for notice in ready {
+            self.deliver_to_room(room, &Event::Notice(notice), None);
+        }
+    }
+
+    /// A `[system]` line from another instance: delivered once this
+    /// instance has delivered the room's messages before `after_seq`.
+    fn remote_notice(&mut self, room: String, after_seq: i64, text: String, at_ms: i64) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return log::debug!("notice for room {room}, unknown here");
+        };
+        if state.members.is_empty() {
+            return;
+        }
+        let notice = Arc::new(Notice { room: Some(room.clone()), text, at_ms, rendered: Default::default() });
+        if after_seq <= state.next_seq && state.held_notices.is_empty() {
+            return self.deliver_to_room(&room, &Event::Notice(notice), None);
+        }
+        state.held_notices.push_back((after_seq, notice));
+        let next = state.next_seq;
+        self.release_notices(&room, next);
+        self.update_gap(&room);
+    }
+
+    /// Tells the other instances about a `[system]` line in a room.
+    pub(super) fn publish_notice(&self, room: &str, after_seq: i64, text: &str, at_ms: i64) {
+        if let Some(bus) = &self.bus {
+            let event = BusEvent::Notice {
+                from: self.instance.clone(),
+                room: room.to_string(),
+                after_seq,
+                text: text.to_string(),
+                at_ms,
+            };
+            bus.to_room(room, &event);
         }
     }
 
@@ -70,10 +149,21 @@ impl RouterState {
         let mut wanted = Vec::new();
         for room in self.rooms.values_mut() {
             let Some(since) = room.gap_since else { continue };
-            if room.fetching || now.duration_since(since) < GAP_WAIT {
+            if room.sub != RoomSub::Warm || room.fetching || now.duration_since(since) < GAP_WAIT {
                 continue;
             }
-            let first_waiting = *room.waiting.keys().next().expect("a gap has a waiting message");
+            // Up to the first early message, or else the furthest held notice.
+            let first_waiting = room
+                .waiting
+                .keys()
+                .next()
+                .copied()
+                .or_else(|| room.held_notices.iter().map(|(after, _)| *after).max())
+                .unwrap_or(room.next_seq);
+            if first_waiting <= room.next_seq {
+                room.gap_since = None;
+                continue;
+            }
             room.fetching = true;
             // A long gap (a room learned late) is read in steps, not at once.
             let missing = ((first_waiting - room.next_seq) as usize).min(CATCH_UP_BATCH);
@@ -104,6 +194,9 @@ impl RouterState {
         }
         let Some(state) = self.rooms.get_mut(&room) else { return };
         state.fetching = false;
+        if state.sub != RoomSub::Warm {
+            return;
+        }
         if !complete {
             let (id, next) = (state.id, state.next_seq);
             state.fetching = true;
@@ -116,11 +209,150 @@ impl RouterState {
 
     /// Catch-up after (re)subscribing: everything after what each room has seen.
     fn catch_up(&mut self) {
-        let rooms: Vec<(String, i64, i64)> = self.rooms.values().map(|r| (r.name.clone(), r.id, r.next_seq)).collect();
-        for (name, id, next) in rooms {
-            self.fetch_from_seq(name, id, next, CATCH_UP_BATCH);
+        let rooms: Vec<(String, i64, i64, RoomSub)> =
+            self.rooms.values().map(|r| (r.name.clone(), r.id, r.next_seq, r.sub)).collect();
+        for (name, id, next, sub) in rooms {
+            match sub {
+                RoomSub::Warm => self.fetch_from_seq(name, id, next, CATCH_UP_BATCH),
+                RoomSub::Warming { loading: false, .. } => self.load_room(&name),
+                _ => {}
+            }
         }
         self.reload_rooms();
+    }
+
+    /// The room a request would enter, if this instance does not listen to
+    /// it yet (so the request must wait until it does).
+    pub(super) fn room_to_warm(&self, msg: &RouterMsg) -> Option<String> {
+        self.bus.as_ref()?;
+        let name = match msg {
+            RouterMsg::Command { command: Command::Join(name), .. } => normalize_room(name).ok()?,
+            RouterMsg::AttachStream { room: Some(room), .. } => normalize_room(room).ok()?,
+            _ => return None,
+        };
+        (self.rooms.get(&name)?.sub != RoomSub::Warm).then_some(name)
+    }
+
+    /// Starts listening to a room (see the module doc).
+    pub(super) fn warm_up(&mut self, room: &str) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if state.sub != RoomSub::Cold {
+            return;
+        }
+        state.sub = RoomSub::Warming { since: Instant::now(), loading: false };
+        if let Some(bus) = &self.bus {
+            bus.subscribe(room);
+        }
+        if !self.bus_up {
+            // Nothing to wait for: serve from the store until Redis is back.
+            self.load_room(room);
+        }
+    }
+
+    /// A room created here: listened to from now on.
+    pub(super) fn listen_to_new_room(&mut self, room: &str) {
+        if let Some(bus) = &self.bus {
+            bus.subscribe(room);
+        }
+    }
+
+    /// Reads a warming room's recent messages from the store.
+    fn load_room(&mut self, room: &str) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        let RoomSub::Warming { since, .. } = state.sub else { return };
+        state.sub = RoomSub::Warming { since, loading: true };
+        let (room, room_id, limit) = (room.to_string(), state.id, self.settings.history_size);
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let messages = store.messages_before(room_id, None, limit);
+            let _ = inbox.send(Completion::Warmed { room, messages });
+        });
+    }
+
+    /// Rooms whose subscription is overdue are read from the store anyway.
+    pub(super) fn warm_overdue(&mut self, now: Instant) {
+        let overdue: Vec<String> = self
+            .rooms
+            .values()
+            .filter(|r| matches!(r.sub, RoomSub::Warming { since, loading: false } if now.duration_since(since) >= WARM_WAIT))
+            .map(|r| r.name.clone())
+            .collect();
+        for room in overdue {
+            log::warn!("no subscription to room {room} yet: reading it from the store");
+            self.load_room(&room);
+        }
+    }
+
+    /// The subscriber listens to a room now.
+    fn subscribed(&mut self, room: String) {
+        let Some(state) = self.rooms.get(&room) else { return };
+        match state.sub {
+            RoomSub::Warming { loading: false, .. } => self.load_room(&room),
+            // Created here: read back whatever beat the subscription.
+            RoomSub::Warm => {
+                let (id, next) = (state.id, state.next_seq);
+                self.fetch_from_seq(room, id, next, CATCH_UP_BATCH);
+            }
+            _ => {}
+        }
+    }
+
+    /// A warming room's recent messages: the ring buffer is now up to date,
+    /// and the requests waiting for the room go on.
+    pub(super) fn warmed(&mut self, room: String, messages: Result<Vec<ChatMessage>, crate::store::StoreError>) {
+        let history_size = self.settings.history_size;
+        let Some(state) = self.rooms.get_mut(&room) else { return };
+        if !matches!(state.sub, RoomSub::Warming { .. }) {
+            return;
+        }
+        state.sub = RoomSub::Warm;
+        let stale = match messages {
+            Ok(messages) => {
+                if messages.len() >= history_size {
+                    state.evicted_up_to = state.evicted_up_to.max(messages[0].id - 1);
+                }
+                state.history.clear();
+                for message in messages {
+                    state.next_seq = state.next_seq.max(message.seq + 1);
+                    state.remember(Arc::new(message), history_size);
+                }
+                false
+            }
+            Err(e) => {
+                log::warn!("cannot read room {room} back from the store ({e}); catching up from its last known message");
+                true
+            }
+        };
+        let next = state.next_seq;
+        let id = state.id;
+        let early = std::mem::take(&mut state.waiting);
+        state.gap_since = None;
+        for message in early.into_values().filter(|m| m.seq >= next) {
+            self.admit(message);
+        }
+        if stale {
+            self.fetch_from_seq(room.clone(), id, next, CATCH_UP_BATCH);
+        }
+        let parked = self.parked.remove(&room).unwrap_or_default();
+        self.parked_sessions.retain(|_, waiting_for| *waiting_for != room);
+        for msg in parked {
+            self.handle(msg);
+        }
+        self.cool(&room);
+    }
+
+    /// Stops listening to a room with no local member left.
+    pub(super) fn cool(&mut self, room: &str) {
+        let Some(bus) = &self.bus else { return };
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        if state.sub != RoomSub::Warm || !state.members.is_empty() || self.parked.contains_key(room) {
+            return;
+        }
+        state.sub = RoomSub::Cold;
+        state.waiting.clear();
+        state.held_notices.clear();
+        state.gap_since = None;
+        bus.unsubscribe(room);
     }
 
     /// Reads every room from the store, to learn of rooms created elsewhere.
@@ -146,7 +378,11 @@ impl RouterState {
         if !self.rooms.contains_key(&record.name) {
             log::info!("room {} (created elsewhere) is now known here", record.name);
             let name = record.name.clone();
-            self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
+            let mut room = super::Room::new(record.id, record.name, record.created_at_ms);
+            if self.bus.is_some() {
+                room.sub = RoomSub::Cold;
+            }
+            self.rooms.insert(name.clone(), room);
             // It may be private: hidden until the store says.
             self.hide_until_known(&name);
         }
@@ -157,11 +393,16 @@ impl RouterState {
         match incoming {
             Incoming::Up => {
                 log::info!("on the bus: announcing ourselves and catching up from the store");
+                self.bus_up = true;
                 self.broadcast(BusEvent::Hello { from: self.instance.clone() });
-                self.broadcast_snapshot();
+                self.broadcast(self.snapshot());
                 self.catch_up();
             }
-            Incoming::Down => log::warn!("off the bus: serving local clients only until Redis is back"),
+            Incoming::Down => {
+                self.bus_up = false;
+                log::warn!("off the bus: serving local clients only until Redis is back");
+            }
+            Incoming::Subscribed(room) => self.subscribed(room),
             Incoming::Event(event) => self.bus_event(event),
         }
     }
@@ -196,8 +437,13 @@ impl RouterState {
             BusEvent::Snapshot { members, .. } => {
                 remote.members = members.into_iter().map(|m| (name_key(&m.nick), m)).collect();
             }
-            BusEvent::Hello { .. } => self.broadcast_snapshot(),
+            BusEvent::Hello { .. } => {
+                if let Some(bus) = &self.bus {
+                    bus.send_to(&from, &self.snapshot());
+                }
+            }
             BusEvent::Heartbeat { .. } => {}
+            BusEvent::Notice { room, after_seq, text, at_ms, .. } => self.remote_notice(room, after_seq, text, at_ms),
             BusEvent::Dm { sender, recipient, text, at_ms, .. } => {
                 let target = self.nicknames.get(&name_key(&recipient)).copied();
                 let Some(target) = target.filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some())) else {
@@ -236,13 +482,14 @@ impl RouterState {
         }
     }
 
-    fn broadcast_snapshot(&self) {
+    /// Everyone on this instance, for an instance that has just joined.
+    fn snapshot(&self) -> BusEvent {
         let members = self
             .sessions
             .values()
             .filter_map(|s| Some(Member { nick: s.nickname.clone()?, room: s.room.clone() }))
             .collect();
-        self.broadcast(BusEvent::Snapshot { from: self.instance.clone(), members });
+        BusEvent::Snapshot { from: self.instance.clone(), members }
     }
 
     /// Tells the other instances where a local user is now.

@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use uuid::Uuid;
+
 use super::{PendingSend, Reply, Responder, RoomSummary, Completion, RouterState, StoreDone};
 use crate::command::{help_text, Command};
 use crate::error::ChatError;
@@ -391,14 +393,18 @@ impl RouterState {
                     created_at_ms: record.created_at_ms,
                 });
                 self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
+                // New and empty: up to date already; listen to it from now on.
+                self.listen_to_new_room(&name);
                 if private {
                     self.private_room_created(id, &name);
                 }
-                if self.sessions.contains_key(&id) {
+                let outcome = if self.sessions.contains_key(&id) {
                     self.join(id, &name, "Created and joined room")
                 } else {
                     Ok(Reply::Done)
-                }
+                };
+                self.cool(&name);
+                outcome
             }
             Err(StoreError::Conflict) => {
                 // Created by another instance whose news has not reached us.
@@ -624,13 +630,34 @@ impl RouterState {
 
     /// Plain text: checked here, committed by the storage thread, delivered
     /// in [`committed`](Self::committed).
-    pub(super) fn say(&mut self, id: SessionId, text: String, room: Option<String>, reply: Responder) {
+    pub(super) fn say(
+        &mut self,
+        id: SessionId,
+        text: String,
+        room: Option<String>,
+        client_msg_id: Option<Uuid>,
+        reply: Responder,
+    ) {
+        // A retry of a message still being committed gets its answer.
+        if let Some(pending) = client_msg_id
+            .and_then(|c| self.pending_client_ids.get(&c))
+            .and_then(|ticket| self.pending_sends.get_mut(ticket))
+        {
+            pending.retries.push((id, reply));
+            return;
+        }
         let outcome = self.accept_message(id, &text, room);
         match outcome {
-            Ok(message) => {
+            Ok(mut message) => {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
-                self.pending_sends.insert(ticket, PendingSend { session: id, reply, accepted: Instant::now() });
+                message.client_msg_id = client_msg_id;
+                if let Some(client_id) = client_msg_id {
+                    self.pending_client_ids.insert(client_id, ticket);
+                }
+                let pending =
+                    PendingSend { session: id, reply, accepted: Instant::now(), client_msg_id, retries: Vec::new() };
+                self.pending_sends.insert(ticket, pending);
                 self.store.append(ticket, message);
             }
             Err(e) => self.respond_to(Some(id), reply, Err(e)),
@@ -659,15 +686,28 @@ impl RouterState {
             nickname,
             content,
             created_at_ms: now_ms(),
+            client_msg_id: None,
         })
     }
 
     /// A group commit finished: remember and deliver what was stored, in
     /// order; refuse what was not.
     pub(super) fn committed(&mut self, results: Vec<AppendResult>) {
-        for AppendResult { ticket, result } in results {
+        for AppendResult { ticket, result, duplicate } in results {
             let Some(pending) = self.pending_sends.remove(&ticket) else { continue };
+            if let Some(client_id) = pending.client_msg_id {
+                self.pending_client_ids.remove(&client_id);
+            }
+            let answer = match &result {
+                Ok(m) => Ok(Reply::Sent { id: m.id, room: m.room.clone(), created_at_ms: m.created_at_ms }),
+                Err(_) => Err(ChatError::StoreUnavailable),
+            };
+            for (session, reply) in pending.retries {
+                self.respond_to(Some(session), reply, answer.clone());
+            }
             match result {
+                // Stored before under the same client id: answered again, not posted.
+                Ok(_) if duplicate => self.respond_to(Some(pending.session), pending.reply, answer),
                 Ok(message) => {
                     self.metrics.messages.fetch_add(1, Relaxed);
                     let sent = Reply::Sent { id: message.id, room: message.room.clone(), created_at_ms: message.created_at_ms };

@@ -49,7 +49,7 @@ use crate::event::{now_ms, ChatMessage, CloseReason, Event, Notice, Protocol, Se
 use crate::metrics::Metrics;
 use crate::store::{AppendResult, RoomRecord, StoreError, StoreHandle};
 
-use state::{RateLimiter, Room, Session};
+use state::{RateLimiter, Room, RoomSub, Session};
 
 /// How a request names its session: by id (TCP, in-process) or by the HTTP
 /// `sessionId` token.
@@ -101,15 +101,20 @@ pub enum RouterMsg {
     /// in the session's stream in order with everything else.
     Answer { session: SessionId, outcome: Outcome },
     Command { session: SessionRef, command: Command, reply: Responder },
-    /// A chat message for the current room (`room`, if given, must match it).
-    Say { session: SessionRef, text: String, room: Option<String>, reply: Responder },
-    /// Attach an event stream to an HTTP session, joining `room` if needed.
-    /// With `after`, the stream starts with the room's messages after that
-    /// id (read back from the store if need be) instead of the recent
-    /// history. Answered with the session once the stream is the session's.
+    /// A chat message for the current room (`room`, if given, must match
+    /// it). With `client_msg_id`, a message already stored under that id
+    /// is answered again instead of posting a new one.
+    Say { session: SessionRef, text: String, room: Option<String>, client_msg_id: Option<Uuid>, reply: Responder },
+    /// Attach an event stream to an HTTP session, joining `room` if needed
+    /// (`None`: the session's current room, or none). With `after`, the
+    /// stream starts with the room's messages after that id (read back from
+    /// the store if need be) instead of the recent history. Answered with
+    /// the session once the stream is the session's. Attaching the stream
+    /// the session already has (a WebSocket joining a room) moves it
+    /// without closing it.
     AttachStream {
         session: SessionRef,
-        room: String,
+        room: Option<String>,
         sink: Arc<dyn Sink>,
         after: Option<i64>,
         reply: Sender<Result<SessionId, ChatError>>,
@@ -149,6 +154,8 @@ pub enum Completion {
     PrivateRoomsLoaded(Vec<crate::store::PrivateRoomRecord>),
     /// A page of a stream's replay, read back from the store.
     Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
+    /// A room's recent messages, read once this instance listens to it.
+    Warmed { room: String, messages: Result<Vec<ChatMessage>, StoreError> },
 }
 
 /// The router's two inboxes, made before the threads that report into
@@ -355,6 +362,11 @@ struct PendingSend {
     reply: Responder,
     /// When the router accepted it, for the delivery latency metric.
     accepted: Instant,
+    /// The client's id for the message (`clientMsgId`), if it gave one.
+    client_msg_id: Option<Uuid>,
+    /// Retries of the same `clientMsgId` that came while this one was
+    /// being committed: they get its answer.
+    retries: Vec<(SessionId, Responder)>,
 }
 
 /// A nickname waiting for its service-wide claim.
@@ -381,6 +393,8 @@ pub struct RouterState {
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
+    /// Client message ids of `pending_sends`, to their tickets.
+    pending_client_ids: HashMap<Uuid, u64>,
     next_ticket: u64,
     store: StoreHandle,
     /// The router's completion inbox, for store calls it starts.
@@ -394,6 +408,12 @@ pub struct RouterState {
     /// Other instances and their users, as last heard on the bus.
     remote: HashMap<String, cluster::RemoteInstance>,
     pending_claims: HashMap<SessionId, PendingClaim>,
+    /// Requests waiting for their room to be subscribed and read back,
+    parked: HashMap<String, Vec<RouterMsg>>,
+    /// and the sessions whose requests wait there.
+    parked_sessions: HashMap<SessionId, String>,
+    /// Whether the bus subscription is up (as last reported).
+    bus_up: bool,
     /// Streams catching up from the store, not yet attached.
     replays: HashMap<SessionId, streams::Replay>,
     next_replay: u64,
@@ -450,6 +470,9 @@ impl Router {
             bus,
             remote: HashMap::new(),
             pending_claims: HashMap::new(),
+            parked: HashMap::new(),
+            parked_sessions: HashMap::new(),
+            bus_up: false,
             replays: HashMap::new(),
             next_replay: 0,
             last_heartbeat: Instant::now(),
@@ -464,6 +487,7 @@ impl Router {
             private: HashMap::new(),
             creating: Default::default(),
             pending_sends: HashMap::new(),
+            pending_client_ids: HashMap::new(),
             next_ticket: 1,
             store,
             inbox,
@@ -472,6 +496,9 @@ impl Router {
         };
         for (record, history) in rooms {
             let mut room = Room::new(record.id, record.name.clone(), record.created_at_ms);
+            if state.bus.is_some() {
+                room.sub = RoomSub::Cold;
+            }
             for message in history {
                 room.next_seq = room.next_seq.max(message.seq + 1);
                 room.remember(Arc::new(message), state.settings.history_size);
@@ -544,6 +571,18 @@ fn sort_nicks(nicks: &mut [String]) {
 impl RouterState {
     /// Handles one request.
     fn handle(&mut self, msg: RouterMsg) {
+        // A request entering a room this instance does not listen to waits
+        // until it does and has read the room back from the store.
+        // Its session's later requests wait behind it, in order.
+        let session = self.session_of(&msg);
+        let waiting_room = session.and_then(|id| self.parked_sessions.get(&id).cloned());
+        if let Some(room) = waiting_room.or_else(|| self.room_to_warm(&msg)) {
+            self.warm_up(&room);
+            if let Some(id) = session {
+                self.parked_sessions.insert(id, room.clone());
+            }
+            return self.parked.entry(room).or_default().push(msg);
+        }
         match msg {
             RouterMsg::Open { session, protocol, token, sink } => self.open(session, protocol, token, sink),
             RouterMsg::Login { session, nickname, reply } => match self.resolve(session) {
@@ -563,12 +602,12 @@ impl RouterState {
                 Ok(id) => self.command(id, command, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
-            RouterMsg::Say { session, text, room, reply } => match self.resolve(session) {
-                Ok(id) => self.say(id, text, room, reply),
+            RouterMsg::Say { session, text, room, client_msg_id, reply } => match self.resolve(session) {
+                Ok(id) => self.say(id, text, room, client_msg_id, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {
-                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, &room, sink, after).map(|()| id));
+                let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, room.as_deref(), sink, after).map(|()| id));
                 let _ = reply.send(outcome);
             }
             RouterMsg::Refuse { session, error } => self.deliver_to(session, Event::Error(error)),
@@ -586,6 +625,23 @@ impl RouterState {
         }
     }
 
+    /// The session a request comes from, if it names one that exists.
+    fn session_of(&self, msg: &RouterMsg) -> Option<SessionId> {
+        let session = match msg {
+            RouterMsg::Login { session, .. }
+            | RouterMsg::Command { session, .. }
+            | RouterMsg::Say { session, .. }
+            | RouterMsg::AttachStream { session, .. }
+            | RouterMsg::Close { session } => *session,
+            RouterMsg::Refuse { session, .. } | RouterMsg::DetachStream { session, .. } => SessionRef::Id(*session),
+            _ => return None,
+        };
+        match session {
+            SessionRef::Id(id) => Some(id),
+            SessionRef::Token(token) => self.tokens.get(&token).copied(),
+        }
+    }
+
     /// Handles one completion.
     fn complete(&mut self, done: Completion) {
         match done {
@@ -598,6 +654,7 @@ impl RouterState {
             Completion::PrivateRoomsLoaded(rooms) => self.private_rooms_loaded(rooms),
             Completion::SessionsChecked { checked, valid } => self.sessions_checked(checked, valid),
             Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
+            Completion::Warmed { room, messages } => self.warmed(room, messages),
         }
     }
 
@@ -688,21 +745,30 @@ impl RouterState {
         for id in ids {
             if self.sessions.contains_key(&id) {
                 log::info!("dropping session {:?}: its outbound queue is full", id);
-                self.metrics.dropped_slow.fetch_add(1, Relaxed);
+                let transport = self.sessions[&id].sink.as_ref().and_then(|s| s.transport());
+                self.metrics.record_slow_drop(transport);
                 self.end_session(id, CloseReason::TooSlow);
             }
         }
     }
 
-    /// A `[system]` notice to a room's members.
+    /// A `[system]` notice to a room's members, here and on every other
+    /// instance (after the room messages delivered here so far).
     fn announce(&mut self, room: &str, text: String, except: Option<SessionId>) {
-        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms: now_ms(), rendered: Default::default() }));
+        let at_ms = now_ms();
+        if let Some(after_seq) = self.rooms.get(room).map(|r| r.next_seq) {
+            self.publish_notice(room, after_seq, &text, at_ms);
+        }
+        let notice = Event::Notice(Arc::new(Notice { room: Some(room.to_string()), text, at_ms, rendered: Default::default() }));
         self.deliver_to_room(room, &notice, except);
     }
 
-    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT).
+    /// Whether joins and leaves are announced in this room (ANNOUNCE_LIMIT),
+    /// counting its members on every instance.
     fn announces(&self, room: &str) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.members.len() <= self.settings.announce_limit)
+        self.rooms.get(room).is_some_and(|r| {
+            r.members.len() + self.remote_members(Some(room)).count() <= self.settings.announce_limit
+        })
     }
 
     /// Removes a session from its room, telling the others why. Callers
@@ -718,6 +784,7 @@ impl RouterState {
         if announce {
             self.announce(&room_name, notice(&nick, &room_name), None);
         }
+        self.cool(&room_name);
     }
 
     /// Ends a session: leaves its room, frees its nickname, closes its sink.
@@ -756,6 +823,7 @@ impl RouterState {
     /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
         self.fill_gaps(now);
+        self.warm_overdue(now);
         self.step_replays();
         if now.duration_since(self.last_second) < Duration::from_secs(1) {
             return;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::event::{ChatMessage, Event, Overflow, Protocol, SessionId, Sink};
+use crate::event::{ChatMessage, Event, Notice, Overflow, Protocol, SessionId, Sink};
 
 /// One connected user (or a connection still choosing a nickname).
 pub struct Session {
@@ -83,6 +83,24 @@ pub struct Room {
     pub gap_since: Option<Instant>,
     /// and whether the store is being asked for the missing messages.
     pub fetching: bool,
+    /// `[system]` lines from other instances waiting for the messages they
+    /// follow: (the first `seq` they come before, the notice), in arrival order.
+    pub held_notices: VecDeque<(i64, Arc<Notice>)>,
+    /// Whether this instance hears the room's channel (see `cluster.rs`).
+    pub sub: RoomSub,
+}
+
+/// Whether an instance listens to a room's bus channel. Without a bus every
+/// room is `Warm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomSub {
+    /// Not subscribed: no local member; the ring buffer may be stale.
+    Cold,
+    /// Subscribing, then reading the room's recent messages from the store;
+    /// requests that need the room wait. `loading`: the read has started.
+    Warming { since: Instant, loading: bool },
+    /// Subscribed and up to date.
+    Warm,
 }
 
 impl Room {
@@ -98,6 +116,8 @@ impl Room {
             waiting: BTreeMap::new(),
             gap_since: None,
             fetching: false,
+            held_notices: VecDeque::new(),
+            sub: RoomSub::Warm,
         }
     }
 

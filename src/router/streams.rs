@@ -53,14 +53,27 @@ impl RouterState {
     pub(super) fn attach_stream(
         &mut self,
         id: SessionId,
-        room: &str,
+        room: Option<&str>,
         sink: Arc<dyn Sink>,
         after: Option<i64>,
     ) -> Result<(), ChatError> {
         if self.sessions[&id].nickname.is_none() {
             return Err(ChatError::NoNickname);
         }
-        let name = normalize_room(room)?;
+        let name = match room {
+            Some(room) => normalize_room(room)?,
+            None => match self.sessions[&id].room.clone() {
+                Some(current) => current,
+                None => {
+                    // In no room: the stream carries what reaches the
+                    // session itself (DMs, its room changing).
+                    self.replace_stream(id, &sink);
+                    self.sessions.get_mut(&id).expect("resolved").sink = Some(sink);
+                    self.deliver_to(id, Event::RoomChanged { room: None, history: Vec::new() });
+                    return Ok(());
+                }
+            },
+        };
         if !self.can_see(&name, Some(id)) {
             return Err(ChatError::NoSuchRoom(name));
         }
@@ -70,13 +83,8 @@ impl RouterState {
             None => Some(target.history.iter().cloned().collect()),
             Some(after) => target.history_after(after),
         };
+        self.replace_stream(id, &sink);
         let session = self.sessions.get_mut(&id).expect("resolved");
-        if let Some(old) = session.sink.take() {
-            old.close(CloseReason::Replaced);
-        }
-        if let Some(old) = self.replays.remove(&id) {
-            old.sink.close(CloseReason::Replaced);
-        }
         let joined = session.room.as_deref() == Some(name.as_str());
         match (from_ring, after) {
             (Some(history), _) => {
@@ -108,6 +116,18 @@ impl RouterState {
             }
         }
         Ok(())
+    }
+
+    /// Takes the session's stream (live or replaying) away for `new`, closing
+    /// it unless it is `new` itself.
+    fn replace_stream(&mut self, id: SessionId, new: &Arc<dyn Sink>) {
+        let old = self.sessions.get_mut(&id).and_then(|s| s.sink.take());
+        let replaying = self.replays.remove(&id).map(|r| r.sink);
+        for old in old.into_iter().chain(replaying) {
+            if !same_sink(&old, new) {
+                old.close(CloseReason::Replaced);
+            }
+        }
     }
 
     /// Detaches a stream that ended, if it is still the session's stream.

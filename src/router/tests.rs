@@ -59,6 +59,8 @@ use crate::store::{sqlite::SqliteStore, worker};
 
 struct Harness {
     router: RouterHandle,
+    /// The router's completion inbox, to play another instance's bus events.
+    completions: crossbeam_channel::Sender<Completion>,
     _dir: tempfile::TempDir,
 }
 
@@ -78,13 +80,14 @@ fn start(settings: RouterSettings) -> Harness {
     let metrics = Arc::new(Metrics::default());
     let inboxes = Router::inboxes();
     let committed = inboxes.completions();
+    let completions = inboxes.completions();
     let (store, _thread) = worker::spawn(store, 64, metrics.clone(), move |results| {
         let _ = committed.send(Completion::Committed(results));
     });
     let router = Router::new(settings, store, metrics, Vec::new(), inboxes, None);
     let handle = router.handle();
     router.spawn();
-    Harness { router: handle, _dir: dir }
+    Harness { router: handle, completions, _dir: dir }
 }
 
 impl Harness {
@@ -103,7 +106,7 @@ impl Harness {
     }
 
     fn say(&self, session: &TestSession, text: &str) -> Outcome {
-        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, reply })
+        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, reply })
     }
 }
 
@@ -218,7 +221,7 @@ fn http_session(h: &Harness, nick: &str) -> uuid::Uuid {
 
 fn attach(h: &Harness, token: uuid::Uuid, sink: Arc<TestSink>, after: Option<i64>) -> Result<SessionId, ChatError> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    h.router.send(RouterMsg::AttachStream { session: SessionRef::Token(token), room: "r".into(), sink, after, reply: tx });
+    h.router.send(RouterMsg::AttachStream { session: SessionRef::Token(token), room: Some("r".into()), sink, after, reply: tx });
     rx.recv_timeout(Duration::from_secs(5)).unwrap()
 }
 
@@ -303,4 +306,39 @@ fn ping_tells_a_router_that_answers_from_one_that_does_not() {
     let started = std::time::Instant::now();
     assert!(!stuck.ping(Duration::from_millis(200)));
     assert!(started.elapsed() < Duration::from_secs(1), "the deadline bounds the wait");
+}
+
+#[test]
+fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    let h = start(settings());
+    let alice = h.session("alice", 100);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    let bus = |event| h.completions.send(Completion::Bus(Incoming::Event(event))).unwrap();
+    // Instance 2 saw message 1 of the room, then bob joined there.
+    bus(BusEvent::Notice { from: "2".into(), room: "r".into(), after_seq: 2, text: "bob joined r".into(), at_ms: 0 });
+    // A notice that follows nothing new passes at once, but not before the held one.
+    bus(BusEvent::Notice { from: "2".into(), room: "r".into(), after_seq: 1, text: "bob left r".into(), at_ms: 0 });
+    let message = ChatMessage {
+        id: 1000,
+        seq: 1,
+        room_id,
+        room: "r".into(),
+        user_id: 9,
+        nickname: "carol".into(),
+        content: "first".into(),
+        created_at_ms: 0,
+        rendered: Default::default(),
+    };
+    bus(BusEvent::Message { from: "3".into(), message });
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match alice.next() {
+            Event::Message(m) => seen.push(m.line()),
+            Event::Notice(n) => seen.push(format!("[system] {}", n.text)),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["[r] carol: first", "[system] bob joined r", "[system] bob left r"]);
 }

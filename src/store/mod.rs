@@ -86,6 +86,25 @@ pub struct NewMessage {
     pub nickname: String,
     pub content: String,
     pub created_at_ms: i64,
+    /// The client's own id for the message (`clientMsgId`): if a message
+    /// was stored under it before, that one stands and nothing is posted.
+    pub client_msg_id: Option<uuid::Uuid>,
+}
+
+/// Where one message of a batch ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub id: i64,
+    pub seq: i64,
+    /// `Some(created_at_ms)` of the message stored before under the same
+    /// `client_msg_id`: the batch's message was not posted again.
+    pub earlier: Option<i64>,
+}
+
+impl Stored {
+    pub fn new(id: i64, seq: i64) -> Stored {
+        Stored { id, seq, earlier: None }
+    }
 }
 
 impl NewMessage {
@@ -185,10 +204,11 @@ pub trait Store: Send {
     /// Records that a user joined a room.
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
     /// Commits a batch of messages in one transaction, all or nothing, and
-    /// returns their `(id, seq)` in batch order. `seq` numbers each room's
+    /// returns where each went, in batch order. `seq` numbers each room's
     /// messages 1, 2, 3… without gaps, in commit order across every
-    /// instance sharing the store.
-    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(i64, i64)>, StoreError>;
+    /// instance sharing the store. A message whose `client_msg_id` was
+    /// stored before is not inserted: its [`Stored`] is the earlier one's.
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError>;
     /// Up to `limit` messages of a room with ids below `before` (or the
     /// newest, when `before` is `None`), oldest first.
     fn messages_before(

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError};
+use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError, Stored};
 use crate::event::ChatMessage;
 use crate::names::name_key;
 
@@ -76,9 +76,10 @@ use crate::names::name_key;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/postgres/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/postgres/0002_room_sequence.sql")),
-    ("0003_accounts", include_str!("../../sql/postgres/0003_accounts.sql")),
-    ("0004_direct_messages", include_str!("../../sql/postgres/0004_direct_messages.sql")),
-    ("0005_private_rooms", include_str!("../../sql/postgres/0005_private_rooms.sql")),
+    ("0003_client_message_ids", include_str!("../../sql/postgres/0003_client_message_ids.sql")),
+    ("0004_accounts", include_str!("../../sql/postgres/0004_accounts.sql")),
+    ("0005_direct_messages", include_str!("../../sql/postgres/0005_direct_messages.sql")),
+    ("0006_private_rooms", include_str!("../../sql/postgres/0006_private_rooms.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -86,6 +87,9 @@ const MIGRATION_LOCK: i64 = 0x6261_6279_6469_7363;
 /// First key of the two-key advisory locks that order commits per room: "bdrm".
 /// (Two-key locks never collide with the one-key migration lock.)
 const ROOM_LOCK_CLASS: i32 = 0x6264_726d;
+/// Advisory lock class of client message ids (`clientMsgId`), taken after
+/// the rooms' locks, in ascending order too.
+const CLIENT_ID_LOCK_CLASS: i32 = 0x6264_6364;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -245,6 +249,17 @@ const SQL_RECORD_JOIN: &str = concat!(
 /// reads an array in order, so locks are always taken in ascending order).
 const SQL_LOCK_ROOMS: &str =
     "SELECT pg_advisory_xact_lock($2::int, (r & 2147483647)::int) FROM unnest($1::bigint[]) AS r";
+
+/// Messages stored before under some of the batch's client message ids.
+const SQL_EARLIER_CLIENT_IDS: &str = concat!(
+    "SELECT c.client_msg_id, m.id, m.seq, ",
+    ts_to_ms!("m.created_at"),
+    " FROM client_messages c JOIN messages m ON m.id = c.message_id
+     WHERE c.client_msg_id = ANY($1::text[])"
+);
+
+const SQL_RECORD_CLIENT_IDS: &str =
+    "INSERT INTO client_messages (client_msg_id, message_id) SELECT * FROM unnest($1::text[], $2::bigint[])";
 
 /// The group-commit statement: one row per message, ids handed out in batch
 /// order (see the module documentation).
@@ -474,6 +489,9 @@ impl PostgresStore {
             // Migrations may legitimately run long (index builds), and so may
             // waiting for another instance's migration.
             tx.batch_execute("SET LOCAL statement_timeout = '10min'").map_err(setup)?;
+            // Quietly: `IF NOT EXISTS` would otherwise raise a NOTICE that
+            // the client library logs at info level on every start.
+            tx.batch_execute("SET LOCAL client_min_messages = warning").map_err(setup)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(setup)?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -528,6 +546,33 @@ impl PostgresStore {
 
 /// Adds the timeouts and session settings the store relies on, keeping any
 /// the URL already sets.
+/// The database `url` names, if the server answers but says it does not
+/// exist (the one thing `createdb` fixes).
+pub fn missing_database(url: &str) -> Option<String> {
+    let mut config: Config = url.parse().ok()?;
+    tune(&mut config);
+    let name = config.get_dbname()?.to_string();
+    match config.connect(NoTls) {
+        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => Some(name),
+        _ => None,
+    }
+}
+
+/// Creates the database `url` names, through the server's `postgres`
+/// database; returns its name.
+pub fn create_database(url: &str) -> Result<String, String> {
+    let mut config: Config = url.parse().map_err(|e| format!("not a valid PostgreSQL connection URL ({})", error_text(&e)))?;
+    tune(&mut config);
+    let name = config.get_dbname().ok_or("DATABASE_URL names no database")?.to_string();
+    config.dbname("postgres");
+    let mut client = config.connect(NoTls).map_err(|e| format!("cannot connect to PostgreSQL: {}", error_text(&e)))?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .map_err(|e| format!("cannot create database {name}: {}", error_text(&e)))?;
+    Ok(name)
+}
+
 fn tune(config: &mut Config) {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -879,38 +924,80 @@ impl Store for PostgresStore {
     /// history, never the reverse: nothing is reported committed unless the
     /// server confirmed the COMMIT). The failed call is never retried here,
     /// so no batch is stored twice.
-    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(i64, i64)>, StoreError> {
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let rooms: Vec<i64> = batch.iter().map(|m| m.room_id).collect::<BTreeSet<_>>().into_iter().collect();
-        let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id).collect();
-        let user_ids: Vec<i64> = batch.iter().map(|m| m.user_id).collect();
-        let nicknames: Vec<&str> = batch.iter().map(|m| m.nickname.as_str()).collect();
-        let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
-        let times: Vec<i64> = batch.iter().map(|m| m.created_at_ms).collect();
+        let client_ids: Vec<String> = batch.iter().filter_map(|m| m.client_msg_id).map(|id| id.to_string()).collect();
+        // One lock per client id (by its first 64 bits), sorted: a retry
+        // on another instance waits for this commit, then finds it.
+        let client_locks: Vec<i64> = batch
+            .iter()
+            .filter_map(|m| m.client_msg_id)
+            .map(|id| i64::from_be_bytes(id.as_bytes()[..8].try_into().expect("8 bytes")) & 0x7fff_ffff)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let outcome = self.run(false, |conn| {
             let lock = conn.prepare(SQL_LOCK_ROOMS)?;
             let insert = conn.prepare(SQL_INSERT_MESSAGES)?;
             let mut tx = conn.client.transaction()?;
             tx.execute(&lock, &[&rooms, &ROOM_LOCK_CLASS])?;
-            let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times])?;
-            let mut ids = rows
-                .iter()
-                .map(|row| Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?)))
-                .collect::<Result<Vec<_>, postgres::Error>>()?;
-            if ids.len() != batch.len() {
-                // Cannot happen (one row per array element); never commit it.
-                return Ok(Err(StoreError::Failed(format!(
-                    "inserted {} rows for a batch of {}",
-                    ids.len(),
-                    batch.len()
-                ))));
+            let mut earlier: HashMap<String, Stored> = HashMap::new();
+            if !client_ids.is_empty() {
+                tx.execute(&lock, &[&client_locks, &CLIENT_ID_LOCK_CLASS])?;
+                for row in tx.query(SQL_EARLIER_CLIENT_IDS, &[&client_ids])? {
+                    let stored = Stored { id: row.try_get(1)?, seq: row.try_get(2)?, earlier: Some(row.try_get(3)?) };
+                    earlier.insert(row.try_get(0)?, stored);
+                }
+            }
+            let is_new = |m: &NewMessage| m.client_msg_id.is_none_or(|id| !earlier.contains_key(&id.to_string()));
+            let fresh: Vec<&NewMessage> = batch.iter().filter(|m| is_new(m)).collect();
+            let mut ids = Vec::new();
+            if !fresh.is_empty() {
+                let room_ids: Vec<i64> = fresh.iter().map(|m| m.room_id).collect();
+                let user_ids: Vec<i64> = fresh.iter().map(|m| m.user_id).collect();
+                let nicknames: Vec<&str> = fresh.iter().map(|m| m.nickname.as_str()).collect();
+                let contents: Vec<&str> = fresh.iter().map(|m| m.content.as_str()).collect();
+                let times: Vec<i64> = fresh.iter().map(|m| m.created_at_ms).collect();
+                let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times])?;
+                ids = rows
+                    .iter()
+                    .map(|row| Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?)))
+                    .collect::<Result<Vec<_>, postgres::Error>>()?;
+                if ids.len() != fresh.len() {
+                    // Cannot happen (one row per array element); never commit it.
+                    return Ok(Err(StoreError::Failed(format!(
+                        "inserted {} rows for a batch of {}",
+                        ids.len(),
+                        fresh.len()
+                    ))));
+                }
+                // The i-th smallest id belongs to the i-th message.
+                ids.sort_unstable();
+                let (recorded, message_ids): (Vec<String>, Vec<i64>) = fresh
+                    .iter()
+                    .zip(&ids)
+                    .filter_map(|(m, (id, _))| Some((m.client_msg_id?.to_string(), *id)))
+                    .unzip();
+                if !recorded.is_empty() {
+                    tx.execute(SQL_RECORD_CLIENT_IDS, &[&recorded, &message_ids])?;
+                }
             }
             tx.commit()?;
-            // The i-th smallest id belongs to the i-th message.
-            ids.sort_unstable();
-            Ok(Ok(ids))
+            let mut fresh_ids = ids.into_iter();
+            let stored = batch
+                .iter()
+                .map(|m| match m.client_msg_id.and_then(|id| earlier.get(&id.to_string())) {
+                    Some(stored) => *stored,
+                    None => {
+                        let (id, seq) = fresh_ids.next().expect("one id per fresh message");
+                        Stored::new(id, seq)
+                    }
+                })
+                .collect();
+            Ok(Ok(stored))
         });
         outcome?
     }
@@ -1035,6 +1122,7 @@ mod tests {
             nickname: "Alice".into(),
             content: content.into(),
             created_at_ms: at,
+            client_msg_id: None,
         }
     }
 
@@ -1109,7 +1197,7 @@ mod tests {
         let lobby = store.create_room("lobby", 1).unwrap();
         let other = store.create_room("other", 1).unwrap();
         let alice = store.upsert_user("Alice", 1).unwrap();
-        assert_eq!(store.insert_messages(&[]).unwrap(), Vec::<(i64, i64)>::new());
+        assert_eq!(store.insert_messages(&[]).unwrap(), Vec::<Stored>::new());
 
         let base = 1_700_000_000_000;
         let mut all = Vec::new();
@@ -1125,10 +1213,10 @@ mod tests {
             // Sequence numbers count each room's messages without gaps.
             for (room, first) in [(lobby.id, round * 33 + 1), (other.id, round * 17 + 1)] {
                 let seqs: Vec<i64> =
-                    committed.iter().zip(&batch).filter(|(_, m)| m.room_id == room).map(|((_, seq), _)| *seq).collect();
+                    committed.iter().zip(&batch).filter(|(_, m)| m.room_id == room).map(|(s, _)| s.seq).collect();
                 assert_eq!(seqs, (first..first + seqs.len() as i64).collect::<Vec<_>>());
             }
-            let ids: Vec<i64> = committed.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<i64> = committed.iter().map(|s| s.id).collect();
             assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend in batch order: {ids:?}");
             // Each id really holds the message at its batch position.
             let mut check = db.client();

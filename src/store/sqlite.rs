@@ -8,16 +8,17 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
-use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError};
+use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError, Stored};
 use crate::event::{now_ms, ChatMessage};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/sqlite/0002_room_sequence.sql")),
-    ("0003_accounts", include_str!("../../sql/sqlite/0003_accounts.sql")),
-    ("0004_direct_messages", include_str!("../../sql/sqlite/0004_direct_messages.sql")),
-    ("0005_private_rooms", include_str!("../../sql/sqlite/0005_private_rooms.sql")),
+    ("0003_client_message_ids", include_str!("../../sql/sqlite/0003_client_message_ids.sql")),
+    ("0004_accounts", include_str!("../../sql/sqlite/0004_accounts.sql")),
+    ("0005_direct_messages", include_str!("../../sql/sqlite/0005_direct_messages.sql")),
+    ("0006_private_rooms", include_str!("../../sql/sqlite/0006_private_rooms.sql")),
 ];
 
 pub struct SqliteStore {
@@ -402,10 +403,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<(i64, i64)>, StoreError> {
+    fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction().map_err(failed)?;
         let mut ids = Vec::with_capacity(batch.len());
         {
+            let mut earlier = tx
+                .prepare_cached(
+                    "SELECT m.id, m.seq, m.created_at FROM client_messages c JOIN messages m ON m.id = c.message_id
+                     WHERE c.client_msg_id = ?1",
+                )
+                .map_err(failed)?;
+            let mut record = tx
+                .prepare_cached("INSERT INTO client_messages (client_msg_id, message_id) VALUES (?1, ?2)")
+                .map_err(failed)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq)
@@ -415,12 +425,28 @@ impl Store for SqliteStore {
                 )
                 .map_err(failed)?;
             for m in batch {
-                let row = insert
+                let client_id = m.client_msg_id.map(|id| id.to_string());
+                if let Some(client_id) = &client_id {
+                    let found = earlier
+                        .query_row(params![client_id], |r| {
+                            Ok(Stored { id: r.get(0)?, seq: r.get(1)?, earlier: Some(r.get(2)?) })
+                        })
+                        .optional()
+                        .map_err(failed)?;
+                    if let Some(stored) = found {
+                        ids.push(stored);
+                        continue;
+                    }
+                }
+                let (id, seq) = insert
                     .query_row(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(failed)?;
-                ids.push(row);
+                if let Some(client_id) = &client_id {
+                    record.execute(params![client_id, id]).map_err(failed)?;
+                }
+                ids.push(Stored::new(id, seq));
             }
         }
         tx.commit().map_err(failed)?;

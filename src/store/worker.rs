@@ -41,6 +41,9 @@ enum Job {
 pub struct AppendResult {
     pub ticket: u64,
     pub result: Result<Arc<ChatMessage>, StoreError>,
+    /// The message was stored before under the same `client_msg_id`; the
+    /// result is that earlier message, and nothing new was posted.
+    pub duplicate: bool,
 }
 
 /// Cloneable access to the storage thread. When the last handle is dropped
@@ -212,9 +215,15 @@ impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
                 tickets
                     .into_iter()
                     .zip(messages.into_iter().zip(ids))
-                    .map(|(ticket, (message, (id, seq)))| AppendResult {
-                        ticket,
-                        result: Ok(Arc::new(message.committed(id, seq))),
+                    .map(|(ticket, (mut message, stored))| {
+                        if let Some(at) = stored.earlier {
+                            message.created_at_ms = at;
+                        }
+                        AppendResult {
+                            ticket,
+                            result: Ok(Arc::new(message.committed(stored.id, stored.seq))),
+                            duplicate: stored.earlier.is_some(),
+                        }
                     })
                     .collect()
             }
@@ -224,7 +233,10 @@ impl<F: FnMut(Vec<AppendResult>)> Worker<F> {
                 if error != StoreError::Conflict {
                     self.set_writes(false);
                 }
-                tickets.into_iter().map(|ticket| AppendResult { ticket, result: Err(error.clone()) }).collect()
+                tickets
+                    .into_iter()
+                    .map(|ticket| AppendResult { ticket, result: Err(error.clone()), duplicate: false })
+                    .collect()
             }
         };
         (self.on_appended)(results);

@@ -269,6 +269,70 @@ pub struct Cluster {
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// Which Redis a cluster of instances shares: the single Redis on 6379, or
+/// the local Redis Cluster `.ci/run` starts (`REDIS_CLUSTER_URL`, default
+/// nodes 7001-7003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redis {
+    Single,
+    Cluster,
+}
+
+/// The ports of the shared local Redis Cluster's nodes.
+pub const REDIS_CLUSTER_PORTS: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
+
+impl Redis {
+    pub fn url(self) -> String {
+        match self {
+            Redis::Single => REDIS_URL.to_string(),
+            Redis::Cluster => std::env::var("REDIS_CLUSTER_URL")
+                .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003".to_string()),
+        }
+    }
+
+    /// Runs a Redis command through redis-cli (following a cluster's
+    /// redirections) and returns its output.
+    pub fn cli(self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        match self {
+            Redis::Single => cmd.args(["-h", "127.0.0.1", "-p", "6379"]),
+            Redis::Cluster => cmd.args(["-c", "-h", "127.0.0.1", "-p", "7001"]),
+        };
+        let out = cmd.args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many connections subscribe to a room channel (sharded ones on a
+    /// cluster, counted over every node).
+    pub fn subscribers(self, channel: &str) -> usize {
+        let count = |port: u16, verb: &str| {
+            let out = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PUBSUB", verb, channel])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(0)
+        };
+        match self {
+            Redis::Single => count(6379, "NUMSUB"),
+            Redis::Cluster => REDIS_CLUSTER_PORTS.iter().map(|p| count(*p, "SHARDNUMSUB")).sum(),
+        }
+    }
+}
+
+/// Writes each multi-instance test once per Redis: `mod single_redis` and
+/// `mod redis_cluster`, each calling `fn name(redis: Redis)`.
+#[macro_export]
+macro_rules! for_each_redis {
+    ($($name:ident),* $(,)?) => {
+        mod single_redis {
+            $( #[test] fn $name() { super::$name($crate::common::Redis::Single) } )*
+        }
+        mod redis_cluster {
+            $( #[test] fn $name() { super::$name($crate::common::Redis::Cluster) } )*
+        }
+    };
+}
+
 impl Cluster {
     pub fn start(instances: usize) -> Cluster {
         Cluster::start_with(instances, |builder| builder)
@@ -276,12 +340,18 @@ impl Cluster {
 
     /// Starts the instances at the same moment (migrations race on purpose).
     pub fn start_with(instances: usize, configure: impl Fn(ServerBuilder) -> ServerBuilder + Sync) -> Cluster {
+        Cluster::start_on(Redis::Single, instances, configure)
+    }
+
+    /// Starts the instances on the given Redis.
+    pub fn start_on(redis: Redis, instances: usize, configure: impl Fn(ServerBuilder) -> ServerBuilder + Sync) -> Cluster {
         let database = TestDatabase::create();
         let prefix = unique_name("bdtest");
+        let url = redis.url();
         let servers = std::thread::scope(|scope| {
             let handles: Vec<_> = (1..=instances)
                 .map(|i| {
-                    let builder = Cluster::builder(&database, &prefix, i);
+                    let builder = Cluster::builder(&database, &prefix, i).env("REDIS_URL", &url);
                     let configure = &configure;
                     scope.spawn(move || configure(builder).start())
                 })
@@ -331,4 +401,144 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// A Redis Cluster of this test's own (three masters, one replica each, a
+/// short node timeout so a replica takes over within seconds), for tests
+/// that kill or stop nodes. Its processes end with it.
+pub struct OwnRedisCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that is free, with its cluster bus port (+10000) free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl OwnRedisCluster {
+    pub fn start() -> OwnRedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..6).map(|_| free_cluster_port()).collect();
+        let mut cluster = OwnRedisCluster { ports: ports.clone(), nodes: Vec::new(), _dir: dir };
+        for port in &ports {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf"), "--cluster-node-timeout", "1000"])
+                // A replica may take over even if it has just started syncing.
+                .args(["--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(cluster._dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            cluster.nodes.push(child);
+        }
+        for port in &ports {
+            cluster.wait_for(*port, "PING", "PONG");
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "could not create the test's Redis Cluster");
+        for port in &ports {
+            cluster.wait_for(*port, "CLUSTER INFO", "cluster_state:ok");
+        }
+        cluster
+    }
+
+    fn cli(port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    fn wait_for(&self, port: u16, command: &str, expected: &str) {
+        let started = Instant::now();
+        let args: Vec<&str> = command.split(' ').collect();
+        while !OwnRedisCluster::cli(port, &args).contains(expected) {
+            assert!(started.elapsed() < Duration::from_secs(30), "node {port}: no {expected}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The port of the master serving a channel's (or key's) slot now.
+    pub fn master_of(&self, channel: &str) -> u16 {
+        let slot = redis::cluster_routing::get_slot(channel.as_bytes());
+        let alive = self.ports.iter().copied().find(|p| OwnRedisCluster::cli(*p, &["PING"]).contains("PONG")).unwrap();
+        let nodes = OwnRedisCluster::cli(alive, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(s), Ok(e)) if (s..=e).contains(&slot))
+            });
+            if owns {
+                let addr = fields[1].split('@').next().unwrap();
+                return addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    fn node(&mut self, port: u16) -> &mut Child {
+        let i = self.ports.iter().position(|p| *p == port).expect("a node of this cluster");
+        &mut self.nodes[i]
+    }
+
+    /// `kill -9` one node.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.node(port);
+        let _ = node.kill();
+        let _ = node.wait();
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) every node still running.
+    pub fn pause_all(&mut self, paused: bool) {
+        for node in &mut self.nodes {
+            if let Ok(None) = node.try_wait() {
+                unsafe { libc::kill(node.id() as i32, if paused { libc::SIGSTOP } else { libc::SIGCONT }) };
+            }
+        }
+    }
+
+    /// Waits until every live node says the cluster is ok.
+    pub fn wait_ok(&self) {
+        for (port, node) in self.ports.iter().zip(&self.nodes) {
+            let _ = node;
+            if OwnRedisCluster::cli(*port, &["PING"]).contains("PONG") {
+                self.wait_for(*port, "CLUSTER INFO", "cluster_state:ok");
+            }
+        }
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            unsafe { libc::kill(node.id() as i32, libc::SIGCONT) };
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
 }

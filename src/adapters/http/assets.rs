@@ -13,12 +13,11 @@ const STYLE: Asset = Asset { content_type: "text/css; charset=utf-8", body: incl
 const SCRIPT: Asset =
     Asset { content_type: "application/javascript; charset=utf-8", body: include_bytes!("../../../www/app.js") };
 
-/// The file served at `path`, if any (`/` is the page itself).
+/// Every file by the path it is served at (`/` is the page itself).
+pub const FILES: &[(&str, &Asset)] =
+    &[("/", &INDEX), ("/index.html", &INDEX), ("/style.css", &STYLE), ("/app.js", &SCRIPT)];
+
+/// The file served at `path`, if any.
 pub fn find(path: &str) -> Option<&'static Asset> {
-    match path {
-        "/" | "/index.html" => Some(&INDEX),
-        "/style.css" => Some(&STYLE),
-        "/app.js" => Some(&SCRIPT),
-        _ => None,
-    }
+    FILES.iter().find(|(p, _)| *p == path).map(|(_, asset)| *asset)
 }

@@ -8,6 +8,8 @@
 //! - each SSE stream gets its own **stream** thread ([`sse`]) that attaches
 //!   it to its session and lives as long as it; the stream's bytes are sent
 //!   by the shared writer pool ([`crate::adapters::writers`]);
+//! - each WebSocket ([`ws`]) gets one thread that reads its frames; its
+//!   output goes through the writer pool like a stream's;
 //! - the web page is compiled into the binary ([`assets`]).
 //!
 //! Chat state is only ever changed by the router: handlers send it
@@ -26,6 +28,23 @@ mod request;
 mod response;
 mod routes;
 pub(crate) mod sse;
+pub(crate) mod ws;
+
+pub use routes::route_table;
+
+/// Entry points for the fuzz targets in `fuzz/`: the production parsers,
+/// reachable without a socket. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The endpoints that take a JSON body, in the order `parse_body` numbers them.
+    pub const BODIES: &[&str] = super::routes::BODIES;
+
+    /// Parses `body` as the JSON body of `BODIES[endpoint]` exactly as a
+    /// request's would be; a refusal comes back as its status and sentence.
+    pub fn parse_body(endpoint: usize, body: &[u8]) -> Result<(), (u16, String)> {
+        super::routes::decode_body(endpoint, body).map_err(|r| (r.status, r.message))
+    }
+}
 
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};

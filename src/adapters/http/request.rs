@@ -13,8 +13,10 @@ use std::io::Read;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tiny_http::Request;
+use uuid::Uuid;
 
 use super::response::Refusal;
+use crate::error::ChatError;
 
 /// Splits a request target into its path and query (without the `?`).
 pub fn split_url(url: &str) -> (&str, &str) {
@@ -122,8 +124,17 @@ pub fn read_json<T: JsonBody>(request: &mut Request, max: usize) -> Result<T, Re
 /// [`read_json`], with one optional field required this time (`sessionId`
 /// when no cookie names the session).
 pub fn read_json_requiring<T: JsonBody>(request: &mut Request, max: usize, also: Option<&str>) -> Result<T, Refusal> {
-    let body = read_body(request, max)?;
-    let text = std::str::from_utf8(&body).map_err(|_| Refusal::bad("the request body is not valid UTF-8."))?;
+    parse_json_requiring(&read_body(request, max)?, also)
+}
+
+/// Checks and decodes a body already read (see [`read_json`]).
+pub fn parse_json<T: JsonBody>(body: &[u8]) -> Result<T, Refusal> {
+    parse_json_requiring(body, None)
+}
+
+/// [`parse_json`], with one optional field required this time.
+pub fn parse_json_requiring<T: JsonBody>(body: &[u8], also: Option<&str>) -> Result<T, Refusal> {
+    let text = std::str::from_utf8(body).map_err(|_| Refusal::bad("the request body is not valid UTF-8."))?;
     if text.trim().is_empty() {
         return Err(Refusal::bad("the request body is empty; send a JSON object."));
     }
@@ -142,6 +153,12 @@ pub fn read_json_requiring<T: JsonBody>(request: &mut Request, max: usize, also:
         }
     }
     serde_json::from_value(value).map_err(|e| Refusal::bad(format!("invalid request body: {e}")))
+}
+
+/// A `sessionId` as the router knows it; anything that is not one of our
+/// UUIDs is an unknown session (404).
+pub fn session_token(text: &str) -> Result<Uuid, Refusal> {
+    Uuid::parse_str(text.trim()).map_err(|_| ChatError::UnknownSession.into())
 }
 
 #[cfg(test)]

@@ -58,8 +58,11 @@ impl Answer {
 }
 
 impl Refusal {
+    /// A refusal whose sentence may quote the request (a path, a method, a
+    /// name): control and invisible formatting characters are removed from
+    /// it, as from a delivered message.
     pub fn new(status: u16, message: impl Into<String>) -> Refusal {
-        Refusal { status, message: message.into(), allow: None }
+        Refusal { status, message: crate::names::clean_text(&message.into()), allow: None }
     }
 
     /// 400: the request itself is wrong.
@@ -99,7 +102,10 @@ pub fn send(request: Request, answer: Answer, ctx: &HttpContext) {
 }
 
 fn to_response(answer: Answer) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_data(answer.body).with_status_code(answer.status);
+    // The body is all in memory: always a Content-Length, never chunked
+    // (tiny_http chunks from 32 KiB; the OpenAPI document is larger).
+    let mut response =
+        Response::from_data(answer.body).with_status_code(answer.status).with_chunked_threshold(usize::MAX);
     response.add_header(header("Content-Type", answer.content_type));
     response.add_header(header("Cache-Control", "no-cache"));
     response.add_header(header("Access-Control-Allow-Origin", "*"));

@@ -13,9 +13,12 @@ use uuid::Uuid;
 use super::assets::{self, Asset};
 use std::net::IpAddr;
 
-use super::request::{check_limits, declared_length, percent_decode, query_param, read_json, read_json_requiring, split_url, JsonBody};
+use super::request::{
+    check_limits, declared_length, parse_json, parse_json_requiring, percent_decode, query_param, read_json,
+    read_json_requiring, session_token, split_url, JsonBody,
+};
 use super::response::{send, Answer, Handled, Refusal};
-use super::{sse, HttpContext};
+use super::{sse, ws, HttpContext};
 use crate::command::{parse_input, Command, Input};
 use crate::error::ChatError;
 use crate::event::{rfc3339, Protocol, SessionId};
@@ -41,11 +44,14 @@ enum Endpoint {
     Message,
     /// `GET /api/messages/:room`, the SSE stream.
     Stream(String),
+    /// `GET /api/ws`, the WebSocket.
+    WebSocket,
     Rooms,
     Members(String),
     History(String),
     Health,
     Metrics,
+    OpenApi,
 }
 
 /// Which methods a route takes.
@@ -78,39 +84,75 @@ impl Verbs {
     }
 }
 
-/// The route table.
+/// One API route: a path template (`{room}` stands for one segment, given
+/// to `endpoint` decoded), the methods it takes, and its endpoint.
+struct Route {
+    path: &'static str,
+    verbs: Verbs,
+    endpoint: fn(Vec<String>) -> Endpoint,
+}
+
+/// The route table of the API (the page's files are in [`assets::FILES`]).
+/// `GET /api/openapi.json` describes every route; a test keeps the two in step.
+const ROUTES: &[Route] = &[
+    Route { path: "/api/connect", verbs: Verbs::Write, endpoint: |_| Endpoint::Connect },
+    Route { path: "/api/disconnect", verbs: Verbs::Write, endpoint: |_| Endpoint::Disconnect },
+    Route { path: "/api/register", verbs: Verbs::Write, endpoint: |_| Endpoint::Register },
+    Route { path: "/api/logout", verbs: Verbs::Write, endpoint: |_| Endpoint::Logout },
+    Route { path: "/api/password", verbs: Verbs::Write, endpoint: |_| Endpoint::Password },
+    Route { path: "/api/session", verbs: Verbs::Read, endpoint: |_| Endpoint::WhoAmI },
+    Route { path: "/api/dms", verbs: Verbs::Read, endpoint: |_| Endpoint::Dms },
+    Route { path: "/api/dms/{nick}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::DmHistory(p.remove(0)) },
+    Route { path: "/api/command", verbs: Verbs::Write, endpoint: |_| Endpoint::Command },
+    Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
+    Route { path: "/api/messages/{room}", verbs: Verbs::Stream, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
+    Route { path: "/api/ws", verbs: Verbs::Stream, endpoint: |_| Endpoint::WebSocket },
+    Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
+    Route { path: "/api/rooms/{room}/members", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Members(p.remove(0)) },
+    Route { path: "/api/rooms/{room}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::History(p.remove(0)) },
+    Route { path: "/api/health", verbs: Verbs::Read, endpoint: |_| Endpoint::Health },
+    Route { path: "/api/openapi.json", verbs: Verbs::Read, endpoint: |_| Endpoint::OpenApi },
+    Route { path: "/metrics", verbs: Verbs::Read, endpoint: |_| Endpoint::Metrics },
+];
+
+/// Every route the server answers, page files included, with the methods
+/// each takes (as in its `Allow` header), for the OpenAPI document's test.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    let files = assets::FILES.iter().map(|(path, _)| (*path, Verbs::Read.allow()));
+    files.chain(ROUTES.iter().map(|r| (r.path, r.verbs.allow()))).collect()
+}
+
+/// Finds the endpoint of `path`.
 fn resolve(path: &str) -> Option<(Endpoint, Verbs)> {
     if let Some(asset) = assets::find(path) {
         return Some((Endpoint::Page(asset), Verbs::Read));
     }
     let segments: Vec<String> = path.strip_prefix('/')?.split('/').map(|s| percent_decode(s, false)).collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let found = match segments.as_slice() {
-        ["api", "connect"] => (Endpoint::Connect, Verbs::Write),
-        ["api", "disconnect"] => (Endpoint::Disconnect, Verbs::Write),
-        ["api", "register"] => (Endpoint::Register, Verbs::Write),
-        ["api", "logout"] => (Endpoint::Logout, Verbs::Write),
-        ["api", "password"] => (Endpoint::Password, Verbs::Write),
-        ["api", "session"] => (Endpoint::WhoAmI, Verbs::Read),
-        ["api", "dms"] => (Endpoint::Dms, Verbs::Read),
-        ["api", "dms", nick, "history"] => (Endpoint::DmHistory(nick.to_string()), Verbs::Read),
-        ["api", "command"] => (Endpoint::Command, Verbs::Write),
-        ["api", "message"] => (Endpoint::Message, Verbs::Write),
-        ["api", "messages", room] => (Endpoint::Stream(room.to_string()), Verbs::Stream),
-        ["api", "rooms"] => (Endpoint::Rooms, Verbs::Read),
-        ["api", "rooms", room, "members"] => (Endpoint::Members(room.to_string()), Verbs::Read),
-        ["api", "rooms", room, "history"] => (Endpoint::History(room.to_string()), Verbs::Read),
-        ["api", "health"] => (Endpoint::Health, Verbs::Read),
-        ["metrics"] => (Endpoint::Metrics, Verbs::Read),
-        _ => return None,
-    };
-    Some(found)
+    ROUTES.iter().find_map(|route| {
+        let template: Vec<&str> = route.path[1..].split('/').collect();
+        if template.len() != segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (want, got) in template.iter().zip(&segments) {
+            if want.starts_with('{') {
+                params.push(got.clone());
+            } else if want != got {
+                return None;
+            }
+        }
+        Some(((route.endpoint)(params), route.verbs))
+    })
 }
+
+/// The OpenAPI 3 description of every route.
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// What became of a request.
 enum Routed {
     Answer(Answer),
     Stream(String),
+    WebSocket,
 }
 
 /// Answers one request (on a worker thread).
@@ -118,6 +160,7 @@ pub fn handle(mut request: Request, ctx: &HttpContext) {
     match route(&mut request, ctx) {
         Ok(Routed::Answer(answer)) => send(request, answer, ctx),
         Ok(Routed::Stream(room)) => sse::open(request, room, ctx),
+        Ok(Routed::WebSocket) => ws::open(request, ctx),
         Err(refusal) => send(request, refusal.into(), ctx),
     }
 }
@@ -161,11 +204,13 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
+        Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
         Endpoint::Members(room) => members(&room, viewer(query, &from, ctx), ctx)?,
         Endpoint::History(room) => history(&room, query, viewer(query, &from, ctx), ctx)?,
         Endpoint::Health => health(ctx),
         Endpoint::Metrics => metrics(ctx),
+        Endpoint::OpenApi => Answer::bytes("application/json; charset=utf-8", OPENAPI.as_bytes().to_vec()),
     };
     Ok(Routed::Answer(answer))
 }
@@ -234,10 +279,54 @@ struct MessageBody {
     content: String,
     /// If given, must be the session's current room.
     room: Option<String>,
+    /// The client's own id for the message (a UUID): a retry with the same
+    /// id is answered with the first message and posts nothing new.
+    client_msg_id: Option<String>,
 }
 
 impl JsonBody for MessageBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("content", true), ("room", false)];
+    const FIELDS: &'static [(&'static str, bool)] =
+        &[("sessionId", false), ("content", true), ("room", false), ("clientMsgId", false)];
+}
+
+/// A `clientMsgId`: a UUID.
+pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> {
+    text.map(|t| Uuid::parse_str(t.trim()).map_err(|_| "clientMsgId must be a UUID.".to_string())).transpose()
+}
+
+/// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
+pub(super) const BODIES: &[&str] = &["/api/connect", "/api/disconnect", "/api/command", "/api/message"];
+
+/// Decodes `body` as the JSON body of `BODIES[endpoint]`, through the same
+/// checks as a request, then the same first steps its handler takes on the
+/// fields (the session token, the command parser, the room name).
+pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
+    match BODIES.get(endpoint).copied() {
+        Some("/api/connect") => {
+            let body: ConnectBody = parse_json(body)?;
+            crate::names::validate_nickname(body.nickname.trim())?;
+        }
+        Some("/api/disconnect") => {
+            if let Some(id) = parse_json::<SessionBody>(body)?.session_id {
+                session_token(&id)?;
+            }
+        }
+        Some("/api/command") => {
+            let body: CommandBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
+            parse_input(&body.command)?;
+        }
+        Some("/api/message") => {
+            let body: MessageBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
+            if let Some(room) = &body.room {
+                normalize_room(room)?;
+            }
+            crate::names::clean_message(&body.content, 2000)?;
+        }
+        _ => return Err(Refusal::new(404, "no such endpoint")),
+    }
+    Ok(())
 }
 
 /// A body that may be left out (logout and disconnect by cookie).
@@ -587,8 +676,9 @@ fn command(body: CommandBody, from: &Caller, ctx: &HttpContext) -> Handled {
 /// message is committed (a 200 means it is stored).
 fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let client_msg_id = client_msg_id(body.client_msg_id.as_deref()).map_err(Refusal::bad)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
-    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, reply })? {
+    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply })? {
         Reply::Sent { id, room, created_at_ms } => {
             Ok(Answer::data(json!({ "id": id, "room": room, "createdAt": rfc3339(created_at_ms) })))
         }

@@ -42,7 +42,7 @@ use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::writers::{Conn, Encoder};
 use crate::error::ChatError;
-use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Wire};
+use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Transport, Wire};
 use crate::names::normalize_room;
 use crate::router::{RouterMsg, SessionRef};
 
@@ -106,7 +106,7 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     ctx.router.send(RouterMsg::AttachStream {
         session: SessionRef::Token(wanted.token),
-        room: wanted.room,
+        room: Some(wanted.room),
         sink: sink.clone(),
         after: wanted.after,
         reply: tx,
@@ -193,6 +193,10 @@ impl SseEncoder {
 }
 
 impl Encoder for SseEncoder {
+    fn transport(&self) -> Transport {
+        Transport::Sse
+    }
+
     fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
         render(event, out);
     }
@@ -239,7 +243,7 @@ pub(crate) fn render(event: &Event, out: &mut Vec<u8>) {
         }
         Event::Ping => out.extend_from_slice(b": ping\n\n"),
         // Command replies and refusals go back in the HTTP answers.
-        Event::Reply(_) | Event::Error(_) | Event::Prompt(_) => {}
+        Event::Reply(_) | Event::Error(_) | Event::Prompt(_) | Event::Ack(_) | Event::Pong(_) => {}
     }
 }
 

@@ -13,6 +13,10 @@ struct Lines {
 }
 
 impl Encoder for Lines {
+    fn transport(&self) -> crate::event::Transport {
+        crate::event::Transport::Tcp
+    }
+
     fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
         if let Event::Reply(text) = event {
             out.extend_from_slice(text.as_bytes());

@@ -176,7 +176,10 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line(&mut budget)?;
+                let line = self.read_next_line(&mut budget).map_err(|e| match e {
+                    ReadError::InvalidHeadByte => ReadError::WrongRequestLine,
+                    other => other,
+                })?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion

@@ -112,7 +112,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use limits::{Gate, Limits};
+pub use limits::{Gate, Limits, ReadDeadline};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -121,6 +121,9 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+#[cfg(unix)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod request;
 mod response;

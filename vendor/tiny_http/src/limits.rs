@@ -100,6 +100,20 @@ impl ConnState {
     }
 }
 
+/// The read deadline of an upgraded connection, for its new owner
+/// (patched for baby-discord): reads of the upgraded stream fail with
+/// `TimedOut` once it passes, and nothing else changes it any more.
+#[derive(Clone)]
+pub struct ReadDeadline(pub(crate) Arc<ConnState>);
+
+impl ReadDeadline {
+    /// Reads from now on fail with `TimedOut` once `after` has passed
+    /// (`None`: they wait as long as it takes).
+    pub fn set(&self, after: Option<Duration>) {
+        self.0.set_deadline(after);
+    }
+}
+
 /// The read side of a connection, obeying its [`ConnState`]: each read
 /// waits at most until the deadline (reported as `TimedOut`), and nothing
 /// is read once the connection has been abandoned.

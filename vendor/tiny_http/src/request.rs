@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use crate::limits::{ConnState, Drain};
+use crate::limits::{ConnState, Drain, ReadDeadline};
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
@@ -362,6 +362,13 @@ impl Request {
         self.remote_addr.as_ref()
     }
 
+    /// The read deadline of this request's connection, for the owner of
+    /// the stream an [`upgrade`](Self::upgrade) returns (patched for
+    /// baby-discord). `None` for a request made without limits.
+    pub fn read_deadline(&self) -> Option<ReadDeadline> {
+        self.connection.clone().map(ReadDeadline)
+    }
+
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
     ///
     /// The main purpose of this function is to support websockets.
@@ -377,6 +384,12 @@ impl Request {
         response: Response<R>,
     ) -> Box<dyn ReadWrite + Send> {
         use crate::util::CustomStream;
+
+        // Patched for baby-discord: the head's read deadline no longer
+        // applies; the new owner sets its own through `read_deadline`.
+        if let Some(connection) = &self.connection {
+            connection.set_deadline(None);
+        }
 
         response
             .raw_print(

@@ -165,9 +165,15 @@ where
             SequentialReaderInner::MyTurn(reader) => {
                 self.next.send(reader).ok();
             }
+            // Patched for baby-discord: never wait here. The reader ahead
+            // may be held for the connection's whole life (an upgraded
+            // connection keeps it), and a connection's thread dropping
+            // its next-request reader would block until then. Nothing can
+            // read after a reader that is dropped unread.
             SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
+                if let Ok(reader) = recv.try_recv() {
+                    self.next.send(reader).ok();
+                }
             }
             SequentialReaderInner::Empty => (),
         }
