@@ -5,6 +5,7 @@
 //! the two cannot drift apart. Argument checks happen here, once; the router
 //! only sees well-formed commands.
 
+use crate::accounts::Secret;
 use crate::error::ChatError;
 
 /// A parsed slash command.
@@ -20,6 +21,12 @@ pub enum Command {
     Quit,
     /// `/create <room>`
     Create(String),
+    /// `/create <room> private`
+    CreatePrivate(String),
+    /// `/invite <nick>`
+    Invite(String),
+    /// `/kick <nick>`
+    Kick(String),
     /// `/join <room>`
     Join(String),
     /// `/rooms`
@@ -28,6 +35,12 @@ pub enum Command {
     Leave,
     /// `/dm <user> <message>`
     Dm { to: String, text: String },
+    /// `/register <password>`
+    Register(Secret),
+    /// `/password <old> <new>`
+    Password { old: Secret, new: Secret },
+    /// `/login <nick> <password>`
+    Login { nick: String, password: Secret },
 }
 
 /// One line of user input.
@@ -63,9 +76,25 @@ const COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "quit", usage: "/quit", summary: "say goodbye and disconnect", parse: |a| a.is_empty().then_some(Command::Quit) },
     CommandSpec {
         name: "create",
-        usage: "/create <room>",
-        summary: "create a room and join it",
-        parse: |args| one_arg(args).map(Command::Create),
+        usage: "/create <room> [private]",
+        summary: "create a room and join it (private: invite-only, registered users)",
+        parse: |args| match args.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [name] => Some(Command::Create(name.to_string())),
+            [name, kind] if kind.eq_ignore_ascii_case("private") => Some(Command::CreatePrivate(name.to_string())),
+            _ => None,
+        },
+    },
+    CommandSpec {
+        name: "invite",
+        usage: "/invite <nick>",
+        summary: "let a registered user into your private room",
+        parse: |args| one_arg(args).map(Command::Invite),
+    },
+    CommandSpec {
+        name: "kick",
+        usage: "/kick <nick>",
+        summary: "remove a member from your private room",
+        parse: |args| one_arg(args).map(Command::Kick),
     },
     CommandSpec {
         name: "join",
@@ -75,6 +104,32 @@ const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec { name: "rooms", usage: "/rooms", summary: "every room with its member count", parse: |a| a.is_empty().then_some(Command::Rooms) },
     CommandSpec { name: "leave", usage: "/leave", summary: "leave the current room", parse: |a| a.is_empty().then_some(Command::Leave) },
+    CommandSpec {
+        name: "register",
+        usage: "/register <password>",
+        summary: "register your nickname (password of 8 to 128 characters)",
+        parse: |args| (!args.is_empty()).then(|| Command::Register(Secret::new(args))),
+    },
+    CommandSpec {
+        name: "password",
+        usage: "/password <old> <new>",
+        summary: "change your password",
+        parse: |args| {
+            let (old, new) = args.split_once(char::is_whitespace)?;
+            let new = new.trim();
+            (!new.is_empty()).then(|| Command::Password { old: Secret::new(old), new: Secret::new(new) })
+        },
+    },
+    CommandSpec {
+        name: "login",
+        usage: "/login <nick> <password>",
+        summary: "log in to a registered nickname in this connection",
+        parse: |args| {
+            let (nick, password) = args.split_once(char::is_whitespace)?;
+            let password = password.trim();
+            (!password.is_empty()).then(|| Command::Login { nick: nick.to_string(), password: Secret::new(password) })
+        },
+    },
     CommandSpec {
         name: "dm",
         usage: "/dm <user> <message>",
@@ -136,11 +191,22 @@ mod tests {
         assert_eq!(cmd("/list"), Command::List);
         assert_eq!(cmd("/quit"), Command::Quit);
         assert_eq!(cmd("/create general"), Command::Create("general".into()));
+        assert_eq!(cmd("/create secret Private"), Command::CreatePrivate("secret".into()));
+        assert_eq!(cmd("/invite bob"), Command::Invite("bob".into()));
+        assert_eq!(cmd("/kick bob"), Command::Kick("bob".into()));
+        assert_eq!(parse_input("/create a b"), Err(ChatError::Usage("/create <room> [private]")));
         assert_eq!(cmd("/join  general "), Command::Join("general".into()));
         assert_eq!(cmd("/rooms"), Command::Rooms);
         assert_eq!(cmd("/leave"), Command::Leave);
         assert_eq!(cmd("/dm bob hi there"), Command::Dm { to: "bob".into(), text: "hi there".into() });
         assert_eq!(cmd("/JOIN x"), Command::Join("x".into()));
+        assert_eq!(cmd("/register hunter22hunter"), Command::Register(Secret::new("hunter22hunter")));
+        assert_eq!(
+            cmd("/password old12345 new 12345"),
+            Command::Password { old: Secret::new("old12345"), new: Secret::new("new 12345") }
+        );
+        assert_eq!(cmd("/login alice pw pw pw"), Command::Login { nick: "alice".into(), password: Secret::new("pw pw pw") });
+        assert_eq!(format!("{:?}", cmd("/register hunter22hunter")), "Register(Secret(\"***\"))");
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub struct Limits {
     pub store_batch_max: usize,
     /// Messages waiting for the store before new ones are refused as "busy".
     pub store_queue_max: usize,
+    /// Failed login attempts per minute, per nickname and per client
+    /// address; 0 disables the limit.
+    pub login_attempts: u32,
+    /// How long a registered user's HTTP session lasts (`SESSION_TTL_DAYS`).
+    pub session_ttl: Duration,
     /// Web origins (`scheme://host[:port]`, lower case) besides the server's
     /// own whose pages may open a WebSocket (`ALLOWED_ORIGINS`).
     pub allowed_origins: Vec<String>,
@@ -163,6 +168,8 @@ impl Config {
             http_workers: env.number("HTTP_WORKERS", 16, 1, 1024)?,
             store_batch_max: env.number("STORE_BATCH_MAX", 512, 1, 100_000)?,
             store_queue_max: env.number("STORE_QUEUE_MAX", 50_000, 1, 10_000_000)?,
+            login_attempts: env.number("LOGIN_ATTEMPTS", 5, 0, 1_000_000)?,
+            session_ttl: Duration::from_secs(env.number::<u64>("SESSION_TTL_DAYS", 30, 1, 3650)? * 86_400),
             allowed_origins: env.origins("ALLOWED_ORIGINS")?,
         };
         let database_url = env.optional("DATABASE_URL");

@@ -38,6 +38,35 @@ pub enum ChatError {
     Busy,
     ServerFull,
     ShuttingDown,
+    /// A guest asked for a nickname that an account owns.
+    NicknameRegistered(String),
+    /// The password given for an account is not its password.
+    WrongPassword(String),
+    /// `/login` (or a password) for a nickname that is not registered.
+    NoAccount(String),
+    TooManyLoginAttempts { secs: u64 },
+    /// A new password breaks the rules; the text says which.
+    InvalidPassword(&'static str),
+    /// `/register` of a nickname that is registered already.
+    AlreadyRegistered(String),
+    /// An account-only action (`/password`) by a guest.
+    NotRegistered,
+    /// `/nick` by a registered user: the name is the account.
+    AccountNickname(String),
+    /// Too many password checks are waiting; try again shortly.
+    AuthBusy,
+    /// `/create <room> private` by a guest.
+    PrivateNeedsAccount,
+    /// `/invite` or `/kick` outside a private room.
+    NotPrivate(String),
+    /// `/invite` or `/kick` by someone other than the room's owner.
+    NotOwner(String),
+    /// `/invite` of a nickname that is not registered.
+    NotAnAccount(String),
+    AlreadyInvited { nick: String, room: String },
+    NotAMember { nick: String, room: String },
+    /// `/kick` of the owner.
+    KickOwner,
 }
 
 impl ChatError {
@@ -45,7 +74,13 @@ impl ChatError {
     pub fn http_status(&self) -> u16 {
         use ChatError::*;
         match self {
-            NicknameTaken(_) | RoomExists(_) => 409,
+            NicknameTaken(_) | RoomExists(_) | AlreadyRegistered(_) => 409,
+            NicknameRegistered(_) | WrongPassword(_) | NoAccount(_) => 401,
+            NotRegistered | PrivateNeedsAccount | NotOwner(_) => 403,
+            NotAnAccount(_) | NotAMember { .. } => 404,
+            AlreadyInvited { .. } => 409,
+            TooManyLoginAttempts { .. } => 429,
+            AuthBusy => 503,
             NoSuchRoom(_) | UnknownSession | UserNotOnline(_) => 404,
             RateLimited { .. } => 429,
             StoreUnavailable | Busy | ServerFull | ShuttingDown => 503,
@@ -117,6 +152,28 @@ impl ChatError {
             Busy => write!(f, "the server is busy, so the message was not sent. Try again shortly."),
             ServerFull => write!(f, "server full, try again later."),
             ShuttingDown => write!(f, "the server is shutting down."),
+            NicknameRegistered(nick) => write!(
+                f,
+                "nickname '{nick}' is registered. Log in with its password or choose another."
+            ),
+            WrongPassword(nick) => write!(f, "wrong password for {nick}."),
+            NoAccount(nick) => write!(f, "there is no account named '{nick}'. Use /register <password> to register your nickname."),
+            TooManyLoginAttempts { secs } => write!(f, "too many login attempts; try again in {secs} seconds."),
+            InvalidPassword(why) => write!(f, "invalid password: {why}"),
+            AlreadyRegistered(nick) => write!(f, "nickname '{nick}' is already registered. Log in with /login {nick} <password>."),
+            NotRegistered => write!(f, "only registered users have a password. Use /register <password> first."),
+            AccountNickname(nick) => write!(
+                f,
+                "you are logged in as {nick}, a registered nickname, so it cannot change. Use /login <nick> <password> to switch accounts."
+            ),
+            AuthBusy => write!(f, "the server is busy checking passwords. Try again shortly."),
+            PrivateNeedsAccount => write!(f, "only registered users can create private rooms. Use /register <password> first."),
+            NotPrivate(room) => write!(f, "room '{room}' is not private: everyone can join it. Join a private room you own first."),
+            NotOwner(room) => write!(f, "only the owner of '{room}' can invite or remove members."),
+            NotAnAccount(nick) => write!(f, "'{nick}' is not a registered user; only registered users can be invited."),
+            AlreadyInvited { nick, room } => write!(f, "{nick} can already enter '{room}'."),
+            NotAMember { nick, room } => write!(f, "{nick} is not a member of '{room}'."),
+            KickOwner => write!(f, "the owner cannot be removed from their room."),
         }
     }
 }

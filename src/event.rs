@@ -162,7 +162,7 @@ pub enum Event {
     /// A DM; `outgoing` is true in the sender's own copy.
     Dm { dm: Arc<DirectMessage>, outgoing: bool },
     /// Text shown as is, without a line ending (the nickname prompt).
-    Prompt(&'static str),
+    Prompt(std::borrow::Cow<'static, str>),
     /// Keep-alive for event streams (`: ping`); nothing on TCP.
     Ping,
     /// The reply to this session's own command, as the text a TCP user sees.

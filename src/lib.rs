@@ -13,6 +13,9 @@
 //!   session's [`event::Sink`].
 //! - [`command`]: slash-command parsing and the `/help` table.
 //! - [`names`]: nickname, room-name and message-text rules.
+//! - [`accounts`]: registered nicknames: password rules, Argon2id on the
+//!   hasher thread, the login-attempt limiter, and the login, `/register`
+//!   and `/password` procedures the adapters run (never the router).
 //! - [`error`]: every user-visible refusal, as one enum.
 //! - [`adapters`]: the TCP line protocol and HTTP (API, SSE, WebSocket, page): bytes to
 //!   router requests, and each transport's encoder of events into bytes;
@@ -37,6 +40,7 @@
 //! | `tcp-client` | 1 per TCP client | `CLIENT_STACK_KB` (64 KiB) | reading its client's socket, the nickname prompt |
 //! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
 //! | `sse` | 1 per SSE stream | `CLIENT_STACK_KB` (64 KiB) | its stream's life: attach, `: ping`, detach |
+//! | `hasher-0` | 1 | 256 KiB | hashing and checking passwords (Argon2id, ~30 ms and 19 MiB each) |
 //! | `ws` | 1 per WebSocket | `CLIENT_STACK_KB` (64 KiB) | reading its client's frames into router requests, pings, detach |
 //! | tiny_http's | 1 accept + 1 per open HTTP connection | default | reading one request at a time under `HTTP_READ_TIMEOUT_SECS` (head and body up to `MAX_BODY_BYTES`), closing idle connections after `HTTP_IDLE_SECS`; each connection holds a `MAX_CONNECTIONS` place until its socket closes (an event-stream or upgrade request ends its connection's thread; the stream or WebSocket keeps the place) |
 //! | `pg-close` | brief, now and then | default | closing a lost PostgreSQL connection without blocking the storage thread |
@@ -63,6 +67,7 @@
 //! One message's path is one way: adapter → router → storage thread →
 //! router → every member's outbox → writer thread → socket.
 
+pub mod accounts;
 pub mod adapters;
 pub mod bus;
 pub mod command;

@@ -55,6 +55,7 @@ impl Server {
             rooms.push((room, history));
         }
         log::info!("loaded {} rooms", rooms.len());
+        let private_rooms = store.private_rooms().map_err(|e| format!("cannot read private rooms from the store: {e}"))?;
 
         let metrics = Arc::new(Metrics::default());
         let inboxes = Router::inboxes();
@@ -83,8 +84,9 @@ impl Server {
             }
             None => (None, None),
         };
-        let router =
+        let mut router =
             Router::new(RouterSettings::from_config(config), store.clone(), metrics.clone(), rooms, inboxes, bus);
+        router.set_private_rooms(private_rooms);
         let handle = router.handle();
         let router_thread = router.spawn();
 
@@ -97,7 +99,14 @@ impl Server {
             Writers::start(config.limits.tcp_writer_threads, config.limits.write_timeout)
                 .map_err(|e| format!("cannot start the writer threads: {e}"))?,
         );
+        let accounts = crate::accounts::Accounts::new(
+            store.clone(),
+            handle.clone(),
+            config.limits.login_attempts,
+            config.limits.session_ttl,
+        );
         let tcp_ctx = TcpContext {
+            accounts: accounts.clone(),
             writers: writers.clone(),
             router: handle.clone(),
             limits: config.limits.clone(),
@@ -119,6 +128,7 @@ impl Server {
             writers,
         );
         http_ctx.redis = bus_health.clone();
+        http_ctx.accounts = Some(accounts);
         let http = HttpServer::start(http_listener, config.limits.http_workers, http_ctx)?;
         log::info!("HTTP API and web page on http://{http_addr}/");
 

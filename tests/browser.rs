@@ -220,3 +220,89 @@ fn the_page_reconnects_after_a_server_restart_without_losing_messages() {
         contents.iter().filter(|c| ["before the restart", "while you were away", "after the reconnect"].contains(&c.as_str())).collect();
     assert_eq!(order, ["before the restart", "while you were away", "after the reconnect"]);
 }
+
+#[test]
+fn a_registered_user_logs_in_with_a_password_and_stays_logged_in_across_a_reload() {
+    let server = TestServer::start(Store::Sqlite);
+    let _log = ServerLogOnPanic(&server);
+    for nick in ["webber", "bob"] {
+        let mut owner = server.login(nick);
+        owner.send("/register hunter22hunter");
+        owner.expect(&format!("Registered {nick}. From now on, log in as {nick} with your password."));
+        if nick == "bob" {
+            owner.create("hideout private");
+        }
+        owner.send("/quit");
+        owner.expect("Goodbye!");
+    }
+    let mut tcp = server.login("tcpuser");
+    tcp.create("lobby");
+
+    let http = server.http.expect("the server logs its HTTP address");
+    let page = format!("http://{http}/");
+    let browser = Browser::start();
+    browser.navigate(&page);
+    browser.wait_until("the nickname form", SHOWN_WITHIN, |b| b.try_find("#nick-input").filter(|e| e.is_displayed()));
+    // Without the password, the page says why.
+    browser.find("#nick-input").send_keys("webber");
+    browser.find("#nick-form button[type=submit]").click();
+    browser.wait_until("the registered-nickname error", SHOWN_WITHIN, |b| {
+        b.text_of("#error-text").filter(|t| t.contains("is registered")).map(|_| ())
+    });
+    browser.find("#password-input").send_keys("hunter22hunter");
+    browser.find("#nick-form button[type=submit]").click();
+    let logged_in = |b: &Browser| {
+        let shown = b.try_find("#chat-screen")?.is_displayed();
+        (shown && b.text_of("#me-nick")? == "webber").then_some(())
+    };
+    browser.wait_until("the chat screen for webber", SHOWN_WITHIN, logged_in);
+    browser.find("#room-list li[data-room=lobby] button").click();
+    browser.wait_until("#current-room to show lobby", SHOWN_WITHIN, |b| (b.text_of("#current-room")? == "lobby").then_some(()));
+    // Someone else's private room does not exist for this user.
+    let listed = browser.execute("return [...document.querySelectorAll('#room-list li')].map(li => li.dataset.room);", vec![]);
+    assert_eq!(listed, json!(["lobby"]), "the room list shows a private room of someone else");
+
+    browser.execute("location.reload();", vec![]);
+    browser.wait_until("the chat screen for webber after the reload", SHOWN_WITHIN, logged_in);
+    tcp.send("still you?");
+    wait_for_message(&browser, "tcpuser", "still you?");
+    // The token is in an HttpOnly cookie: never in page script, never in a URL.
+    assert_eq!(browser.execute("return document.cookie.includes('bd_session');", vec![]), json!(false));
+    let urls = browser.execute("return performance.getEntriesByType('resource').map(e => e.name).join(' ');", vec![]);
+    assert!(!urls.as_str().unwrap().contains("sessionId"), "a token in a URL: {urls}");
+
+    // Away from the page, a DM arrives; back on it, the conversation shows it.
+    browser.navigate("about:blank");
+    let mut bob = server.connect();
+    bob.expect("Welcome to Baby Discord!");
+    bob.expect_text("Enter your nickname: ");
+    bob.send("bob");
+    bob.expect_text("Password for bob: ");
+    bob.send("hunter22hunter");
+    bob.expect("Welcome back, bob!");
+    bob.expect("Type /help for available commands.");
+    let deadline = std::time::Instant::now() + SHOWN_WITHIN;
+    loop {
+        bob.send("/dm webber while you were away");
+        let line = bob.line();
+        if line.ends_with("(webber is offline; they will see it when they log in)") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "webber still online: {line}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    browser.navigate(&page);
+    browser.wait_until("the chat screen for webber on return", SHOWN_WITHIN, logged_in);
+    browser.wait_until("the conversation with bob, unread", SHOWN_WITHIN, |b| {
+        b.try_find("#dm-list li.unread[data-with=bob]")
+    });
+    browser.find("#dm-list li[data-with=bob] button").click();
+    browser.wait_until("the DM in the pane", SHOWN_WITHIN, |b| {
+        b.find_all("#messages .line.dm")
+            .into_iter()
+            .filter_map(|e| e.try_text().ok())
+            .find(|t| t.contains("[DM from bob] while you were away"))
+    });
+    let path = browser.screenshot(screenshot_path("browser-dms.png"));
+    println!("screenshot: {}", path.display());
+}

@@ -68,6 +68,17 @@ fn post_json(server: &TestServer, path: &str, body: Value) -> Value {
 }
 
 /// Resolves a local `$ref`.
+/// The password of the accounts the test registers.
+const PASSWORD: &str = "probe password";
+
+/// Registers `nickname` (201) and answers with the connect answer.
+fn register(server: &TestServer, nickname: &str) -> Value {
+    let body = json!({ "nickname": nickname, "password": PASSWORD }).to_string();
+    let answer = request(server, "POST", "/api/register", &[], Some(&body));
+    assert_eq!(answer.status, 201, "register {nickname}: {}", String::from_utf8_lossy(&answer.body));
+    serde_json::from_slice(&answer.body).unwrap()
+}
+
 fn resolve<'d>(doc: &'d Value, schema: &'d Value) -> &'d Value {
     match schema.get("$ref").and_then(Value::as_str) {
         Some(reference) => {
@@ -119,6 +130,7 @@ fn build(path: &str, operation: &Value, room: &str, fill: &dyn Fn(&str) -> Strin
             other => other.to_string(),
         });
         match (place, example) {
+            ("path", Some(value)) if name != "room" => target = target.replace(&format!("{{{name}}}"), &value),
             ("query", Some(value)) => query.push(format!("{name}={value}")),
             ("query", None) => assert!(parameter["required"] != true, "{path}: required '{name}' has no example"),
             _ => {}
@@ -171,8 +183,10 @@ fn the_openapi_document_matches_the_routes_and_the_answers() {
         assert!(table.iter().any(|(p, _)| p == path), "the document describes {path}, which the server does not route");
     }
 
-    // Every operation, asked as its examples say, and asked wrongly.
-    let owner = post_json(&server, "/api/connect", json!({ "nickname": "owner" }))["data"]["sessionId"].clone();
+    // Every operation, asked as its examples say, and asked wrongly. The
+    // sessions are registered accounts (password PASSWORD in the examples),
+    // so the account endpoints answer them too.
+    let owner = register(&server, "owner")["data"]["sessionId"].clone();
     post_json(&server, "/api/command", json!({ "sessionId": owner, "command": "/create general" }));
     let mut probes = 0;
     for (n, (path, item)) in paths.iter().enumerate() {
@@ -180,13 +194,14 @@ fn the_openapi_document_matches_the_routes_and_the_answers() {
             let method = method.to_ascii_uppercase();
             // A fresh session in the room for each operation (one of them ends it).
             let nick = format!("probe{n}{}", method.len());
-            let session = post_json(&server, "/api/connect", json!({ "nickname": nick }))["data"]["sessionId"]
+            let session = register(&server, &nick)["data"]["sessionId"]
                 .as_str()
                 .unwrap()
                 .to_string();
             post_json(&server, "/api/command", json!({ "sessionId": session, "command": "/join general" }));
             let fill = |text: &str| {
                 text.replace("SESSION", &session)
+                    .replace("PASSWORD", PASSWORD)
                     .replace("NICK", &format!("new{n}"))
                     .replace("CLIENT_MSG_ID", &uuid::Uuid::new_v4().to_string())
             };

@@ -77,7 +77,7 @@ for_each_store! {
         alice.expect("Error: unknown command '/dance'. Type /help for available commands.");
         for (command, usage) in [
             ("/join", "/join <room>"),
-            ("/create", "/create <room>"),
+            ("/create", "/create <room> [private]"),
             ("/nick", "/nick <name>"),
             ("/dm", "/dm <user> <message>"),
             ("/dm bob", "/dm <user> <message>"),

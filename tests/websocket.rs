@@ -539,3 +539,18 @@ fn an_open_websocket_costs_one_thread() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Private rooms (issue 11) hold over a WebSocket too: someone else's
+/// private room cannot be attached to, as if it did not exist.
+#[test]
+fn a_private_room_cannot_be_attached_to_by_others() {
+    let server = unlimited(Store::Sqlite);
+    let (status, body) =
+        http(&server, "POST", "/api/register", &json!({ "nickname": "olivia", "password": "correct horse battery" }));
+    assert_eq!(status, 201, "{body}");
+    let owner = body["data"]["sessionId"].as_str().unwrap().to_string();
+    command(&server, &owner, "/create secret private");
+    let outsider = connect(&server, "mallory");
+    assert_eq!(handshake(&server, &format!("sessionId={outsider}&room=secret"), &[]).err(), Some(404));
+    assert!(handshake(&server, &format!("sessionId={owner}&room=secret"), &[]).is_ok());
+}

@@ -1,8 +1,10 @@
 /*
  * app.js — all behaviour of the Baby Discord web page (no framework, no build).
  *
- * Owns: the nickname screen; the session (connect, automatic re-connect,
- * disconnect on /quit and on page unload); the one Server-Sent Events stream
+ * Owns: the nickname screen (guests, registered users and registration);
+ * the session (connect, automatic re-connect, disconnect on /quit and on
+ * page unload); the session is named by the HttpOnly bd_session cookie the
+ * server sets, never by a token in a URL or in page storage; the one Server-Sent Events stream
  * of the session; the room list, the member list, the message pane (room
  * messages, system lines, DMs, command output, errors, older history) and the
  * input (plain messages and slash commands); the status label and error bar.
@@ -27,7 +29,8 @@ const STORE_ROOM = 'babyDiscord.room';
 
 const state = {
   nickname: null,          // my nickname (as the server knows it)
-  sessionId: null,         // UUID from /api/connect
+  sessionId: null,         // set while the page has a session (the cookie names it)
+  registered: false,       // logged in to an account: the session outlives reloads
   userId: null,
   currentRoom: null,       // room shown in the pane (set by the stream's `connected`)
   targetRoom: null,        // room the session should be in; used when resuming
@@ -140,13 +143,13 @@ async function api(method, path, body) {
 }
 
 function isUnknownSession(result) {
-  return result.status === 404 && /session/i.test(result.error || '');
+  return result.status === 401 || (result.status === 404 && /session/i.test(result.error || ''));
 }
 
-/** POST with the session id; re-connects and retries once if the session is gone. */
+/** POST for the session (the cookie names it); re-connects and retries once if the session is gone. */
 async function sessionPost(path, fields) {
   if (state.reconnecting) await state.reconnecting;
-  const send = () => api('POST', path, Object.assign({ sessionId: state.sessionId }, fields));
+  const send = () => api('POST', path, Object.assign({}, fields));
   let result = await send();
   if (!result.ok && isUnknownSession(result) && state.nickname) {
     if (await reconnect()) result = await send();
@@ -154,9 +157,9 @@ async function sessionPost(path, fields) {
   return result;
 }
 
-/** Best-effort disconnect that survives page unload. */
-function sendDisconnect(sessionId) {
-  const body = JSON.stringify({ sessionId });
+/** Best-effort disconnect that survives page unload (a registered user's session stays valid). */
+function sendDisconnect() {
+  const body = JSON.stringify({});
   let queued = false;
   try {
     queued = navigator.sendBeacon('/api/disconnect', new Blob([body], { type: 'application/json' }));
@@ -194,27 +197,51 @@ function setStatus(kind, detail) {
 
 // ------------------------------------------------------------------ login
 
-function adoptSession(data, fallbackNickname) {
-  state.sessionId = data.sessionId;
+function adoptSession(data, fallbackNickname, registered) {
+  state.sessionId = true;
   state.userId = data.userId;
   state.nickname = data.nickname || fallbackNickname;
-  saveSetting(STORE_NICK, state.nickname);
+  state.registered = !!registered;
+  saveSetting(STORE_NICK, state.registered ? null : state.nickname);
 }
 
-async function connect(nickname) {
-  const result = await api('POST', '/api/connect', { nickname });
-  if (result.ok) adoptSession(result.json.data || {}, nickname);
+async function connect(nickname, password) {
+  const body = password ? { nickname, password } : { nickname };
+  const result = await api('POST', '/api/connect', body);
+  if (result.ok) adoptSession(result.json.data || {}, nickname, !!password);
+  return result;
+}
+
+/** The session the cookie names, if it is still valid (a registered user's survives a restart). */
+async function resume() {
+  const result = await api('GET', '/api/session');
+  if (result.ok) {
+    const data = result.json.data || {};
+    adoptSession(data, data.nickname, data.registered);
+  }
   return result;
 }
 
 async function onNickSubmit(event) {
   event.preventDefault();
-  const button = $('nick-submit');
+  await submitLogin(false);
+}
+
+async function submitLogin(register) {
+  const buttons = [$('nick-submit'), $('register-submit')];
   const nickname = $('nick-input').value.trim();
+  const password = $('password-input').value;
   hideError();
-  button.disabled = true;
-  const result = await connect(nickname);
-  button.disabled = false;
+  buttons.forEach((b) => { b.disabled = true; });
+  let result;
+  if (register) {
+    result = await api('POST', '/api/register', { nickname, password });
+    if (result.ok) adoptSession(result.json.data || {}, nickname, true);
+  } else {
+    result = await connect(nickname, password);
+  }
+  buttons.forEach((b) => { b.disabled = false; });
+  $('password-input').value = '';
   if (!result.ok) {
     showError(result.error);
     $('nick-input').focus();
@@ -223,8 +250,13 @@ async function onNickSubmit(event) {
   enterChat(null);
 }
 
-/** After a reload: reuse the remembered nickname (and room) without asking. */
+/** After a reload: the cookie's session, else the remembered guest nickname (and room). */
 async function autoLogin() {
+  if ((await resume()).ok) {
+    const room = loadSetting(STORE_ROOM);
+    enterChat(room && (await roomExists(room)) ? room : null);
+    return;
+  }
   const nickname = loadSetting(STORE_NICK);
   if (!nickname) return;
   $('nick-input').value = nickname;
@@ -252,6 +284,7 @@ function enterChat(room) {
   setStatus('connected');
   startTimers();
   refreshRooms();
+  refreshDms();
   if (room) openStream(room);
   $('message-input').focus();
 }
@@ -260,17 +293,19 @@ function enterChat(room) {
 async function logout(errorText) {
   const sessionId = state.sessionId;
   const nickname = state.nickname;
+  const registered = state.registered;
   state.epoch++;
   stopTimers();
   closeStream();
   Object.assign(state, {
-    sessionId: null, userId: null, nickname: null, currentRoom: null, targetRoom: null,
+    sessionId: null, registered: false, userId: null, nickname: null, currentRoom: null, targetRoom: null,
     rooms: [], failures: 0,
   });
   state.maxIdByRoom.clear();
   saveSetting(STORE_NICK, null);
   saveSetting(STORE_ROOM, null);
-  if (sessionId) await api('POST', '/api/disconnect', { sessionId });
+  // Logging out ends a registered user's lasting session too, and clears the cookie.
+  if (sessionId || registered) await api('POST', '/api/logout', {});
   resetChatView();
   setStatus('offline');
   $('chat-screen').hidden = true;
@@ -286,6 +321,7 @@ function startTimers() {
   stopTimers();
   state.timers.push(
     setInterval(() => refreshRooms(), ROOMS_REFRESH_MS),
+    setInterval(() => refreshDms(), ROOMS_REFRESH_MS),
     setInterval(() => refreshMembers(), MEMBERS_REFRESH_MS),
   );
 }
@@ -435,11 +471,12 @@ function createMemberItem(nick) {
 /** Opens the session's stream on `room`; resolves true on its first `connected`, false on error. */
 function openStream(room) {
   closeStream();
-  const params = new URLSearchParams({ sessionId: state.sessionId || '' });
+  const params = new URLSearchParams();
   // Only ask for a replay when the pane already shows this room.
   const last = state.maxIdByRoom.get(roomKey(room));
   if (last && sameRoom(room, state.currentRoom)) params.set('lastEventId', String(last));
-  const source = new EventSource(`/api/messages/${encodeURIComponent(room)}?${params}`);
+  const query = params.toString();
+  const source = new EventSource(`/api/messages/${encodeURIComponent(room)}${query ? `?${query}` : ''}`);
   state.es = source;
   state.streamRoom = room;
   state.targetRoom = room;
@@ -511,12 +548,70 @@ function handleSystem(data) {
 }
 
 function handleDm(data) {
-  const text = isMe(data.from)
-    ? `[DM to ${data.to}] ${data.content}`
-    : `[DM from ${data.from}] ${data.content}`;
+  appendDm(data.from, data.to, data.content, data.timestamp);
+  if (state.registered) refreshDms();
+}
+
+function appendDm(from, to, content, timestamp) {
+  const text = isMe(from) ? `[DM to ${to}] ${content}` : `[DM from ${from}] ${content}`;
   const node = el('div', 'line dm');
-  node.append(timeElement(data.timestamp), el('span', 'content', text));
+  node.append(timeElement(timestamp), el('span', 'content', text));
   appendLine(node, true);
+}
+
+// ------------------------------------------------------------------ DM conversations (registered users)
+
+async function refreshDms() {
+  const epoch = state.epoch;
+  if (!state.registered) {
+    renderDms([]);
+    return;
+  }
+  const result = await api('GET', '/api/dms');
+  if (!result.ok || epoch !== state.epoch) return;
+  renderDms((result.json.data && result.json.data.conversations) || []);
+}
+
+function renderDms(conversations) {
+  const list = $('dm-list');
+  list.replaceChildren();
+  conversations.filter((c) => c && typeof c.with === 'string').forEach((c) => {
+    const li = el('li', 'room dm-conversation');
+    li.dataset.with = c.with;
+    const button = el('button', 'room-btn');
+    button.type = 'button';
+    const unread = Number(c.unread) || 0;
+    button.append(el('span', 'room-name', c.with), el('span', 'room-count', unread ? String(unread) : ''));
+    button.title = unread ? `${c.with}: ${unread} unread` : c.with;
+    li.classList.toggle('unread', unread > 0);
+    li.append(button);
+    list.append(li);
+  });
+  const any = list.children.length > 0;
+  list.hidden = !any;
+  $('dm-title').hidden = !any;
+}
+
+/** Shows a conversation's history in the pane and readies the input to answer. */
+async function openConversation(nick) {
+  const result = await api('GET', `/api/dms/${encodeURIComponent(nick)}/history?limit=${HISTORY_PAGE}`);
+  if (!result.ok) {
+    showError(result.error);
+    return;
+  }
+  const data = result.json.data || {};
+  addSystemLine(`Direct messages with ${data.with || nick}`, null);
+  (data.messages || []).forEach((m) => appendDm(m.from, m.to, m.content, m.createdAt));
+  const input = $('message-input');
+  input.value = `/dm ${data.with || nick} `;
+  input.focus();
+  closeDrawers();
+  refreshDms();
+}
+
+function onDmListClick(event) {
+  const li = event.target.closest('li[data-with]');
+  if (li) openConversation(li.dataset.with);
 }
 
 // ------------------------------------------------------------------ re-connect
@@ -543,26 +638,30 @@ async function reconnectLoop(epoch) {
   closeStream();
   const oldSession = state.sessionId;
   state.sessionId = null;
-  // Free the nickname in case the old session still exists on the server.
-  if (oldSession) await api('POST', '/api/disconnect', { sessionId: oldSession });
+  // Free the nickname in case the old session still exists on the server
+  // (a registered user's lasting session stays valid and is resumed below).
+  if (oldSession) await api('POST', '/api/disconnect', {});
   for (;;) {
     const wait = backoffDelay();
     state.failures++;
     if (wait) await sleep(wait);
     if (epoch !== state.epoch) return false;
-    const result = await api('POST', '/api/connect', { nickname: state.nickname });
+    const result = state.registered
+      ? await api('GET', '/api/session')
+      : await api('POST', '/api/connect', { nickname: state.nickname });
     if (epoch !== state.epoch) {
-      if (result.ok) api('POST', '/api/disconnect', { sessionId: result.json.data.sessionId });
+      if (result.ok) api('POST', '/api/disconnect', {});
       return false;
     }
     if (result.ok) {
-      adoptSession(result.json.data || {}, state.nickname);
+      const data = result.json.data || {};
+      adoptSession(data, state.nickname, state.registered);
       $('me-nick').textContent = state.nickname;
       await resumeRoom(epoch);
       return true;
     }
-    if (result.status === 400) {
-      logout(result.error); // the nickname can never work again
+    if (result.status === 400 || result.status === 401) {
+      logout(result.error); // the nickname (or the login) can never work again
       return false;
     }
     setStatus('reconnecting', result.error);
@@ -755,6 +854,7 @@ function resetChatView() {
   clearPane();
   renderRoomHeader();
   $('room-list').replaceChildren();
+  renderDms([]);
   $('rooms-empty').hidden = true;
   renderMembers([]);
   closeDrawers();
@@ -849,7 +949,7 @@ function closeDrawers() {
 
 function onPageHide() {
   if (!state.sessionId) return;
-  sendDisconnect(state.sessionId);
+  sendDisconnect();
   closeStream();
   state.sessionId = null;
   state.suspended = true;
@@ -865,8 +965,10 @@ function onPageShow(event) {
 
 function init() {
   $('nick-form').addEventListener('submit', onNickSubmit);
+  $('register-submit').addEventListener('click', () => submitLogin(true));
   $('error-close').addEventListener('click', hideError);
   $('room-list').addEventListener('click', onRoomListClick);
+  $('dm-list').addEventListener('click', onDmListClick);
   $('new-room-form').addEventListener('submit', onCreateRoom);
   $('message-form').addEventListener('submit', onMessageSubmit);
   $('load-older').addEventListener('click', loadOlder);

@@ -23,7 +23,8 @@ use std::time::Instant;
 use super::lines::{LineEvent, LineReader};
 use super::writers::{Conn, Encoder, Writers};
 use super::{ConnectionLimit, ConnectionSlot};
-use crate::command::{parse_input, Input};
+use crate::accounts::{Accounts, Secret};
+use crate::command::{parse_input, Command, Input};
 use crate::config::Limits;
 use crate::error::ChatError;
 use crate::event::{CloseReason, Event, Protocol, SessionId, Sink, Transport, Wire};
@@ -65,6 +66,8 @@ pub struct TcpContext {
     pub writers: Arc<Writers>,
     /// Set at shutdown; the accept loop stops taking connections.
     pub stopping: Arc<AtomicBool>,
+    /// Password checks and account commands.
+    pub accounts: Arc<Accounts>,
 }
 
 /// Accepts connections until `ctx.stopping` is set (then one more connect
@@ -111,7 +114,8 @@ fn accept(mut stream: TcpStream, ctx: &TcpContext) {
 
 /// Runs one client's connection on its reader thread.
 fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let stream = Arc::new(stream);
     let outbox = ctx.writers.outbox(Box::new(LineEncoder), ctx.limits.queue_limits());
     outbox.start(Conn::new(stream.clone()));
@@ -123,8 +127,9 @@ fn serve(stream: TcpStream, ctx: TcpContext, _slot: ConnectionSlot) {
 
     let input = ClientInput { stream: &stream, until: Cell::new(None) };
     let mut lines = LineReader::new(input, ctx.limits.max_line_bytes);
-    if choose_nickname(&mut lines, sink.as_ref(), id, &ctx) {
-        chat(&mut lines, id, &ctx);
+    let ip = peer_addr.map(|a| a.ip());
+    if choose_nickname(&mut lines, sink.as_ref(), id, &ctx, ip) {
+        chat(&mut lines, id, &ctx, ip);
     }
 
     ctx.router.send(RouterMsg::Close { session: SessionRef::Id(id) });
@@ -158,24 +163,30 @@ impl Read for ClientInput<'_> {
 }
 
 /// The nickname prompt. Returns true once the session has a nickname.
-fn choose_nickname(lines: &mut LineReader<ClientInput<'_>>, outbox: &dyn Sink, id: SessionId, ctx: &TcpContext) -> bool {
+fn choose_nickname(
+    lines: &mut LineReader<ClientInput<'_>>,
+    outbox: &dyn Sink,
+    id: SessionId,
+    ctx: &TcpContext,
+    ip: Option<std::net::IpAddr>,
+) -> bool {
     lines.get_ref().until.set(Some(Instant::now() + ctx.limits.nick_timeout));
     let say = |event: Event| {
         let _ = outbox.deliver(event);
     };
     say(Event::Reply(GREETING.trim_end().into()));
-    say(Event::Prompt(PROMPT));
+    say(Event::Prompt(PROMPT.into()));
     loop {
         let nickname = match lines.next_line() {
             Ok(Some(LineEvent::Line(line))) => line.trim().to_string(),
             Ok(Some(LineEvent::TooLong)) => {
                 say(Event::Error(ChatError::LineTooLong { max: ctx.limits.max_line_bytes }));
-                say(Event::Prompt(PROMPT));
+                say(Event::Prompt(PROMPT.into()));
                 continue;
             }
             Ok(Some(LineEvent::InvalidUtf8)) => {
                 say(Event::Error(ChatError::InvalidUtf8));
-                say(Event::Prompt(PROMPT));
+                say(Event::Prompt(PROMPT.into()));
                 continue;
             }
             Ok(None) => return false,
@@ -185,17 +196,43 @@ fn choose_nickname(lines: &mut LineReader<ClientInput<'_>>, outbox: &dyn Sink, i
             Err(_) => return false,
         };
         if nickname.is_empty() {
-            say(Event::Prompt(PROMPT));
+            say(Event::Prompt(PROMPT.into()));
             continue;
         }
         if nickname.eq_ignore_ascii_case("/quit") {
             say(Event::Reply("Goodbye!".into()));
             return false;
         }
-        let outcome = ctx.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname, reply });
+        let mut outcome = ctx.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname, reply });
+        let mut welcome = "Welcome";
+        if let Err(ChatError::NicknameRegistered(nick)) = &outcome {
+            // An account: its password, then back here if it is wrong.
+            let nick = nick.clone();
+            say(Event::Prompt(format!("Password for {nick}: ").into()));
+            let password = match lines.next_line() {
+                Ok(Some(LineEvent::Line(line))) => line.trim().to_string(),
+                Ok(Some(LineEvent::TooLong)) => String::new(),
+                Ok(Some(LineEvent::InvalidUtf8)) => String::new(),
+                Ok(None) => return false,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return nickname_timeout(outbox, ctx);
+                }
+                Err(_) => return false,
+            };
+            outcome = ctx.accounts.login(SessionRef::Id(id), &nick, &Secret::new(&password), ip).map_err(|e| match e {
+                ChatError::NoAccount(nick) => ChatError::WrongPassword(nick),
+                e => e,
+            });
+            welcome = "Welcome back";
+        }
         match outcome {
-            Ok(Reply::LoggedIn { nickname, .. }) => {
-                say(Event::Reply(format!("Welcome, {nickname}!\nType /help for available commands.")));
+            Ok(Reply::LoggedIn { nickname, user_id, .. }) => {
+                say(Event::Reply(format!("{welcome}, {nickname}!\nType /help for available commands.")));
+                if welcome == "Welcome back" {
+                    if let Some(block) = ctx.accounts.missed_dms(user_id) {
+                        say(Event::Reply(block));
+                    }
+                }
                 let input = lines.get_ref();
                 input.until.set(None);
                 let _ = input.stream.set_read_timeout(None);
@@ -205,7 +242,7 @@ fn choose_nickname(lines: &mut LineReader<ClientInput<'_>>, outbox: &dyn Sink, i
             Err(ChatError::ShuttingDown) => return false,
             Err(e) => {
                 say(Event::Error(e));
-                say(Event::Prompt(PROMPT));
+                say(Event::Prompt(PROMPT.into()));
             }
         }
     }
@@ -220,7 +257,7 @@ fn nickname_timeout(outbox: &dyn Sink, ctx: &TcpContext) -> bool {
 }
 
 /// The chat loop: every line becomes a router request.
-fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext) {
+fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext, ip: Option<std::net::IpAddr>) {
     let session = SessionRef::Id(id);
     let reply = || crate::router::Responder::Session;
     loop {
@@ -228,7 +265,10 @@ fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext
             Ok(Some(LineEvent::Line(line))) if line.trim().is_empty() => continue,
             Ok(Some(LineEvent::Line(line))) => match parse_input(&line) {
                 Ok(Input::Message(text)) => RouterMsg::Say { session, text, room: None, client_msg_id: None, reply: reply() },
-                Ok(Input::Command(command)) => RouterMsg::Command { session, command, reply: reply() },
+                Ok(Input::Command(command)) => match account_command(&command, session, ctx, ip) {
+                    Some(outcome) => RouterMsg::Answer { session: id, outcome },
+                    None => RouterMsg::Command { session, command, reply: reply() },
+                },
                 Err(error) => RouterMsg::Refuse { session: id, error },
             },
             Ok(Some(LineEvent::TooLong)) => {
@@ -239,6 +279,23 @@ fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext
         };
         ctx.router.send(msg);
     }
+}
+
+/// Runs an account command (password work, outside the router); `None`
+/// for every other command.
+pub fn account_command(
+    command: &Command,
+    session: SessionRef,
+    ctx: &TcpContext,
+    ip: Option<std::net::IpAddr>,
+) -> Option<crate::router::Outcome> {
+    let accounts = &ctx.accounts;
+    Some(match command {
+        Command::Register(password) => accounts.register(session, password),
+        Command::Password { old, new } => accounts.change_password(session, old, new, ip),
+        Command::Login { nick, password } => accounts.login_command(session, nick, password, ip),
+        _ => return None,
+    })
 }
 
 /// Appends an event's TCP form to `out`.

@@ -382,7 +382,9 @@ impl RouterState {
             if self.bus.is_some() {
                 room.sub = RoomSub::Cold;
             }
-            self.rooms.insert(name, room);
+            self.rooms.insert(name.clone(), room);
+            // It may be private: hidden until the store says.
+            self.hide_until_known(&name);
         }
     }
 
@@ -419,7 +421,13 @@ impl RouterState {
                 }
                 self.admit(Arc::new(message));
             }
-            BusEvent::RoomCreated { id, name, created_at_ms, .. } => self.add_room(RoomRecord { id, name, created_at_ms }),
+            BusEvent::RoomCreated { id, name, created_at_ms, .. } => {
+                if self.private.contains_key(&name) {
+                    // News of a private room: who may enter it changed.
+                    self.reload_private_rooms();
+                }
+                self.add_room(RoomRecord { id, name, created_at_ms })
+            }
             BusEvent::Presence { member, .. } => {
                 remote.members.insert(name_key(&member.nick), member);
             }
@@ -443,7 +451,9 @@ impl RouterState {
                 };
                 let to = self.sessions[&target].nick().to_string();
                 let dm = Arc::new(DirectMessage { from: sender, to, text, at_ms });
-                self.deliver_to(target, Event::Dm { dm, outgoing: false });
+                for session in self.sessions_of(target) {
+                    self.deliver_to(session, Event::Dm { dm: dm.clone(), outgoing: false });
+                }
             }
         }
     }
@@ -559,7 +569,7 @@ impl RouterState {
             }
             ClaimOutcome::Taken => {
                 self.unreserve_nickname(result.session, &result.nick);
-                return self.respond_to(Some(result.session), pending.reply, Err(ChatError::NicknameTaken(result.nick)));
+                return self.refuse_nickname(result.session, ChatError::NicknameTaken(result.nick), pending.reply);
             }
         }
         self.record_user(result.session, result.nick, pending.rename, pending.reply);

@@ -24,7 +24,7 @@ impl RouterState {
             return self.respond_to(Some(id), reply, Err(ChatError::AlreadyNamed));
         }
         if let Err(e) = self.reserve_nickname(id, &nickname) {
-            return self.respond_to(Some(id), reply, Err(e));
+            return self.refuse_nickname(id, e, reply);
         }
         self.claim_then_record(id, nickname, false, reply);
     }
@@ -36,6 +36,19 @@ impl RouterState {
         } else {
             self.record_user(id, nickname, rename, reply);
         }
+    }
+
+    /// Refuses a nickname. One taken on another instance may be an
+    /// account's: the store says, and the answer names the right reason.
+    pub(super) fn refuse_nickname(&mut self, id: SessionId, error: ChatError, reply: Responder) {
+        let ChatError::NicknameTaken(nickname) = error else {
+            return self.respond_to(Some(id), reply, Err(error));
+        };
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let registered = matches!(store.account(&nickname), Ok(Some(_)));
+            let _ = inbox.send(Completion::StoreDone(StoreDone::TakenChecked { session: id, nickname, registered, reply }));
+        });
     }
 
     /// Frees a nickname reserved by `id` that it did not end up using.
@@ -53,8 +66,11 @@ impl RouterState {
     fn reserve_nickname(&mut self, id: SessionId, nickname: &str) -> Result<(), ChatError> {
         validate_nickname(nickname)?;
         let key = name_key(nickname);
-        let taken_here = self.nicknames.get(&key).is_some_and(|owner| *owner != id);
-        if taken_here || self.remote_instance_of(nickname).is_some() {
+        let holder = self.nicknames.get(&key).filter(|owner| **owner != id).and_then(|owner| self.sessions.get(owner));
+        if holder.is_some_and(|h| h.registered) {
+            return Err(ChatError::NicknameRegistered(nickname.to_string()));
+        }
+        if holder.is_some() || self.remote_instance_of(nickname).is_some() {
             return Err(ChatError::NicknameTaken(nickname.to_string()));
         }
         self.nicknames.insert(key, id);
@@ -67,7 +83,7 @@ impl RouterState {
     pub(super) fn record_user(&mut self, session: SessionId, nickname: String, rename: bool, reply: Responder) {
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
-            let result = store.upsert_user(&nickname, now_ms());
+            let result = store.upsert_guest(&nickname, now_ms());
             let done = StoreDone::UserRecorded { session, nickname, rename, result, reply };
             let _ = inbox.send(Completion::StoreDone(done));
         });
@@ -78,8 +94,132 @@ impl RouterState {
             StoreDone::UserRecorded { session, nickname, rename, result, reply } => {
                 self.user_recorded(session, nickname, rename, result, reply)
             }
-            StoreDone::RoomCreated { session, name, result, reply } => self.room_created(session, name, result, reply),
+            StoreDone::RoomCreated { session, name, private, result, reply } => {
+                self.room_created(session, name, private, result, reply)
+            }
+            StoreDone::AccessChanged { session, room, nick, change, result, reply } => {
+                self.access_changed(session, room, nick, change, result, reply)
+            }
+            StoreDone::Registered { session, result, reply } => self.registered(session, result, reply),
+            StoreDone::TakenChecked { session, nickname, registered, reply } => {
+                let error =
+                    if registered { ChatError::NicknameRegistered(nickname) } else { ChatError::NicknameTaken(nickname) };
+                self.respond_to(Some(session), reply, Err(error));
+            }
+            StoreDone::DmStored { session, to, text, result, reply } => self.dm_stored(session, to, text, result, reply),
         }
+    }
+
+    /// Logs a session in to an account whose password the adapter checked.
+    /// The account's sessions share its nickname; no service-wide claim is
+    /// needed, since the store says who owns a registered name.
+    pub(super) fn login_account(&mut self, id: SessionId, user_id: i64, nickname: String, reply: Responder) {
+        let session = &self.sessions[&id];
+        if session.pending_nickname.is_some() {
+            return self.respond_to(Some(id), reply, Err(ChatError::Usage("/login <nick> <password> (one change at a time)")));
+        }
+        if session.registered && session.user_id == user_id {
+            return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname }));
+        }
+        let key = name_key(&nickname);
+        if let Some(holder) = self.nicknames.get(&key).and_then(|h| self.sessions.get(h)) {
+            if holder.id != id && !(holder.registered && holder.user_id == user_id) {
+                // A guest took the name before it was registered (only
+                // possible while instances could not see each other).
+                return self.respond_to(Some(id), reply, Err(ChatError::NicknameTaken(nickname)));
+            }
+        }
+        let old = self.sessions[&id].nickname.clone();
+        if let Some(old) = &old {
+            self.release_nickname(id, old);
+        }
+        let session = self.sessions.get_mut(&id).expect("resolved");
+        session.nickname = Some(nickname.clone());
+        session.user_id = user_id;
+        session.registered = true;
+        session.opened = Instant::now();
+        self.nicknames.entry(key).or_insert(id);
+        self.account_sessions.entry(user_id).or_default().push(id);
+        self.announce_presence(id);
+        log::info!("session {} logged in as {nickname}", id.0);
+        match old {
+            None => self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname })),
+            Some(old) => {
+                if let Some(room) = self.sessions[&id].room.clone() {
+                    self.announce(&room, format!("{old} is now known as {nickname}"), Some(id));
+                }
+                self.respond_to(Some(id), reply, Ok(Reply::Welcomed { user_id, nickname }))
+            }
+        }
+    }
+
+    /// Frees the nickname a session is leaving (for another one).
+    fn release_nickname(&mut self, id: SessionId, nick: &str) {
+        let (registered, user_id) = (self.sessions[&id].registered, self.sessions[&id].user_id);
+        let others = if registered { self.leave_account(id, user_id) } else { None };
+        let key = name_key(nick);
+        if self.nicknames.get(&key) == Some(&id) {
+            match others {
+                Some(other) => self.nicknames.insert(key, other),
+                None => self.nicknames.remove(&key),
+            };
+        }
+        if others.is_none() {
+            self.announce_gone(nick);
+        }
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.registered = false;
+        }
+    }
+
+    /// Takes a session out of its account's list; returns another session
+    /// of the account still logged in here, if any.
+    pub(super) fn leave_account(&mut self, id: SessionId, user_id: i64) -> Option<SessionId> {
+        let list = self.account_sessions.get_mut(&user_id)?;
+        list.retain(|s| *s != id);
+        let other = list.first().copied();
+        if list.is_empty() {
+            self.account_sessions.remove(&user_id);
+        }
+        other
+    }
+
+    /// `/register`, once the adapter hashed the password: stored first.
+    pub(super) fn register(&mut self, id: SessionId, password_hash: String, reply: Responder) {
+        let session = &self.sessions[&id];
+        let Some(nick) = session.nickname.clone() else {
+            return self.respond_to(Some(id), reply, Err(ChatError::NoNickname));
+        };
+        if session.registered {
+            return self.respond_to(Some(id), reply, Err(ChatError::AlreadyRegistered(nick)));
+        }
+        let user_id = session.user_id;
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.register(user_id, &password_hash, now_ms());
+            let _ = inbox.send(Completion::StoreDone(StoreDone::Registered { session: id, result, reply }));
+        });
+    }
+
+    fn registered(&mut self, id: SessionId, result: Result<bool, StoreError>, reply: Responder) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let nick = session.nick().to_string();
+        let outcome = match result {
+            Ok(true) => {
+                session.registered = true;
+                session.opened = Instant::now();
+                let user_id = session.user_id;
+                self.account_sessions.entry(user_id).or_default().push(id);
+                log::info!("{nick} registered");
+                Ok(Reply::Text(format!("Registered {nick}. From now on, log in as {nick} with your password.")))
+            }
+            Ok(false) => Err(ChatError::AlreadyRegistered(nick)),
+            Err(e) => {
+                log::warn!("could not register {nick}: {e}");
+                Err(ChatError::StoreUnavailable)
+            }
+        };
+        self.respond_to(Some(id), reply, outcome);
     }
 
     fn user_recorded(
@@ -87,7 +227,7 @@ impl RouterState {
         id: SessionId,
         nickname: String,
         rename: bool,
-        result: Result<i64, StoreError>,
+        result: Result<Option<i64>, StoreError>,
         reply: Responder,
     ) {
         if !self.sessions.contains_key(&id) {
@@ -98,7 +238,14 @@ impl RouterState {
             return;
         }
         let user_id = match result {
-            Ok(user_id) => user_id,
+            Ok(Some(user_id)) => user_id,
+            Ok(None) => {
+                self.unreserve_nickname(id, &nickname);
+                if let Some(bus) = &self.bus {
+                    bus.release(&nickname);
+                }
+                return self.respond_to(Some(id), reply, Err(ChatError::NicknameRegistered(nickname)));
+            }
             Err(e) => {
                 log::warn!("could not record user {nickname}: {e}");
                 self.unreserve_nickname(id, &nickname);
@@ -143,11 +290,18 @@ impl RouterState {
                 self.respond_to(Some(id), reply, Ok(Reply::Text("Goodbye!".into())));
                 return self.end_session(id, CloseReason::Normal);
             }
-            Command::Create(name) => return self.create_room(id, name, reply),
+            Command::Create(name) => return self.create_room(id, name, false, reply),
+            Command::CreatePrivate(name) => return self.create_private_room(id, name, reply),
+            Command::Invite(nick) => return self.change_access(id, nick, super::private::AccessChange::Invite, reply),
+            Command::Kick(nick) => return self.change_access(id, nick, super::private::AccessChange::Kick, reply),
             Command::Join(name) => self.join(id, &name, "Joined room"),
-            Command::Rooms => Ok(Reply::Text(self.rooms_text())),
+            Command::Rooms => Ok(Reply::Text(self.rooms_text(id))),
             Command::Leave => self.leave(id),
-            Command::Dm { to, text } => self.dm(id, &to, &text),
+            Command::Dm { to, text } => return self.dm(id, to, text, reply),
+            // Password work happens outside the router (crate::accounts).
+            Command::Register(_) => Err(ChatError::Usage("/register <password>")),
+            Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
+            Command::Login { .. } => Err(ChatError::Usage("/login <nick> <password>")),
         };
         self.respond_to(Some(id), reply, outcome);
     }
@@ -161,8 +315,12 @@ impl RouterState {
         if session.nickname.as_deref() == Some(nickname.as_str()) {
             return self.respond_to(Some(id), reply, Ok(Reply::Text(format!("You are already known as {nickname}"))));
         }
+        if session.registered {
+            let own = session.nick().to_string();
+            return self.respond_to(Some(id), reply, Err(ChatError::AccountNickname(own)));
+        }
         if let Err(e) = self.reserve_nickname(id, &nickname) {
-            return self.respond_to(Some(id), reply, Err(e));
+            return self.refuse_nickname(id, e, reply);
         }
         self.claim_then_record(id, nickname, true, reply);
     }
@@ -182,19 +340,20 @@ impl RouterState {
     }
 
     /// `/rooms`
-    fn rooms_text(&self) -> String {
-        if self.rooms.is_empty() {
+    fn rooms_text(&self, id: SessionId) -> String {
+        let rooms = self.room_list(Some(id));
+        if rooms.is_empty() {
             return "No rooms yet. Use /create <room> to create one.".into();
         }
-        let mut text = format!("Rooms ({}):", self.rooms.len());
-        for RoomSummary { name, members: n, .. } in self.room_list() {
+        let mut text = format!("Rooms ({}):", rooms.len());
+        for RoomSummary { name, members: n, .. } in rooms {
             text.push_str(&format!("\n  {name} ({n} {})", if n == 1 { "member" } else { "members" }));
         }
         text
     }
 
     /// `/create <room>`: stored first, joined once stored.
-    fn create_room(&mut self, id: SessionId, name: String, reply: Responder) {
+    pub(super) fn create_room(&mut self, id: SessionId, name: String, private: bool, reply: Responder) {
         let name = match normalize_room(&name) {
             Ok(name) => name,
             Err(e) => return self.respond_to(Some(id), reply, Err(e)),
@@ -203,10 +362,15 @@ impl RouterState {
             return self.respond_to(Some(id), reply, Err(ChatError::RoomExists(name)));
         }
         self.creating.insert(name.clone());
+        let owner_id = self.sessions[&id].user_id;
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
-            let result = store.create_room(&name, now_ms());
-            let _ = inbox.send(Completion::StoreDone(StoreDone::RoomCreated { session: id, name, result, reply }));
+            let result = if private {
+                store.create_private_room(&name, owner_id, now_ms())
+            } else {
+                store.create_room(&name, now_ms())
+            };
+            let _ = inbox.send(Completion::StoreDone(StoreDone::RoomCreated { session: id, name, private, result, reply }));
         });
     }
 
@@ -214,6 +378,7 @@ impl RouterState {
         &mut self,
         id: SessionId,
         name: String,
+        private: bool,
         result: Result<crate::store::RoomRecord, StoreError>,
         reply: Responder,
     ) {
@@ -230,6 +395,9 @@ impl RouterState {
                 self.rooms.insert(name.clone(), super::Room::new(record.id, record.name, record.created_at_ms));
                 // New and empty: up to date already; listen to it from now on.
                 self.listen_to_new_room(&name);
+                if private {
+                    self.private_room_created(id, &name);
+                }
                 let outcome = if self.sessions.contains_key(&id) {
                     self.join(id, &name, "Created and joined room")
                 } else {
@@ -255,7 +423,7 @@ impl RouterState {
     /// room, joins, and answers with the room's recent messages.
     pub(super) fn join(&mut self, id: SessionId, name: &str, verb: &str) -> Result<Reply, ChatError> {
         let name = normalize_room(name)?;
-        if !self.rooms.contains_key(&name) {
+        if !self.rooms.contains_key(&name) || !self.can_see(&name, Some(id)) {
             return Err(ChatError::NoSuchRoom(name));
         }
         if self.sessions[&id].room.as_deref() == Some(name.as_str()) {
@@ -310,35 +478,144 @@ impl RouterState {
 
     /// `/dm <user> <message>`: shown to both ends as a DM event.
     /// The recipient may be on this instance or, through the bus, another.
-    fn dm(&mut self, id: SessionId, to: &str, text: &str) -> Result<Reply, ChatError> {
-        let local = self
-            .nicknames
-            .get(&name_key(to))
-            .copied()
-            .filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()));
-        let remote = if local.is_none() { self.remote_instance_of(to) } else { None };
-        if local.is_none() && remote.is_none() {
+    fn dm(&mut self, id: SessionId, to: String, text: String, reply: Responder) {
+        let outcome = self.check_dm(id, &to, &text);
+        let (text, store) = match outcome {
+            Ok(checked) => checked,
+            Err(e) => return self.respond_to(Some(id), reply, Err(e)),
+        };
+        if !store {
+            let outcome = self.live_dm(id, &to, text);
+            return self.respond_to(Some(id), reply, outcome);
+        }
+        // Between registered users the store comes first: the sender's
+        // echo means the DM is committed, and an offline recipient finds
+        // it at the next login.
+        let (sender_id, sender) = (self.sessions[&id].user_id, self.sessions[&id].nick().to_string());
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.insert_dm(sender_id, &sender, &to, &text, now_ms());
+            let _ = inbox.send(Completion::StoreDone(StoreDone::DmStored { session: id, to, text, result, reply }));
+        });
+    }
+
+    /// Checks a DM and takes a rate token; answers the cleaned text and
+    /// whether it goes through the store (a registered sender, and a
+    /// recipient who may be an account: not a guest online here).
+    fn check_dm(&mut self, id: SessionId, to: &str, text: &str) -> Result<(String, bool), ChatError> {
+        let local = self.local_target(to);
+        let sender = &self.sessions[&id];
+        if local.is_some_and(|t| self.sessions_of(t).contains(&id)) || (sender.registered && name_key(to) == name_key(sender.nick())) {
+            return Err(ChatError::DmToSelf);
+        }
+        let store = sender.registered && local.is_none_or(|t| self.sessions[&t].registered);
+        if !store && local.is_none() && self.remote_instance_of(to).is_none() {
             return Err(ChatError::UserNotOnline(to.to_string()));
         }
-        if local == Some(id) {
-            return Err(ChatError::DmToSelf);
+        if store && crate::names::validate_nickname(to).is_err() {
+            return Err(ChatError::UserNotOnline(to.to_string()));
         }
         let text = clean_message(text, self.settings.max_message_chars)?;
         self.take_rate_token(id)?;
+        Ok((text, store))
+    }
+
+    /// The named session here that a DM to `to` goes to, if any.
+    fn local_target(&self, to: &str) -> Option<SessionId> {
+        self.nicknames.get(&name_key(to)).copied().filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some()))
+    }
+
+    /// A DM that is not stored: to an online user here or elsewhere.
+    fn live_dm(&mut self, id: SessionId, to: &str, text: String) -> Result<Reply, ChatError> {
+        let local = self.local_target(to);
+        let remote = if local.is_none() { self.remote_instance_of(to) } else { None };
         let recipient = match (local, &remote) {
             (Some(target), _) => self.sessions[&target].nick().to_string(),
             (None, Some((_, nick))) => nick.clone(),
-            (None, None) => unreachable!("checked above"),
+            (None, None) => return Err(ChatError::UserNotOnline(to.to_string())),
         };
         let dm = Arc::new(DirectMessage { from: self.sessions[&id].nick().to_string(), to: recipient, text, at_ms: now_ms() });
         match (local, remote) {
-            (Some(target), _) => self.deliver_to(target, Event::Dm { dm: dm.clone(), outgoing: false }),
+            (Some(target), _) => {
+                for session in self.sessions_of(target) {
+                    self.deliver_to(session, Event::Dm { dm: dm.clone(), outgoing: false });
+                }
+            }
             (None, Some((instance, _))) => self.remote_dm(&instance, &dm.from, &dm.to, &dm.text, dm.at_ms),
             (None, None) => {}
         }
         let shown = format!("[DM to {}] {}", dm.to, dm.text);
         self.deliver_to(id, Event::Dm { dm, outgoing: true });
         Ok(Reply::Shown(shown))
+    }
+
+    /// A DM between registered users was stored (or the recipient turned
+    /// out not to be an account): deliver it to every session of the
+    /// recipient, here and on every other instance.
+    pub(super) fn dm_stored(
+        &mut self,
+        id: SessionId,
+        to: String,
+        text: String,
+        result: Result<Option<crate::store::DmRecord>, StoreError>,
+        reply: Responder,
+    ) {
+        if !self.sessions.contains_key(&id) {
+            return;
+        }
+        let record = match result {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let outcome = self.live_dm(id, &to, text);
+                return self.respond_to(Some(id), reply, outcome);
+            }
+            Err(e) => {
+                log::warn!("could not store a DM: {e}");
+                return self.respond_to(Some(id), reply, Err(ChatError::StoreUnavailable));
+            }
+        };
+        let dm = Arc::new(DirectMessage {
+            from: record.sender.clone(),
+            to: record.recipient.clone(),
+            text: record.content.clone(),
+            at_ms: record.created_at_ms,
+        });
+        let local = self.account_sessions.get(&record.recipient_id).cloned().unwrap_or_default();
+        for session in &local {
+            self.deliver_to(*session, Event::Dm { dm: dm.clone(), outgoing: false });
+        }
+        let remote = self.remote_instance_of(&record.recipient).is_some();
+        if remote {
+            // Every instance delivers it to the recipient's sessions there.
+            self.broadcast(crate::bus::BusEvent::Dm {
+                from: self.instance.clone(),
+                sender: dm.from.clone(),
+                recipient: dm.to.clone(),
+                text: dm.text.clone(),
+                at_ms: dm.at_ms,
+            });
+        }
+        if local.is_empty() && !remote {
+            let line = format!("[DM to {}] {} ({} is offline; they will see it when they log in)", dm.to, dm.text, dm.to);
+            return self.respond_to(Some(id), reply, Ok(Reply::Text(line)));
+        }
+        let (recipient, dm_id) = (record.recipient_id, record.id);
+        self.store.run(move |store| {
+            if let Err(e) = store.mark_dms_read(recipient, &[dm_id], now_ms()) {
+                log::debug!("could not mark a DM read: {e}");
+            }
+        });
+        let shown = format!("[DM to {}] {}", dm.to, dm.text);
+        self.deliver_to(id, Event::Dm { dm, outgoing: true });
+        self.respond_to(Some(id), reply, Ok(Reply::Shown(shown)));
+    }
+
+    /// Every session of the user that `id` is: all of an account's, or `id`.
+    pub(super) fn sessions_of(&self, id: SessionId) -> Vec<SessionId> {
+        match self.sessions.get(&id) {
+            Some(s) if s.registered => self.account_sessions.get(&s.user_id).cloned().unwrap_or_else(|| vec![id]),
+            _ => vec![id],
+        }
     }
 
     fn take_rate_token(&mut self, id: SessionId) -> Result<(), ChatError> {

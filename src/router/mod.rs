@@ -24,6 +24,7 @@
 
 mod cluster;
 mod commands;
+mod private;
 mod state;
 mod streams;
 #[cfg(test)]
@@ -67,6 +68,8 @@ pub enum Reply {
     /// sent to channel responders, not written to the session again.
     Shown(String),
     LoggedIn { session: SessionId, user_id: i64, nickname: String },
+    /// A named session logged in to an account (`/login`).
+    Welcomed { user_id: i64, nickname: String },
     /// A message was committed under `id`.
     Sent { id: i64, room: String, created_at_ms: i64 },
     Done,
@@ -87,8 +90,16 @@ pub enum Responder {
 pub enum RouterMsg {
     /// A new connection or HTTP session, without a nickname yet.
     Open { session: SessionId, protocol: Protocol, token: Option<Uuid>, sink: Option<Arc<dyn Sink>> },
-    /// Choose the session's first nickname.
+    /// Choose the session's first nickname, as a guest.
     Login { session: SessionRef, nickname: String, reply: Responder },
+    /// Log the session in to an account whose password was checked (by
+    /// [`crate::accounts`]): a new session's first name, or `/login`.
+    LoginAccount { session: SessionRef, user_id: i64, nickname: String, reply: Responder },
+    /// Register the session's guest nickname with this password hash.
+    Register { session: SessionRef, password_hash: String, reply: Responder },
+    /// An answer worked out outside the router (account commands), shown
+    /// in the session's stream in order with everything else.
+    Answer { session: SessionId, outcome: Outcome },
     Command { session: SessionRef, command: Command, reply: Responder },
     /// A chat message for the current room (`room`, if given, must match
     /// it). With `client_msg_id`, a message already stored under that id
@@ -136,6 +147,11 @@ pub enum Completion {
     Fetched { room: String, messages: Vec<ChatMessage>, limit: usize },
     /// Every room, read back from the store (rooms created elsewhere).
     RoomsLoaded(Vec<RoomRecord>),
+    /// Of the registered HTTP sessions checked, the token hashes the store
+    /// still holds (valid, not logged out, not expired).
+    SessionsChecked { checked: Vec<(SessionId, String)>, valid: Vec<String> },
+    /// Who may enter each private room, read back from the store.
+    PrivateRoomsLoaded(Vec<crate::store::PrivateRoomRecord>),
     /// A page of a stream's replay, read back from the store.
     Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
     /// A room's recent messages, read once this instance listens to it.
@@ -161,15 +177,30 @@ impl Inboxes {
 pub enum Query {
     /// Proves the router thread is alive and taking requests.
     Ping(Sender<()>),
-    /// Every room here with its service-wide member count, sorted by name.
-    Rooms(Sender<Vec<RoomSummary>>),
+    /// Every room here with its service-wide member count, sorted by name:
+    /// the public ones, and the private ones `viewer` may enter.
+    Rooms { viewer: Option<SessionRef>, reply: Sender<Vec<RoomSummary>> },
     /// The nicknames in a room on every instance, sorted; `None` if the room
-    /// does not exist.
-    Members { room: String, reply: Sender<Option<Vec<String>>> },
-    /// A room's store id and ring-buffer state; `None` if it does not exist.
-    Room { room: String, reply: Sender<Option<RoomInfo>> },
+    /// does not exist (or is private and not `viewer`'s).
+    Members { room: String, viewer: Option<SessionRef>, reply: Sender<Option<Vec<String>>> },
+    /// A room's store id and ring-buffer state; `None` if it does not exist
+    /// (or is private and not `viewer`'s).
+    Room { room: String, viewer: Option<SessionRef>, reply: Sender<Option<RoomInfo>> },
     /// The session an HTTP `sessionId` names, if any.
     Session { token: Uuid, reply: Sender<Option<SessionId>> },
+    /// Who a session is: its user and whether that is an account.
+    Identity { session: SessionRef, reply: Sender<Option<Identity>> },
+}
+
+/// Who a session is logged in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub session: SessionId,
+    /// 0 while the session has no nickname yet.
+    pub user_id: i64,
+    /// Empty while the session has no nickname yet.
+    pub nickname: String,
+    pub registered: bool,
 }
 
 /// One line of the room list.
@@ -192,8 +223,29 @@ pub struct RoomInfo {
 
 /// Completions of store calls the router made for itself.
 pub enum StoreDone {
-    UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<i64, StoreError>, reply: Responder },
-    RoomCreated { session: SessionId, name: String, result: Result<RoomRecord, StoreError>, reply: Responder },
+    UserRecorded { session: SessionId, nickname: String, rename: bool, result: Result<Option<i64>, StoreError>, reply: Responder },
+    RoomCreated { session: SessionId, name: String, private: bool, result: Result<RoomRecord, StoreError>, reply: Responder },
+    /// `/invite` or `/kick` was stored (`None`: no such account).
+    AccessChanged {
+        session: SessionId,
+        room: String,
+        nick: String,
+        change: private::AccessChange,
+        result: Result<Option<(crate::store::Account, bool)>, StoreError>,
+        reply: Responder,
+    },
+    /// A DM between registered users, stored (`None`: the recipient is no account).
+    DmStored {
+        session: SessionId,
+        to: String,
+        text: String,
+        result: Result<Option<crate::store::DmRecord>, StoreError>,
+        reply: Responder,
+    },
+    /// Whether a nickname taken elsewhere is an account's.
+    TakenChecked { session: SessionId, nickname: String, registered: bool, reply: Responder },
+    /// `Ok(false)`: the nickname was registered already.
+    Registered { session: SessionId, result: Result<bool, StoreError>, reply: Responder },
 }
 
 /// A cloneable handle for sending requests to the router.
@@ -230,21 +282,41 @@ impl RouterHandle {
         self.ask(Query::Ping, deadline).is_some()
     }
 
-    /// Every room with its member count, sorted by name.
+    /// Every public room with its member count, sorted by name.
     pub fn rooms(&self) -> Result<Vec<RoomSummary>, ChatError> {
-        self.ask(Query::Rooms, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+        self.rooms_for(None)
+    }
+
+    /// Every room `viewer` may know of, with its member count, sorted by name.
+    pub fn rooms_for(&self, viewer: Option<SessionRef>) -> Result<Vec<RoomSummary>, ChatError> {
+        self.ask(|reply| Query::Rooms { viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// The members of `room` (a normalized name); `None` if there is no such room.
     pub fn members(&self, room: &str) -> Result<Option<Vec<String>>, ChatError> {
+        self.members_for(room, None)
+    }
+
+    /// The members of `room` as `viewer` may know them.
+    pub fn members_for(&self, room: &str, viewer: Option<SessionRef>) -> Result<Option<Vec<String>>, ChatError> {
         let room = room.to_string();
-        self.ask(|reply| Query::Members { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+        self.ask(|reply| Query::Members { room, viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// What is known of `room` (a normalized name); `None` if there is no such room.
     pub fn room(&self, room: &str) -> Result<Option<RoomInfo>, ChatError> {
+        self.room_for(room, None)
+    }
+
+    /// What `viewer` may know of `room`.
+    pub fn room_for(&self, room: &str, viewer: Option<SessionRef>) -> Result<Option<RoomInfo>, ChatError> {
         let room = room.to_string();
-        self.ask(|reply| Query::Room { room, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+        self.ask(|reply| Query::Room { room, viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
+    }
+
+    /// Who a session is; `None` if there is no such session.
+    pub fn identity(&self, session: SessionRef) -> Result<Option<Identity>, ChatError> {
+        self.ask(|reply| Query::Identity { session, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
 
     /// The session of an HTTP `sessionId`; `None` if there is none.
@@ -312,8 +384,12 @@ pub struct RouterState {
     /// Lower-case nickname → session, including nicknames reserved while
     /// the store records them.
     nicknames: HashMap<String, SessionId>,
+    /// The sessions logged in to each account (user id), several at once.
+    account_sessions: HashMap<i64, Vec<SessionId>>,
     /// Rooms by (lower-case) name, sorted for `/rooms`.
     rooms: BTreeMap<String, Room>,
+    /// Private rooms by name: who may enter them.
+    private: HashMap<String, private::PrivateRoom>,
     /// Room names whose creation is being stored.
     creating: std::collections::HashSet<String>,
     pending_sends: HashMap<u64, PendingSend>,
@@ -343,6 +419,7 @@ pub struct RouterState {
     next_replay: u64,
     last_heartbeat: Instant,
     last_second: Instant,
+    last_session_check: Instant,
 }
 
 /// The router thread's loop around [`RouterState`].
@@ -354,6 +431,12 @@ pub struct Router {
     requests: Receiver<RouterMsg>,
     completions: Receiver<Completion>,
 }
+
+/// How often registered users' HTTP sessions are checked against the store
+/// (a logout on another instance, an expiry), and how old a session must be
+/// to be checked (it is stored just after its login).
+const SESSION_CHECK_EVERY: Duration = Duration::from_secs(5);
+const SESSION_CHECK_AFTER: Duration = Duration::from_secs(5);
 
 /// How often the router looks at timers (gaps, heartbeats, idle sessions).
 const TICK: Duration = Duration::from_millis(100);
@@ -394,11 +477,14 @@ impl Router {
             next_replay: 0,
             last_heartbeat: Instant::now(),
             last_second: Instant::now(),
+            last_session_check: Instant::now(),
             settings,
             sessions: HashMap::new(),
             tokens: HashMap::new(),
             nicknames: HashMap::new(),
+            account_sessions: HashMap::new(),
             rooms: BTreeMap::new(),
+            private: HashMap::new(),
             creating: Default::default(),
             pending_sends: HashMap::new(),
             pending_client_ids: HashMap::new(),
@@ -429,6 +515,11 @@ impl Router {
             requests: crossbeam_channel::bounded(INBOX_CAPACITY),
             completions: crossbeam_channel::bounded(COMPLETIONS_CAPACITY),
         }
+    }
+
+    /// Who may enter each private room, as stored (before the router runs).
+    pub fn set_private_rooms(&mut self, rooms: Vec<crate::store::PrivateRoomRecord>) {
+        self.state.load_private_rooms(rooms);
     }
 
     pub fn handle(&self) -> RouterHandle {
@@ -498,6 +589,15 @@ impl RouterState {
                 Ok(id) => self.login(id, nickname, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
+            RouterMsg::LoginAccount { session, user_id, nickname, reply } => match self.resolve(session) {
+                Ok(id) => self.login_account(id, user_id, nickname, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Register { session, password_hash, reply } => match self.resolve(session) {
+                Ok(id) => self.register(id, password_hash, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Answer { session, outcome } => self.respond_to(Some(session), Responder::Session, outcome),
             RouterMsg::Command { session, command, reply } => match self.resolve(session) {
                 Ok(id) => self.command(id, command, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
@@ -551,6 +651,8 @@ impl RouterState {
             Completion::Claimed(result) => self.claimed(result),
             Completion::Fetched { room, messages, limit } => self.fetched(room, messages, limit),
             Completion::RoomsLoaded(rooms) => self.rooms_loaded(rooms),
+            Completion::PrivateRoomsLoaded(rooms) => self.private_rooms_loaded(rooms),
+            Completion::SessionsChecked { checked, valid } => self.sessions_checked(checked, valid),
             Completion::Replayed { session, serial, page } => self.replayed(session, serial, page),
             Completion::Warmed { room, messages } => self.warmed(room, messages),
         }
@@ -694,13 +796,19 @@ impl RouterState {
         let Some(session) = self.sessions.remove(&id) else { return };
         self.pending_claims.remove(&id);
         self.end_replay(id, reason);
+        let others = if session.registered { self.leave_account(id, session.user_id) } else { None };
         if let Some(nick) = &session.nickname {
-            self.announce_gone(nick);
+            if others.is_none() {
+                self.announce_gone(nick);
+            }
         }
         for nick in session.nickname.iter().chain(session.pending_nickname.iter()) {
             let key = crate::names::name_key(nick);
             if self.nicknames.get(&key) == Some(&id) {
-                self.nicknames.remove(&key);
+                match others {
+                    Some(other) => self.nicknames.insert(key, other),
+                    None => self.nicknames.remove(&key),
+                };
             }
         }
         if let Some(token) = session.token {
@@ -722,6 +830,10 @@ impl RouterState {
         }
         self.last_second = now;
         self.bus_tick(now);
+        if now.duration_since(self.last_session_check) >= SESSION_CHECK_EVERY {
+            self.last_session_check = now;
+            self.check_lasting_sessions(now);
+        }
         let idle = self.settings.session_idle;
         let expired: Vec<SessionId> = self
             .sessions
@@ -733,6 +845,40 @@ impl RouterState {
         for id in expired {
             log::info!("HTTP session {:?} expired after {:?} idle", id, idle);
             self.end_session(id, CloseReason::Expired);
+        }
+    }
+
+    /// Asks the store which registered HTTP sessions are still valid.
+    fn check_lasting_sessions(&mut self, now: Instant) {
+        let checked: Vec<(SessionId, String)> = self
+            .sessions
+            .values()
+            .filter(|s| s.registered && now.duration_since(s.opened) >= SESSION_CHECK_AFTER)
+            .filter_map(|s| Some((s.id, crate::accounts::token_hash(&s.token?))))
+            .collect();
+        if checked.is_empty() {
+            return;
+        }
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let hashes: Vec<String> = checked.iter().map(|(_, h)| h.clone()).collect();
+            match store.valid_sessions(&hashes, now_ms()) {
+                Ok(valid) => {
+                    let _ = inbox.send(Completion::SessionsChecked { checked, valid });
+                }
+                Err(e) => log::debug!("cannot check lasting sessions: {e}"),
+            }
+        });
+    }
+
+    /// Ends the sessions logged out elsewhere or expired.
+    fn sessions_checked(&mut self, checked: Vec<(SessionId, String)>, valid: Vec<String>) {
+        let valid: std::collections::HashSet<String> = valid.into_iter().collect();
+        for (id, hash) in checked {
+            if !valid.contains(&hash) && self.sessions.get(&id).is_some_and(|s| s.registered) {
+                log::info!("HTTP session {:?} was logged out or expired", id);
+                self.end_session(id, CloseReason::Expired);
+            }
         }
     }
 
@@ -757,31 +903,50 @@ impl RouterState {
     }
 
     /// Answers a read-only question.
-    fn answer(&self, query: Query) {
+    fn answer(&mut self, query: Query) {
         match query {
             Query::Ping(reply) => {
                 let _ = reply.send(());
             }
-            Query::Rooms(reply) => {
-                let _ = reply.send(self.room_list());
+            Query::Rooms { viewer, reply } => {
+                let viewer = viewer.and_then(|v| self.resolve(v).ok());
+                let _ = reply.send(self.room_list(viewer));
             }
-            Query::Members { room, reply } => {
-                let _ = reply.send(self.room_members(&room));
+            Query::Members { room, viewer, reply } => {
+                let viewer = viewer.and_then(|v| self.resolve(v).ok());
+                let members = if self.can_see(&room, viewer) { self.room_members(&room) } else { None };
+                let _ = reply.send(members);
             }
-            Query::Room { room, reply } => {
-                let info = self.rooms.get(&room).map(|r| RoomInfo { id: r.id, evicted_up_to: r.evicted_up_to });
+            Query::Room { room, viewer, reply } => {
+                let viewer = viewer.and_then(|v| self.resolve(v).ok());
+                let info = self
+                    .rooms
+                    .get(&room)
+                    .filter(|_| self.can_see(&room, viewer))
+                    .map(|r| RoomInfo { id: r.id, evicted_up_to: r.evicted_up_to });
                 let _ = reply.send(info);
             }
             Query::Session { token, reply } => {
                 let _ = reply.send(self.tokens.get(&token).copied());
             }
+            Query::Identity { session, reply } => {
+                let identity = self.resolve(session).ok().and_then(|id| self.sessions.get(&id)).map(|s| Identity {
+                    session: s.id,
+                    user_id: s.user_id,
+                    nickname: s.nickname.clone().unwrap_or_default(),
+                    registered: s.registered,
+                });
+                let _ = reply.send(identity);
+            }
         }
     }
 
-    /// Room names with service-wide member counts, sorted by name.
-    fn room_list(&self) -> Vec<RoomSummary> {
+    /// Room names with service-wide member counts, sorted by name: public
+    /// rooms and the private ones `viewer` may enter.
+    fn room_list(&self, viewer: Option<SessionId>) -> Vec<RoomSummary> {
         self.rooms
             .values()
+            .filter(|r| self.can_see(&r.name, viewer))
             .map(|r| RoomSummary {
                 name: r.name.clone(),
                 members: r.members.len() + self.remote_members(Some(&r.name)).count(),
@@ -798,6 +963,7 @@ impl RouterState {
             local.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
         nicks.extend(self.remote_members(Some(room)).map(|m| m.nick.clone()));
         sort_nicks(&mut nicks);
+        nicks.dedup();
         Some(nicks)
     }
 
@@ -806,6 +972,8 @@ impl RouterState {
         let mut nicks: Vec<String> = self.sessions.values().filter_map(|s| s.nickname.clone()).collect();
         nicks.extend(self.remote_members(None).map(|m| m.nick.clone()));
         sort_nicks(&mut nicks);
+        // An account logged in several times is one user.
+        nicks.dedup();
         nicks
     }
 

@@ -18,6 +18,8 @@ pub struct Session {
     pub nickname: Option<String>,
     /// Store id of the user; 0 until logged in.
     pub user_id: i64,
+    /// Logged in to a registered account (the nickname is the account's).
+    pub registered: bool,
     /// A nickname reserved while the store records it (login or `/nick`).
     pub pending_nickname: Option<String>,
     pub room: Option<String>,
@@ -26,6 +28,9 @@ pub struct Session {
     pub rate: RateLimiter,
     /// Last request or stream activity, for HTTP idle expiry.
     pub last_active: Instant,
+    /// When the session was opened (lasting sessions are checked against
+    /// the store only once they have had time to be stored).
+    pub opened: Instant,
 }
 
 impl Session {
@@ -36,11 +41,13 @@ impl Session {
             token,
             nickname: None,
             user_id: 0,
+            registered: false,
             pending_nickname: None,
             room: None,
             sink,
             rate,
             last_active: Instant::now(),
+            opened: Instant::now(),
         }
     }
 

@@ -74,6 +74,9 @@ impl RouterState {
                 }
             },
         };
+        if !self.can_see(&name, Some(id)) {
+            return Err(ChatError::NoSuchRoom(name));
+        }
         let target = self.rooms.get(&name).ok_or_else(|| ChatError::NoSuchRoom(name.clone()))?;
         let room_id = target.id;
         let from_ring = match after {

@@ -29,6 +29,54 @@ pub struct RoomRecord {
     pub created_at_ms: i64,
 }
 
+/// A registered user as stored: the nickname it owns and its password hash
+/// (an Argon2id PHC string; never logged or shown).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user_id: i64,
+    pub nickname: String,
+    pub password_hash: String,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account").field("user_id", &self.user_id).field("nickname", &self.nickname).finish_non_exhaustive()
+    }
+}
+
+/// A private room's owner and who may enter it (the owner included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateRoomRecord {
+    pub room_id: i64,
+    pub name: String,
+    pub owner_id: i64,
+    pub owner: String,
+    pub allowed: Vec<i64>,
+}
+
+/// A stored direct message between two registered users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmRecord {
+    pub id: i64,
+    pub sender_id: i64,
+    pub sender: String,
+    pub recipient_id: i64,
+    pub recipient: String,
+    pub content: String,
+    pub created_at_ms: i64,
+}
+
+/// One DM conversation of a user, as listed by `GET /api/dms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmConversation {
+    /// The other user's nickname.
+    pub with: String,
+    pub last_id: i64,
+    pub last_at_ms: i64,
+    /// Messages to this user in the conversation not yet seen.
+    pub unread: i64,
+}
+
 /// A message accepted by the router and waiting to be committed.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -109,6 +157,50 @@ pub trait Store: Send {
     fn create_room(&mut self, name: &str, at_ms: i64) -> Result<RoomRecord, StoreError>;
     /// Records a user by nickname (case-insensitively), returning its id.
     fn upsert_user(&mut self, nickname: &str, at_ms: i64) -> Result<i64, StoreError>;
+    /// Records a guest by nickname like [`upsert_user`](Self::upsert_user),
+    /// unless the nickname is registered: then `Ok(None)` and nothing changes.
+    fn upsert_guest(&mut self, nickname: &str, at_ms: i64) -> Result<Option<i64>, StoreError>;
+    /// The account that owns a nickname (ignoring case), if it is registered.
+    fn account(&mut self, nickname: &str) -> Result<Option<Account>, StoreError>;
+    /// The account of a user id, if that user is registered.
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError>;
+    /// Registers a guest user with a password hash; `Ok(false)` (nothing
+    /// changed) if it is registered already, so of two racing registrations
+    /// exactly one wins.
+    fn register(&mut self, user_id: i64, password_hash: &str, at_ms: i64) -> Result<bool, StoreError>;
+    /// Replaces a registered user's password hash.
+    fn set_password(&mut self, user_id: i64, password_hash: &str) -> Result<(), StoreError>;
+    /// Stores a lasting session by the hash of its token.
+    fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError>;
+    /// The account of a stored session that has not expired at `now_ms`.
+    fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError>;
+    /// Of these stored sessions (token hashes), the ones still valid at `now_ms`.
+    fn valid_sessions(&mut self, token_hashes: &[String], now_ms: i64) -> Result<Vec<String>, StoreError>;
+    /// Forgets a stored session (and any expired ones).
+    fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Stores a DM from a registered user to the account named `recipient`
+    /// (ignoring case), committed before it returns; `Ok(None)` if that
+    /// nickname is not registered (nothing is stored).
+    fn insert_dm(&mut self, sender_id: i64, sender: &str, recipient: &str, content: &str, at_ms: i64)
+        -> Result<Option<DmRecord>, StoreError>;
+    /// Marks DMs to `recipient_id` as seen.
+    fn mark_dms_read(&mut self, recipient_id: i64, ids: &[i64], at_ms: i64) -> Result<(), StoreError>;
+    /// DMs to a user not seen yet, oldest first (at most `limit`).
+    fn unread_dms(&mut self, recipient_id: i64, limit: usize) -> Result<Vec<DmRecord>, StoreError>;
+    /// A user's DM conversations, the most recent first.
+    fn dm_conversations(&mut self, user_id: i64) -> Result<Vec<DmConversation>, StoreError>;
+    /// Up to `limit` DMs between two users with ids below `before`, oldest first.
+    fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
+        -> Result<Vec<DmRecord>, StoreError>;
+    /// Creates a private room owned by `owner_id` (who may enter it);
+    /// `Err(Conflict)` if the name exists.
+    fn create_private_room(&mut self, name: &str, owner_id: i64, at_ms: i64) -> Result<RoomRecord, StoreError>;
+    /// Every private room with who may enter it.
+    fn private_rooms(&mut self) -> Result<Vec<PrivateRoomRecord>, StoreError>;
+    /// Lets a user into a private room; `Ok(false)` if they were already.
+    fn grant_room(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<bool, StoreError>;
+    /// Takes a user's access to a private room away; `Ok(false)` if they had none.
+    fn revoke_room(&mut self, room_id: i64, user_id: i64) -> Result<bool, StoreError>;
     /// Records that a user joined a room.
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError>;
     /// Commits a batch of messages in one transaction, all or nothing, and

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{NewMessage, RoomRecord, Store, StoreError, Stored};
+use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError, Stored};
 use crate::event::ChatMessage;
 use crate::names::name_key;
 
@@ -77,6 +77,9 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/postgres/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/postgres/0002_room_sequence.sql")),
     ("0003_client_message_ids", include_str!("../../sql/postgres/0003_client_message_ids.sql")),
+    ("0004_accounts", include_str!("../../sql/postgres/0004_accounts.sql")),
+    ("0005_direct_messages", include_str!("../../sql/postgres/0005_direct_messages.sql")),
+    ("0006_private_rooms", include_str!("../../sql/postgres/0006_private_rooms.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -127,6 +130,114 @@ const SQL_UPSERT_USER: &str = concat!(
     ") ON CONFLICT (nickname_key) DO UPDATE SET nickname = EXCLUDED.nickname, last_seen_at = EXCLUDED.last_seen_at
      RETURNING id"
 );
+
+const SQL_UPSERT_GUEST: &str = concat!(
+    "INSERT INTO users (nickname, nickname_key, created_at, last_seen_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ", ",
+    ms_to_ts!("$3::bigint"),
+    ") ON CONFLICT (nickname_key) DO UPDATE SET nickname = EXCLUDED.nickname, last_seen_at = EXCLUDED.last_seen_at
+     WHERE users.password_hash IS NULL
+     RETURNING id"
+);
+
+const SQL_ACCOUNT: &str =
+    "SELECT id, nickname, password_hash FROM users WHERE nickname_key = $1 AND password_hash IS NOT NULL";
+const SQL_ACCOUNT_BY_ID: &str = "SELECT id, nickname, password_hash FROM users WHERE id = $1 AND password_hash IS NOT NULL";
+const SQL_REGISTER: &str = concat!(
+    "UPDATE users SET password_hash = $2, registered_at = ",
+    ms_to_ts!("$3::bigint"),
+    " WHERE id = $1 AND password_hash IS NULL"
+);
+const SQL_SET_PASSWORD: &str = "UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash IS NOT NULL";
+const SQL_SAVE_SESSION: &str = concat!(
+    "INSERT INTO auth_sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ", ",
+    ms_to_ts!("$4::bigint"),
+    ")"
+);
+const SQL_SESSION_ACCOUNT: &str = concat!(
+    "SELECT u.id, u.nickname, u.password_hash FROM auth_sessions s JOIN users u ON u.id = s.user_id
+     WHERE s.token_hash = $1 AND s.expires_at > ",
+    ms_to_ts!("$2::bigint"),
+    " AND u.password_hash IS NOT NULL"
+);
+const SQL_VALID_SESSIONS: &str = concat!(
+    "SELECT token_hash FROM auth_sessions WHERE token_hash = ANY($1) AND expires_at > ",
+    ms_to_ts!("$2::bigint")
+);
+const SQL_DELETE_SESSION: &str =
+    concat!("DELETE FROM auth_sessions WHERE token_hash = $1 OR expires_at <= ", ms_to_ts!("$2::bigint"));
+
+const SQL_INSERT_DM: &str = concat!(
+    "INSERT INTO direct_messages (sender_id, recipient_id, sender, recipient, content, created_at)
+     SELECT $1, u.id, $2, u.nickname, $4, ",
+    ms_to_ts!("$5::bigint"),
+    " FROM users u WHERE u.nickname_key = $3 AND u.password_hash IS NOT NULL
+     RETURNING id, recipient_id, recipient"
+);
+const SQL_MARK_DMS_READ: &str = concat!(
+    "UPDATE direct_messages SET read_at = ",
+    ms_to_ts!("$3::bigint"),
+    " WHERE id = ANY($2) AND recipient_id = $1 AND read_at IS NULL"
+);
+macro_rules! dm_columns {
+    () => {
+        concat!("id, sender_id, sender, recipient_id, recipient, content, ", ts_to_ms!("created_at"), " AS created_ms FROM direct_messages")
+    };
+}
+const SQL_UNREAD_DMS: &str =
+    concat!("SELECT ", dm_columns!(), " WHERE recipient_id = $1 AND read_at IS NULL ORDER BY id LIMIT $2");
+const SQL_DM_HISTORY: &str = concat!(
+    "SELECT * FROM (SELECT ",
+    dm_columns!(),
+    " WHERE ((sender_id = $1 AND recipient_id = $2) OR (sender_id = $2 AND recipient_id = $1)) AND id < $3
+       ORDER BY id DESC LIMIT $4) page ORDER BY id"
+);
+const SQL_DM_CONVERSATIONS: &str = concat!(
+    "SELECT CASE WHEN d.sender_id = $1 THEN d.recipient ELSE d.sender END, c.last_id, ",
+    ts_to_ms!("d.created_at"),
+    ",
+            (SELECT COUNT(*) FROM direct_messages u
+              WHERE u.recipient_id = $1 AND u.sender_id = c.other AND u.read_at IS NULL)
+     FROM (SELECT CASE WHEN sender_id = $1 THEN recipient_id ELSE sender_id END AS other, MAX(id) AS last_id
+           FROM direct_messages WHERE sender_id = $1 OR recipient_id = $1 GROUP BY 1) c
+     JOIN direct_messages d ON d.id = c.last_id
+     ORDER BY c.last_id DESC"
+);
+
+const SQL_CREATE_PRIVATE_ROOM: &str = concat!(
+    "WITH room AS (INSERT INTO rooms (name, created_at, owner_id) VALUES ($1, ",
+    ms_to_ts!("$2::bigint"),
+    ", $3) RETURNING id, owner_id, created_at)
+     INSERT INTO room_access (room_id, user_id, invited_at) SELECT id, owner_id, created_at FROM room RETURNING room_id"
+);
+const SQL_PRIVATE_ROOMS: &str = "SELECT r.id, r.name, r.owner_id, u.nickname,
+        COALESCE((SELECT array_agg(a.user_id) FROM room_access a WHERE a.room_id = r.id), '{}')
+     FROM rooms r JOIN users u ON u.id = r.owner_id WHERE r.owner_id IS NOT NULL ORDER BY r.id";
+const SQL_GRANT_ROOM: &str = concat!(
+    "INSERT INTO room_access (room_id, user_id, invited_at) VALUES ($1, $2, ",
+    ms_to_ts!("$3::bigint"),
+    ") ON CONFLICT DO NOTHING"
+);
+const SQL_REVOKE_ROOM: &str = "DELETE FROM room_access WHERE room_id = $1 AND user_id = $2";
+
+fn dm_from(row: &Row) -> Result<DmRecord, postgres::Error> {
+    Ok(DmRecord {
+        id: row.try_get(0)?,
+        sender_id: row.try_get(1)?,
+        sender: row.try_get(2)?,
+        recipient_id: row.try_get(3)?,
+        recipient: row.try_get(4)?,
+        content: row.try_get(5)?,
+        created_at_ms: row.try_get(6)?,
+    })
+}
+
+fn account_from(row: &Row) -> Result<Account, postgres::Error> {
+    Ok(Account { user_id: row.try_get(0)?, nickname: row.try_get(1)?, password_hash: row.try_get(2)? })
+}
 
 const SQL_RECORD_JOIN: &str = concat!(
     "INSERT INTO room_members (room_id, user_id, joined_at) VALUES ($1, $2, ",
@@ -618,6 +729,182 @@ impl Store for PostgresStore {
         self.run(true, |conn| {
             let statement = conn.prepare(SQL_UPSERT_USER)?;
             conn.client.query_one(&statement, &[&nickname, &key, &at_ms])?.try_get(0)
+        })
+    }
+
+    fn upsert_guest(&mut self, nickname: &str, at_ms: i64) -> Result<Option<i64>, StoreError> {
+        let key = name_key(nickname);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_UPSERT_GUEST)?;
+            conn.client.query_opt(&statement, &[&nickname, &key, &at_ms])?.map(|row| row.try_get(0)).transpose()
+        })
+    }
+
+    fn account(&mut self, nickname: &str) -> Result<Option<Account>, StoreError> {
+        let key = name_key(nickname);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_ACCOUNT)?;
+            conn.client.query_opt(&statement, &[&key])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_ACCOUNT_BY_ID)?;
+            conn.client.query_opt(&statement, &[&user_id])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn register(&mut self, user_id: i64, password_hash: &str, at_ms: i64) -> Result<bool, StoreError> {
+        // Not retried: a lost reply may hide a commit, and a retry would
+        // then report the account as registered by someone else.
+        self.run(false, |conn| {
+            let statement = conn.prepare(SQL_REGISTER)?;
+            conn.client.execute(&statement, &[&user_id, &password_hash, &at_ms]).map(|n| n == 1)
+        })
+    }
+
+    fn set_password(&mut self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_SET_PASSWORD)?;
+            conn.client.execute(&statement, &[&user_id, &password_hash]).map(drop)
+        })
+    }
+
+    fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError> {
+        self.run(false, |conn| {
+            let statement = conn.prepare(SQL_SAVE_SESSION)?;
+            conn.client.execute(&statement, &[&token_hash, &user_id, &at_ms, &expires_ms]).map(drop)
+        })
+    }
+
+    fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_SESSION_ACCOUNT)?;
+            conn.client.query_opt(&statement, &[&token_hash, &now_ms])?.as_ref().map(account_from).transpose()
+        })
+    }
+
+    fn valid_sessions(&mut self, token_hashes: &[String], now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let hashes = token_hashes.to_vec();
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_VALID_SESSIONS)?;
+            conn.client.query(&statement, &[&hashes, &now_ms])?.iter().map(|row| row.try_get(0)).collect()
+        })
+    }
+
+    fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_DELETE_SESSION)?;
+            conn.client.execute(&statement, &[&token_hash, &now_ms]).map(drop)
+        })
+    }
+
+    fn create_private_room(&mut self, name: &str, owner_id: i64, at_ms: i64) -> Result<RoomRecord, StoreError> {
+        // Not retried, like create_room.
+        let id: i64 = self.run(false, |conn| {
+            let statement = conn.prepare(SQL_CREATE_PRIVATE_ROOM)?;
+            conn.client.query_one(&statement, &[&name, &at_ms, &owner_id])?.try_get(0)
+        })?;
+        Ok(RoomRecord { id, name: name.to_string(), created_at_ms: at_ms })
+    }
+
+    fn private_rooms(&mut self) -> Result<Vec<PrivateRoomRecord>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_PRIVATE_ROOMS)?;
+            conn.client
+                .query(&statement, &[])?
+                .iter()
+                .map(|row| {
+                    Ok(PrivateRoomRecord {
+                        room_id: row.try_get(0)?,
+                        name: row.try_get(1)?,
+                        owner_id: row.try_get(2)?,
+                        owner: row.try_get(3)?,
+                        allowed: row.try_get(4)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn grant_room(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<bool, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_GRANT_ROOM)?;
+            conn.client.execute(&statement, &[&room_id, &user_id, &at_ms]).map(|n| n == 1)
+        })
+    }
+
+    fn revoke_room(&mut self, room_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_REVOKE_ROOM)?;
+            conn.client.execute(&statement, &[&room_id, &user_id]).map(|n| n == 1)
+        })
+    }
+
+    fn insert_dm(&mut self, sender_id: i64, sender: &str, recipient: &str, content: &str, at_ms: i64)
+        -> Result<Option<DmRecord>, StoreError> {
+        let key = name_key(recipient);
+        // Not retried: a lost reply may hide a commit.
+        let row = self.run(false, |conn| {
+            let statement = conn.prepare(SQL_INSERT_DM)?;
+            conn.client.query_opt(&statement, &[&sender_id, &sender, &key, &content, &at_ms])
+        })?;
+        row.map(|row| -> Result<DmRecord, StoreError> {
+            let get = |e: postgres::Error| StoreError::Failed(error_text(&e));
+            Ok(DmRecord {
+                id: row.try_get(0).map_err(get)?,
+                sender_id,
+                sender: sender.to_string(),
+                recipient_id: row.try_get(1).map_err(get)?,
+                recipient: row.try_get(2).map_err(get)?,
+                content: content.to_string(),
+                created_at_ms: at_ms,
+            })
+        })
+        .transpose()
+    }
+
+    fn mark_dms_read(&mut self, recipient_id: i64, ids: &[i64], at_ms: i64) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_MARK_DMS_READ)?;
+            conn.client.execute(&statement, &[&recipient_id, &ids, &at_ms]).map(drop)
+        })
+    }
+
+    fn unread_dms(&mut self, recipient_id: i64, limit: usize) -> Result<Vec<DmRecord>, StoreError> {
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_UNREAD_DMS)?;
+            conn.client.query(&statement, &[&recipient_id, &limit])?.iter().map(dm_from).collect()
+        })
+    }
+
+    fn dm_conversations(&mut self, user_id: i64) -> Result<Vec<DmConversation>, StoreError> {
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_DM_CONVERSATIONS)?;
+            conn.client
+                .query(&statement, &[&user_id])?
+                .iter()
+                .map(|row| {
+                    Ok(DmConversation {
+                        with: row.try_get(0)?,
+                        last_id: row.try_get(1)?,
+                        last_at_ms: row.try_get(2)?,
+                        unread: row.try_get(3)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
+        -> Result<Vec<DmRecord>, StoreError> {
+        let (before, limit) = (before.unwrap_or(i64::MAX), limit_of(limit));
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_DM_HISTORY)?;
+            conn.client.query(&statement, &[&user_id, &other_id, &before, &limit])?.iter().map(dm_from).collect()
         })
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
-use super::{NewMessage, RoomRecord, Store, StoreError, Stored};
+use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError, Stored};
 use crate::event::{now_ms, ChatMessage};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
@@ -16,6 +16,9 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../sql/sqlite/0001_initial.sql")),
     ("0002_room_sequence", include_str!("../../sql/sqlite/0002_room_sequence.sql")),
     ("0003_client_message_ids", include_str!("../../sql/sqlite/0003_client_message_ids.sql")),
+    ("0004_accounts", include_str!("../../sql/sqlite/0004_accounts.sql")),
+    ("0005_direct_messages", include_str!("../../sql/sqlite/0005_direct_messages.sql")),
+    ("0006_private_rooms", include_str!("../../sql/sqlite/0006_private_rooms.sql")),
 ];
 
 pub struct SqliteStore {
@@ -103,6 +106,20 @@ impl SqliteStore {
     }
 }
 
+const DM_COLUMNS: &str = "id, sender_id, sender, recipient_id, recipient, content, created_at FROM direct_messages";
+
+fn dm_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<DmRecord> {
+    Ok(DmRecord {
+        id: r.get(0)?,
+        sender_id: r.get(1)?,
+        sender: r.get(2)?,
+        recipient_id: r.get(3)?,
+        recipient: r.get(4)?,
+        content: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
+}
+
 const MESSAGE_COLUMNS: &str =
     "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq FROM messages m JOIN rooms r ON r.id = m.room_id";
 
@@ -147,6 +164,231 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.query_row(params![nickname, nickname.to_ascii_lowercase(), at_ms], |r| r.get(0)))
             .map_err(failed)
         })
+    }
+
+    fn upsert_guest(&mut self, nickname: &str, at_ms: i64) -> Result<Option<i64>, StoreError> {
+        self.unsynced(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO users (nickname, nickname_key, created_at, last_seen_at) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (nickname_key) DO UPDATE SET nickname = excluded.nickname, last_seen_at = excluded.last_seen_at
+                 WHERE users.password_hash IS NULL
+                 RETURNING id",
+            )
+            .and_then(|mut s| s.query_row(params![nickname, nickname.to_ascii_lowercase(), at_ms], |r| r.get(0)).optional())
+            .map_err(failed)
+        })
+    }
+
+    fn account(&mut self, nickname: &str) -> Result<Option<Account>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT id, nickname, password_hash FROM users WHERE nickname_key = ?1 AND password_hash IS NOT NULL")
+            .and_then(|mut s| {
+                s.query_row([nickname.to_ascii_lowercase()], |r| {
+                    Ok(Account { user_id: r.get(0)?, nickname: r.get(1)?, password_hash: r.get(2)? })
+                })
+                .optional()
+            })
+            .map_err(failed)
+    }
+
+    fn account_by_id(&mut self, user_id: i64) -> Result<Option<Account>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT id, nickname, password_hash FROM users WHERE id = ?1 AND password_hash IS NOT NULL")
+            .and_then(|mut s| {
+                s.query_row([user_id], |r| Ok(Account { user_id: r.get(0)?, nickname: r.get(1)?, password_hash: r.get(2)? }))
+                    .optional()
+            })
+            .map_err(failed)
+    }
+
+    fn register(&mut self, user_id: i64, password_hash: &str, at_ms: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("UPDATE users SET password_hash = ?2, registered_at = ?3 WHERE id = ?1 AND password_hash IS NULL")
+            .and_then(|mut s| s.execute(params![user_id, password_hash, at_ms]))
+            .map(|n| n == 1)
+            .map_err(failed)
+    }
+
+    fn set_password(&mut self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1 AND password_hash IS NOT NULL")
+            .and_then(|mut s| s.execute(params![user_id, password_hash]))
+            .map(drop)
+            .map_err(failed)
+    }
+
+    fn save_session(&mut self, token_hash: &str, user_id: i64, at_ms: i64, expires_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO auth_sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![token_hash, user_id, at_ms, expires_ms]))
+            .map(drop)
+            .map_err(failed)
+    }
+
+    fn session_account(&mut self, token_hash: &str, now_ms: i64) -> Result<Option<Account>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT u.id, u.nickname, u.password_hash FROM auth_sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.password_hash IS NOT NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![token_hash, now_ms], |r| {
+                    Ok(Account { user_id: r.get(0)?, nickname: r.get(1)?, password_hash: r.get(2)? })
+                })
+                .optional()
+            })
+            .map_err(failed)
+    }
+
+    fn valid_sessions(&mut self, token_hashes: &[String], now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM auth_sessions WHERE token_hash = ?1 AND expires_at > ?2")
+            .map_err(failed)?;
+        let mut valid = Vec::new();
+        for hash in token_hashes {
+            if stmt.exists(params![hash, now_ms]).map_err(failed)? {
+                valid.push(hash.clone());
+            }
+        }
+        Ok(valid)
+    }
+
+    fn delete_session(&mut self, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM auth_sessions WHERE token_hash = ?1 OR expires_at <= ?2")
+            .and_then(|mut s| s.execute(params![token_hash, now_ms]))
+            .map(drop)
+            .map_err(failed)
+    }
+
+    fn create_private_room(&mut self, name: &str, owner_id: i64, at_ms: i64) -> Result<RoomRecord, StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        tx.execute("INSERT INTO rooms (name, created_at, owner_id) VALUES (?1, ?2, ?3)", params![name, at_ms, owner_id])
+            .map_err(failed)?;
+        let id = tx.last_insert_rowid();
+        tx.execute("INSERT INTO room_access (room_id, user_id, invited_at) VALUES (?1, ?2, ?3)", params![id, owner_id, at_ms])
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        Ok(RoomRecord { id, name: name.to_string(), created_at_ms: at_ms })
+    }
+
+    fn private_rooms(&mut self) -> Result<Vec<PrivateRoomRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.id, r.name, r.owner_id, u.nickname,
+                        COALESCE((SELECT group_concat(a.user_id) FROM room_access a WHERE a.room_id = r.id), '')
+                 FROM rooms r JOIN users u ON u.id = r.owner_id WHERE r.owner_id IS NOT NULL ORDER BY r.id",
+            )
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let allowed: String = r.get(4)?;
+                Ok(PrivateRoomRecord {
+                    room_id: r.get(0)?,
+                    name: r.get(1)?,
+                    owner_id: r.get(2)?,
+                    owner: r.get(3)?,
+                    allowed: allowed.split(',').filter_map(|id| id.parse().ok()).collect(),
+                })
+            })
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn grant_room(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO room_access (room_id, user_id, invited_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+            .and_then(|mut s| s.execute(params![room_id, user_id, at_ms]))
+            .map(|n| n == 1)
+            .map_err(failed)
+    }
+
+    fn revoke_room(&mut self, room_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM room_access WHERE room_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![room_id, user_id]))
+            .map(|n| n == 1)
+            .map_err(failed)
+    }
+
+    fn insert_dm(&mut self, sender_id: i64, sender: &str, recipient: &str, content: &str, at_ms: i64)
+        -> Result<Option<DmRecord>, StoreError> {
+        let Some(account) = self.account(recipient)? else { return Ok(None) };
+        let id = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO direct_messages (sender_id, recipient_id, sender, recipient, content, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![sender_id, account.user_id, sender, account.nickname, content, at_ms], |r| r.get(0))
+            })
+            .map_err(failed)?;
+        Ok(Some(DmRecord {
+            id,
+            sender_id,
+            sender: sender.to_string(),
+            recipient_id: account.user_id,
+            recipient: account.nickname,
+            content: content.to_string(),
+            created_at_ms: at_ms,
+        }))
+    }
+
+    fn mark_dms_read(&mut self, recipient_id: i64, ids: &[i64], at_ms: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE direct_messages SET read_at = ?3 WHERE id = ?1 AND recipient_id = ?2 AND read_at IS NULL")
+                .map_err(failed)?;
+            for id in ids {
+                update.execute(params![id, recipient_id, at_ms]).map_err(failed)?;
+            }
+        }
+        tx.commit().map_err(failed)
+    }
+
+    fn unread_dms(&mut self, recipient_id: i64, limit: usize) -> Result<Vec<DmRecord>, StoreError> {
+        let sql = format!("SELECT {DM_COLUMNS} WHERE recipient_id = ?1 AND read_at IS NULL ORDER BY id LIMIT ?2");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(failed)?;
+        let rows = stmt.query_map(params![recipient_id, limit as i64], dm_from).map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn dm_conversations(&mut self, user_id: i64) -> Result<Vec<DmConversation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT CASE WHEN d.sender_id = ?1 THEN d.recipient ELSE d.sender END,
+                        c.last_id, d.created_at,
+                        (SELECT COUNT(*) FROM direct_messages u
+                          WHERE u.recipient_id = ?1 AND u.sender_id = c.other AND u.read_at IS NULL)
+                 FROM (SELECT CASE WHEN sender_id = ?1 THEN recipient_id ELSE sender_id END AS other, MAX(id) AS last_id
+                       FROM direct_messages WHERE sender_id = ?1 OR recipient_id = ?1 GROUP BY other) c
+                 JOIN direct_messages d ON d.id = c.last_id
+                 ORDER BY c.last_id DESC",
+            )
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map([user_id], |r| Ok(DmConversation { with: r.get(0)?, last_id: r.get(1)?, last_at_ms: r.get(2)?, unread: r.get(3)? }))
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
+    fn dm_history(&mut self, user_id: i64, other_id: i64, before: Option<i64>, limit: usize)
+        -> Result<Vec<DmRecord>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {DM_COLUMNS}
+               WHERE ((sender_id = ?1 AND recipient_id = ?2) OR (sender_id = ?2 AND recipient_id = ?1)) AND id < ?3
+               ORDER BY id DESC LIMIT ?4) ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(failed)?;
+        let rows = stmt
+            .query_map(params![user_id, other_id, before.unwrap_or(i64::MAX), limit as i64], dm_from)
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
     }
 
     fn record_join(&mut self, room_id: i64, user_id: i64, at_ms: i64) -> Result<(), StoreError> {

@@ -91,7 +91,12 @@ impl Client {
 
     /// Expects the nickname prompt, which has no line ending.
     pub fn expect_prompt(&mut self) {
-        let prompt = b"Enter your nickname: ";
+        self.expect_text("Enter your nickname: ");
+    }
+
+    /// Expects exactly `text` next, line ending or not (a prompt).
+    pub fn expect_text(&mut self, text: &str) {
+        let prompt = text.as_bytes();
         let deadline = Instant::now() + PATIENCE;
         while self.buf.len() < prompt.len() {
             assert!(self.fill(deadline), "closed before the prompt");

@@ -82,6 +82,8 @@ pub struct HttpContext {
     pub stats: Arc<HttpStats>,
     /// Sends every stream (shared with the TCP adapter).
     pub writers: Arc<Writers>,
+    /// Password checks and lasting sessions (shared with the TCP adapter).
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
 }
 
 impl HttpContext {
@@ -105,6 +107,7 @@ impl HttpContext {
             redis: None,
             stats: Arc::new(HttpStats::default()),
             writers,
+            accounts: None,
         }
     }
 }

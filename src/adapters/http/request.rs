@@ -13,10 +13,10 @@ use std::io::Read;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tiny_http::Request;
+use uuid::Uuid;
 
 use super::response::Refusal;
 use crate::error::ChatError;
-use uuid::Uuid;
 
 /// Splits a request target into its path and query (without the `?`).
 pub fn split_url(url: &str) -> (&str, &str) {
@@ -118,11 +118,22 @@ pub trait JsonBody: DeserializeOwned {
 /// Reads and checks a JSON body: 400 for invalid UTF-8, malformed JSON, a
 /// missing field or a field of the wrong type, each with the reason.
 pub fn read_json<T: JsonBody>(request: &mut Request, max: usize) -> Result<T, Refusal> {
-    parse_json(&read_body(request, max)?)
+    read_json_requiring(request, max, None)
+}
+
+/// [`read_json`], with one optional field required this time (`sessionId`
+/// when no cookie names the session).
+pub fn read_json_requiring<T: JsonBody>(request: &mut Request, max: usize, also: Option<&str>) -> Result<T, Refusal> {
+    parse_json_requiring(&read_body(request, max)?, also)
 }
 
 /// Checks and decodes a body already read (see [`read_json`]).
 pub fn parse_json<T: JsonBody>(body: &[u8]) -> Result<T, Refusal> {
+    parse_json_requiring(body, None)
+}
+
+/// [`parse_json`], with one optional field required this time.
+pub fn parse_json_requiring<T: JsonBody>(body: &[u8], also: Option<&str>) -> Result<T, Refusal> {
     let text = std::str::from_utf8(body).map_err(|_| Refusal::bad("the request body is not valid UTF-8."))?;
     if text.trim().is_empty() {
         return Err(Refusal::bad("the request body is empty; send a JSON object."));
@@ -132,6 +143,7 @@ pub fn parse_json<T: JsonBody>(body: &[u8]) -> Result<T, Refusal> {
         return Err(Refusal::bad("the request body must be a JSON object."));
     };
     for &(name, required) in T::FIELDS {
+        let required = required || also == Some(name);
         match fields.get(name) {
             None | Some(Value::Null) if required => return Err(Refusal::bad(format!("missing field '{name}'."))),
             Some(v) if !v.is_string() && !v.is_null() => {

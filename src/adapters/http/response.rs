@@ -102,7 +102,10 @@ pub fn send(request: Request, answer: Answer, ctx: &HttpContext) {
 }
 
 fn to_response(answer: Answer) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_data(answer.body).with_status_code(answer.status);
+    // The body is all in memory: always a Content-Length, never chunked
+    // (tiny_http chunks from 32 KiB; the OpenAPI document is larger).
+    let mut response =
+        Response::from_data(answer.body).with_status_code(answer.status).with_chunked_threshold(usize::MAX);
     response.add_header(header("Content-Type", answer.content_type));
     response.add_header(header("Cache-Control", "no-cache"));
     response.add_header(header("Access-Control-Allow-Origin", "*"));

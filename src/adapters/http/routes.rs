@@ -11,21 +11,34 @@ use tiny_http::{Method, Request};
 use uuid::Uuid;
 
 use super::assets::{self, Asset};
+use std::net::IpAddr;
+
 use super::request::{
-    check_limits, parse_json, percent_decode, query_param, read_json, session_token, split_url, JsonBody,
+    check_limits, declared_length, parse_json, parse_json_requiring, percent_decode, query_param, read_json,
+    read_json_requiring, session_token, split_url, JsonBody,
 };
 use super::response::{send, Answer, Handled, Refusal};
 use super::{sse, ws, HttpContext};
-use crate::command::{parse_input, Input};
+use crate::command::{parse_input, Command, Input};
 use crate::error::ChatError;
 use crate::event::{rfc3339, Protocol, SessionId};
 use crate::names::normalize_room;
+use crate::accounts::Secret;
 use crate::router::{Reply, RouterMsg, SessionRef};
 
 /// Everything the server answers, by path.
 enum Endpoint {
     Page(&'static Asset),
     Connect,
+    Register,
+    Logout,
+    Password,
+    /// `GET /api/session`: who the cookie's session is.
+    WhoAmI,
+    /// `GET /api/dms`: the session's DM conversations.
+    Dms,
+    /// `GET /api/dms/:nick/history`
+    DmHistory(String),
     Disconnect,
     Command,
     Message,
@@ -84,6 +97,12 @@ struct Route {
 const ROUTES: &[Route] = &[
     Route { path: "/api/connect", verbs: Verbs::Write, endpoint: |_| Endpoint::Connect },
     Route { path: "/api/disconnect", verbs: Verbs::Write, endpoint: |_| Endpoint::Disconnect },
+    Route { path: "/api/register", verbs: Verbs::Write, endpoint: |_| Endpoint::Register },
+    Route { path: "/api/logout", verbs: Verbs::Write, endpoint: |_| Endpoint::Logout },
+    Route { path: "/api/password", verbs: Verbs::Write, endpoint: |_| Endpoint::Password },
+    Route { path: "/api/session", verbs: Verbs::Read, endpoint: |_| Endpoint::WhoAmI },
+    Route { path: "/api/dms", verbs: Verbs::Read, endpoint: |_| Endpoint::Dms },
+    Route { path: "/api/dms/{nick}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::DmHistory(p.remove(0)) },
     Route { path: "/api/command", verbs: Verbs::Write, endpoint: |_| Endpoint::Command },
     Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
     Route { path: "/api/messages/{room}", verbs: Verbs::Stream, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
@@ -169,17 +188,26 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         return Err(refusal);
     }
     let max = ctx.limits.max_body_bytes;
+    let from = Caller { cookie: cookie_token(request), peer: request.remote_addr().map(|a| a.ip()) };
+    // Without the cookie, the body must name the session.
+    let session_field = from.cookie.is_none().then_some("sessionId");
     let answer = match endpoint {
         Endpoint::Page(asset) => Answer::bytes(asset.content_type, asset.body.to_vec()),
-        Endpoint::Connect => connect(read_json(request, max)?, ctx)?,
-        Endpoint::Disconnect => disconnect(read_json(request, max)?, ctx)?,
-        Endpoint::Command => command(read_json(request, max)?, ctx)?,
-        Endpoint::Message => message(read_json(request, max)?, ctx)?,
+        Endpoint::Connect => connect(read_json(request, max)?, &from, ctx)?,
+        Endpoint::Register => register(read_json(request, max)?, &from, ctx)?,
+        Endpoint::Logout => logout(read_json_or_empty(request, max)?, &from, ctx)?,
+        Endpoint::Password => password(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Disconnect => disconnect(read_json_or_empty(request, max)?, &from, ctx)?,
+        Endpoint::WhoAmI => who_am_i(query_param(query, "sessionId").as_deref(), &from, ctx)?,
+        Endpoint::Dms => dms(query, &from, ctx)?,
+        Endpoint::DmHistory(nick) => dm_history(&nick, query, &from, ctx)?,
+        Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
         Endpoint::WebSocket => return Ok(Routed::WebSocket),
-        Endpoint::Rooms => rooms(ctx)?,
-        Endpoint::Members(room) => members(&room, ctx)?,
-        Endpoint::History(room) => history(&room, query, ctx)?,
+        Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
+        Endpoint::Members(room) => members(&room, viewer(query, &from, ctx), ctx)?,
+        Endpoint::History(room) => history(&room, query, viewer(query, &from, ctx), ctx)?,
         Endpoint::Health => health(ctx),
         Endpoint::Metrics => metrics(ctx),
         Endpoint::OpenApi => Answer::bytes("application/json; charset=utf-8", OPENAPI.as_bytes().to_vec()),
@@ -191,37 +219,63 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
 #[serde(rename_all = "camelCase")]
 struct ConnectBody {
     nickname: String,
+    /// Required for a registered nickname.
+    password: Option<String>,
 }
 
 impl JsonBody for ConnectBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("nickname", true)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("nickname", true), ("password", false)];
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RegisterBody {
+    nickname: String,
+    password: String,
+}
+
+impl JsonBody for RegisterBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("nickname", true), ("password", true)];
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PasswordBody {
+    session_id: Option<String>,
+    old: String,
+    new: String,
+}
+
+impl JsonBody for PasswordBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("old", true), ("new", true)];
+}
+
+/// A session named in the body, or by the `bd_session` cookie.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct SessionBody {
-    session_id: String,
+    session_id: Option<String>,
 }
 
 impl JsonBody for SessionBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false)];
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CommandBody {
-    session_id: String,
+    session_id: Option<String>,
     command: String,
 }
 
 impl JsonBody for CommandBody {
-    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", true), ("command", true)];
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("command", true)];
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MessageBody {
-    session_id: String,
+    session_id: Option<String>,
     content: String,
     /// If given, must be the session's current room.
     room: Option<String>,
@@ -232,7 +286,7 @@ struct MessageBody {
 
 impl JsonBody for MessageBody {
     const FIELDS: &'static [(&'static str, bool)] =
-        &[("sessionId", true), ("content", true), ("room", false), ("clientMsgId", false)];
+        &[("sessionId", false), ("content", true), ("room", false), ("clientMsgId", false)];
 }
 
 /// A `clientMsgId`: a UUID.
@@ -253,16 +307,18 @@ pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
             crate::names::validate_nickname(body.nickname.trim())?;
         }
         Some("/api/disconnect") => {
-            session_token(&parse_json::<SessionBody>(body)?.session_id)?;
+            if let Some(id) = parse_json::<SessionBody>(body)?.session_id {
+                session_token(&id)?;
+            }
         }
         Some("/api/command") => {
-            let body: CommandBody = parse_json(body)?;
-            session_token(&body.session_id)?;
+            let body: CommandBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
             parse_input(&body.command)?;
         }
         Some("/api/message") => {
-            let body: MessageBody = parse_json(body)?;
-            session_token(&body.session_id)?;
+            let body: MessageBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
             if let Some(room) = &body.room {
                 normalize_room(room)?;
             }
@@ -273,9 +329,122 @@ pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// `POST /api/connect {"nickname"}`: a new session, named under the same
-/// rules as a TCP user's nickname.
-fn connect(body: ConnectBody, ctx: &HttpContext) -> Handled {
+/// A body that may be left out (logout and disconnect by cookie).
+fn read_json_or_empty<T: JsonBody + Default>(request: &mut Request, max: usize) -> Result<T, Refusal> {
+    if declared_length(request) == Some(0) {
+        return Ok(T::default());
+    }
+    read_json(request, max)
+}
+
+/// Who is asking: the `bd_session` cookie, and the client's address (for
+/// the login-attempt limit).
+pub struct Caller {
+    pub cookie: Option<String>,
+    pub peer: Option<IpAddr>,
+}
+
+const COOKIE: &str = "bd_session";
+
+/// The `bd_session` cookie's value, if the request has one.
+pub fn cookie_token(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Cookie"))
+        .flat_map(|h| h.value.as_str().split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+}
+
+/// `Set-Cookie` for a session: a lasting one for an account, else one
+/// that ends with the browser session.
+fn session_cookie(token: Uuid, lasting: Option<std::time::Duration>) -> String {
+    let mut cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    if let Some(ttl) = lasting {
+        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    cookie
+}
+
+fn clear_cookie() -> String {
+    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+fn accounts(ctx: &HttpContext) -> Result<&crate::accounts::Accounts, Refusal> {
+    ctx.accounts.as_deref().ok_or_else(|| Refusal::new(503, "accounts are not available on this server."))
+}
+
+/// The session a request names: `sessionId` in the body or query wins,
+/// else the cookie. A registered user's session that this process does not
+/// hold (a restart, another instance) is brought back from the store, by
+/// its cookie, while it has not expired. An unknown `sessionId` is 404 (from
+/// the router, when the request reaches it); a cookie that names no session
+/// (forged, expired, logged out) is 401.
+pub fn resolve_session(given: Option<&str>, from: &Caller, ctx: &HttpContext) -> Result<Uuid, Refusal> {
+    let (text, by_cookie) = match given.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(text) => (text.to_string(), false),
+        None => match &from.cookie {
+            Some(cookie) => (cookie.clone(), true),
+            None => {
+                return Err(Refusal::bad(
+                    "missing sessionId: give it in the request, or connect first to get the bd_session cookie.",
+                ))
+            }
+        },
+    };
+    let expired = || {
+        if by_cookie {
+            Refusal::new(401, "your session has ended or is not valid. Log in again with POST /api/connect.")
+        } else {
+            ChatError::UnknownSession.into()
+        }
+    };
+    let Ok(token) = Uuid::parse_str(&text) else { return Err(expired()) };
+    if !by_cookie {
+        // The router answers an unknown one (404) with the request itself:
+        // no extra round trip on the hot path of API clients.
+        return Ok(token);
+    }
+    if ctx.router.session(token)?.is_some() {
+        return Ok(token);
+    }
+    let accounts = accounts(ctx)?;
+    let hash = crate::accounts::token_hash(&token);
+    let now = crate::event::now_ms();
+    let account = accounts.store.query(move |store| store.session_account(&hash, now)).map_err(|e| {
+        log::warn!("cannot check a stored session: {e}");
+        Refusal::from(ChatError::StoreUnavailable)
+    })?;
+    let Some(account) = account else { return Err(expired()) };
+    ctx.router.send(RouterMsg::Open { session: SessionId::next(), protocol: Protocol::Http, token: Some(token), sink: None });
+    let session = SessionRef::Token(token);
+    let (user_id, nickname) = (account.user_id, account.nickname);
+    match ctx.router.call(|reply| RouterMsg::LoginAccount { session, user_id, nickname, reply }) {
+        Ok(_) => Ok(token),
+        Err(e) => {
+            ctx.router.send(RouterMsg::Close { session });
+            Err(e.into())
+        }
+    }
+}
+
+/// Stores a registered user's session token (as a hash) so that it lasts.
+fn keep_session(token: Uuid, user_id: i64, ctx: &HttpContext) -> Result<(), Refusal> {
+    let accounts = accounts(ctx)?;
+    let hash = crate::accounts::token_hash(&token);
+    let now = crate::event::now_ms();
+    let expires = now + accounts.session_ttl.as_millis() as i64;
+    accounts.store.query(move |store| store.save_session(&hash, user_id, now, expires)).map_err(|e| {
+        log::warn!("cannot store a session: {e}");
+        Refusal::from(ChatError::StoreUnavailable)
+    })
+}
+
+/// Opens a new HTTP session and names it: as a guest, or with `password`
+/// as the account. Answers with the session (closed again on failure).
+fn open_session(nickname: &str, password: Option<&Secret>, from: &Caller, ctx: &HttpContext) -> Result<(Uuid, Reply), Refusal> {
     let token = Uuid::new_v4();
     let session = SessionRef::Token(token);
     ctx.router.send(RouterMsg::Open {
@@ -284,26 +453,179 @@ fn connect(body: ConnectBody, ctx: &HttpContext) -> Handled {
         token: Some(token),
         sink: None,
     });
-    let nickname = body.nickname.trim().to_string();
-    match ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }) {
-        Ok(Reply::LoggedIn { user_id, nickname, .. }) => {
-            Ok(Answer::data(json!({ "sessionId": token.to_string(), "userId": user_id, "nickname": nickname })))
-        }
+    let nickname = nickname.trim().to_string();
+    let outcome = match password {
+        Some(password) => accounts(ctx).map_err(Some).and_then(|a| a.login(session, &nickname, password, from.peer).map_err(|e| { let r: Refusal = e.into(); Some(r) })),
+        None => ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }).map_err(|e| Some(e.into())),
+    };
+    match outcome {
+        Ok(reply @ Reply::LoggedIn { .. }) => Ok((token, reply)),
         outcome => {
             ctx.router.send(RouterMsg::Close { session });
             Err(match outcome {
-                Err(ChatError::UnknownSession) => ChatError::ShuttingDown.into(),
-                Err(e) => e.into(),
-                Ok(_) => Refusal::new(500, "unexpected answer from the router."),
+                Err(Some(refusal)) if refusal.status == 404 && refusal.message == ChatError::UnknownSession.to_string() => {
+                    ChatError::ShuttingDown.into()
+                }
+                Err(Some(refusal)) => refusal,
+                _ => Refusal::new(500, "unexpected answer from the router."),
             })
         }
     }
 }
 
-/// `POST /api/disconnect {"sessionId"}`: ends the session as a TCP client
-/// leaving would (its room sees "… disconnected", its nickname is free).
-fn disconnect(body: SessionBody, ctx: &HttpContext) -> Handled {
-    let token = session_token(&body.session_id)?;
+fn connected(token: Uuid, reply: Reply) -> Value {
+    match reply {
+        Reply::LoggedIn { user_id, nickname, .. } => {
+            json!({ "sessionId": token.to_string(), "userId": user_id, "nickname": nickname })
+        }
+        _ => Value::Null,
+    }
+}
+
+/// `POST /api/connect {"nickname","password"?}`: a new session, named under
+/// the same rules as a TCP user's nickname; a registered nickname needs its
+/// password (401 without it or with a wrong one). Sets the cookie.
+fn connect(body: ConnectBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let password = body.password.as_deref().filter(|p| !p.is_empty()).map(Secret::new);
+    let (token, reply) = open_session(&body.nickname, password.as_ref(), from, ctx)?;
+    let lasting = match (&password, &reply) {
+        (Some(_), Reply::LoggedIn { user_id, .. }) => {
+            keep_session(token, *user_id, ctx)?;
+            Some(accounts(ctx)?.session_ttl)
+        }
+        _ => None,
+    };
+    Ok(Answer::data(connected(token, reply)).with_header("Set-Cookie", session_cookie(token, lasting)))
+}
+
+/// `POST /api/register {"nickname","password"}`: a new session whose
+/// nickname is registered at once. 201 and the connect answer; sets the cookie.
+fn register(body: RegisterBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let accounts = accounts(ctx)?;
+    let password = Secret::new(&body.password);
+    crate::accounts::validate_password(&password)?;
+    let (token, reply) = open_session(&body.nickname, None, from, ctx).map_err(|refusal| {
+        if refusal.status == 401 {
+            ChatError::AlreadyRegistered(body.nickname.trim().to_string()).into()
+        } else {
+            refusal
+        }
+    })?;
+    let session = SessionRef::Token(token);
+    if let Err(e) = accounts.register(session, &password) {
+        ctx.router.send(RouterMsg::Close { session });
+        return Err(e.into());
+    }
+    let Reply::LoggedIn { user_id, .. } = &reply else { unreachable!("open_session answers LoggedIn") };
+    keep_session(token, *user_id, ctx)?;
+    let answer = Answer::json(201, &json!({ "success": true, "data": connected(token, reply) }));
+    Ok(answer.with_header("Set-Cookie", session_cookie(token, Some(accounts.session_ttl))))
+}
+
+/// `POST /api/logout`: ends the session here and in the store (a lasting
+/// session is over everywhere), and clears the cookie.
+fn logout(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    if ctx.router.session(token)?.is_none() {
+        return Err(ChatError::UnknownSession.into());
+    }
+    ctx.router.send(RouterMsg::Close { session: SessionRef::Token(token) });
+    let hash = crate::accounts::token_hash(&token);
+    let now = crate::event::now_ms();
+    accounts(ctx)?.store.query(move |store| store.delete_session(&hash, now)).map_err(|e| {
+        log::warn!("cannot end a stored session: {e}");
+        Refusal::from(ChatError::StoreUnavailable)
+    })?;
+    Ok(Answer::success().with_header("Set-Cookie", clear_cookie()))
+}
+
+/// `POST /api/password {"old","new"}`
+fn password(body: PasswordBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let (old, new) = (Secret::new(&body.old), Secret::new(&body.new));
+    accounts(ctx)?.change_password(SessionRef::Token(token), &old, &new, from.peer)?;
+    Ok(Answer::success())
+}
+
+/// `GET /api/session`: the session the cookie (or `?sessionId=`) names,
+/// brought back from the store for a registered user after a restart; how
+/// the page finds its session again after a reload.
+fn who_am_i(given: Option<&str>, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(given, from, ctx)?;
+    let identity = ctx.router.identity(SessionRef::Token(token))?.ok_or(ChatError::UnknownSession)?;
+    Ok(Answer::data(json!({
+        "userId": identity.user_id,
+        "nickname": identity.nickname,
+        "registered": identity.registered,
+    })))
+}
+
+/// The account a read request's session is logged in to (403 for a guest).
+fn account_of(query: &str, from: &Caller, ctx: &HttpContext) -> Result<crate::router::Identity, Refusal> {
+    let token = resolve_session(query_param(query, "sessionId").as_deref(), from, ctx)?;
+    let identity = ctx.router.identity(SessionRef::Token(token))?.ok_or(ChatError::UnknownSession)?;
+    if !identity.registered {
+        return Err(Refusal::new(403, "only registered users have stored direct messages. Use /register <password> first."));
+    }
+    Ok(identity)
+}
+
+fn store_refusal(e: crate::store::StoreError) -> Refusal {
+    log::warn!("direct messages unavailable: {e}");
+    Refusal::new(503, "the message store is unavailable, so direct messages cannot be shown. Try again shortly.")
+}
+
+/// `GET /api/dms`: the session's conversations, the most recent first.
+fn dms(query: &str, from: &Caller, ctx: &HttpContext) -> Handled {
+    let me = account_of(query, from, ctx)?;
+    let user_id = me.user_id;
+    let conversations = ctx.store.query(move |store| store.dm_conversations(user_id)).map_err(store_refusal)?;
+    let list: Vec<Value> = conversations
+        .into_iter()
+        .map(|c| json!({ "with": c.with, "lastMessageId": c.last_id, "unread": c.unread, "lastAt": rfc3339(c.last_at_ms) }))
+        .collect();
+    Ok(Answer::data(json!({ "conversations": list })))
+}
+
+/// `GET /api/dms/:nick/history?before=<id>&limit=<n>`: one conversation,
+/// oldest first, as room history; what it shows counts as read.
+fn dm_history(nick: &str, query: &str, from: &Caller, ctx: &HttpContext) -> Handled {
+    let (before, limit) = page_params(query)?;
+    crate::names::validate_nickname(nick)?;
+    let me = account_of(query, from, ctx)?;
+    let other_nick = nick.to_string();
+    let other = ctx.store.query(move |store| store.account(&other_nick)).map_err(store_refusal)?;
+    let other = other.ok_or_else(|| Refusal::new(404, format!("there is no account named '{nick}'.")))?;
+    let (user_id, other_id) = (me.user_id, other.user_id);
+    let messages = ctx.store.query(move |store| store.dm_history(user_id, other_id, before, limit)).map_err(store_refusal)?;
+    let unread: Vec<i64> = messages.iter().filter(|m| m.recipient_id == user_id).map(|m| m.id).collect();
+    if !unread.is_empty() {
+        ctx.store.run(move |store| {
+            let _ = store.mark_dms_read(user_id, &unread, crate::event::now_ms());
+        });
+    }
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "from": m.sender,
+                "to": m.recipient,
+                "userId": m.sender_id,
+                "nickname": m.sender,
+                "content": m.content,
+                "createdAt": rfc3339(m.created_at_ms),
+            })
+        })
+        .collect();
+    Ok(Answer::data(json!({ "with": other.nickname, "messages": messages })))
+}
+
+/// `POST /api/disconnect {"sessionId"?}`: ends the session as a TCP client
+/// leaving would (its room sees "… disconnected", its nickname is free). A
+/// registered user's lasting session stays valid (log out to end it).
+fn disconnect(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     if ctx.router.session(token)?.is_none() {
         return Err(ChatError::UnknownSession.into());
     }
@@ -313,26 +635,47 @@ fn disconnect(body: SessionBody, ctx: &HttpContext) -> Handled {
 
 /// `POST /api/command {"sessionId","command"}`: any slash command; the
 /// answer is the text a TCP user would see.
-fn command(body: CommandBody, ctx: &HttpContext) -> Handled {
-    let token = session_token(&body.session_id)?;
+fn command(body: CommandBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let command = match parse_input(&body.command)? {
         Input::Command(command) => command,
         Input::Message(_) => {
             return Err(Refusal::bad("commands start with /; send chat messages with POST /api/message."))
         }
     };
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     let session = SessionRef::Token(token);
-    let text = match ctx.router.call(|reply| RouterMsg::Command { session, command, reply })? {
+    let accounts = accounts(ctx)?;
+    let mut lasting = false;
+    let outcome = match &command {
+        Command::Register(password) => {
+            lasting = true;
+            accounts.register(session, password)
+        }
+        Command::Password { old, new } => accounts.change_password(session, old, new, from.peer),
+        Command::Login { nick, password } => {
+            lasting = true;
+            accounts.login_command(session, nick, password, from.peer)
+        }
+        _ => ctx.router.call(|reply| RouterMsg::Command { session, command, reply }),
+    };
+    let text = match outcome? {
         Reply::Text(text) | Reply::Shown(text) => text,
         _ => String::new(),
     };
-    Ok(Answer::json(200, &json!({ "success": true, "message": text })))
+    let mut answer = Answer::json(200, &json!({ "success": true, "message": text }));
+    if lasting {
+        if let Some(identity) = ctx.router.identity(session)?.filter(|i| i.registered) {
+            keep_session(token, identity.user_id, ctx)?;
+            answer = answer.with_header("Set-Cookie", session_cookie(token, Some(accounts.session_ttl)));
+        }
+    }
+    Ok(answer)
 }
 
 /// `POST /api/message {"sessionId","content","room"?}`: answered once the
 /// message is committed (a 200 means it is stored).
-fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
-    let token = session_token(&body.session_id)?;
+fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     let client_msg_id = client_msg_id(body.client_msg_id.as_deref()).map_err(Refusal::bad)?;
     let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
     match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply })? {
@@ -343,11 +686,21 @@ fn message(body: MessageBody, ctx: &HttpContext) -> Handled {
     }
 }
 
+/// The session a read request names, if any and valid: it sees the private
+/// rooms it may enter; without one, only public rooms exist.
+fn viewer(query: &str, from: &Caller, ctx: &HttpContext) -> Option<SessionRef> {
+    let given = query_param(query, "sessionId").filter(|v| !v.is_empty());
+    if given.is_none() && from.cookie.is_none() {
+        return None;
+    }
+    resolve_session(given.as_deref(), from, ctx).ok().map(SessionRef::Token)
+}
+
 /// `GET /api/rooms`
-fn rooms(ctx: &HttpContext) -> Handled {
+fn rooms(viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let rooms: Vec<Value> = ctx
         .router
-        .rooms()?
+        .rooms_for(viewer)?
         .into_iter()
         .map(|r| json!({ "name": r.name, "memberCount": r.members, "createdAt": rfc3339(r.created_at_ms) }))
         .collect();
@@ -355,9 +708,9 @@ fn rooms(ctx: &HttpContext) -> Handled {
 }
 
 /// `GET /api/rooms/:room/members`: the nicknames in a room, sorted.
-fn members(room: &str, ctx: &HttpContext) -> Handled {
+fn members(room: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let name = normalize_room(room)?;
-    let members = ctx.router.members(&name)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
+    let members = ctx.router.members_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
     Ok(Answer::data(json!({ "room": name, "members": members })))
 }
 
@@ -365,9 +718,8 @@ fn members(room: &str, ctx: &HttpContext) -> Handled {
 const HISTORY_MAX: usize = 100;
 const HISTORY_DEFAULT: usize = 50;
 
-/// `GET /api/rooms/:room/history?before=<id>&limit=<n>`: older messages
-/// from the store, oldest first.
-fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
+/// `?before=<id>&limit=<n>` of a history page.
+fn page_params(query: &str) -> Result<(Option<i64>, usize), Refusal> {
     let param = |name| query_param(query, name).filter(|v| !v.is_empty());
     let before = match param("before") {
         None => None,
@@ -386,8 +738,15 @@ fn history(room: &str, query: &str, ctx: &HttpContext) -> Handled {
             .filter(|n| (1..=HISTORY_MAX).contains(n))
             .ok_or_else(|| Refusal::bad(format!("'limit' must be a whole number from 1 to {HISTORY_MAX}.")))?,
     };
+    Ok((before, limit))
+}
+
+/// `GET /api/rooms/:room/history?before=<id>&limit=<n>`: older messages
+/// from the store, oldest first.
+fn history(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
+    let (before, limit) = page_params(query)?;
     let name = normalize_room(room)?;
-    let room_id = ctx.router.room(&name)?.ok_or(ChatError::NoSuchRoom(name))?.id;
+    let room_id = ctx.router.room_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name))?.id;
     let messages = ctx.store.query(move |store| store.messages_before(room_id, before, limit)).map_err(|e| {
         log::warn!("history of room {room_id} unavailable: {e}");
         Refusal::new(503, "the message store is unavailable, so history cannot be shown. Try again shortly.")

@@ -37,7 +37,7 @@ use serde_json::json;
 use tiny_http::Request;
 use uuid::Uuid;
 
-use super::request::{header, query_param, session_token, split_url};
+use super::request::{header, query_param, split_url};
 use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::writers::{Conn, Encoder};
@@ -72,7 +72,7 @@ enum Framing {
 /// to a new stream thread. The connection already holds its place under
 /// `MAX_CONNECTIONS` (see `connection_limits` in the parent module).
 pub fn open(request: Request, room: String, ctx: &HttpContext) {
-    let wanted = match check(&request, &room) {
+    let wanted = match check(&request, &room, ctx) {
         Ok(wanted) => wanted,
         Err(refusal) => return send(request, refusal.into(), ctx),
     };
@@ -133,13 +133,17 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
     log::debug!("SSE stream for session {} ended", session.0);
 }
 
-fn check(request: &Request, room: &str) -> Result<StreamRequest, Refusal> {
+fn check(request: &Request, room: &str, ctx: &HttpContext) -> Result<StreamRequest, Refusal> {
     let (_, query) = split_url(request.url());
-    let token = match query_param(query, "sessionId").filter(|id| !id.is_empty()) {
-        Some(id) => session_token(&id)?,
-        None => return Err(Refusal::bad("missing sessionId: use GET /api/messages/<room>?sessionId=<id>.")),
-    };
     let room = normalize_room(room)?;
+    let given = query_param(query, "sessionId").filter(|id| !id.is_empty());
+    let from = super::routes::Caller { cookie: super::routes::cookie_token(request), peer: None };
+    if given.is_none() && from.cookie.is_none() {
+        return Err(Refusal::bad(
+            "missing sessionId: use GET /api/messages/<room>?sessionId=<id>, or connect first to get the bd_session cookie.",
+        ));
+    }
+    let token = super::routes::resolve_session(given.as_deref(), &from, ctx)?;
     // The header wins: a browser resending it knows the newest id, while
     // the query still says where the page first started.
     let last = header(request, "Last-Event-ID")

@@ -34,7 +34,7 @@ use tungstenite::error::ProtocolError;
 use tungstenite::{Message, WebSocket};
 use uuid::Uuid;
 
-use super::request::{header, query_param, session_token, split_url};
+use super::request::{header, query_param, split_url};
 use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::writers::{Conn, Encoder, Outbox};
@@ -109,10 +109,14 @@ fn check(request: &Request, ctx: &HttpContext) -> Result<WsRequest, Refusal> {
     }
     let (_, query) = split_url(request.url());
     let param = |name| query_param(query, name).filter(|v| !v.is_empty());
-    let token = match param("sessionId") {
-        Some(id) => session_token(&id)?,
-        None => return Err(Refusal::bad("missing sessionId: use GET /api/ws?sessionId=<id>.")),
-    };
+    let given = param("sessionId");
+    let from = super::routes::Caller { cookie: super::routes::cookie_token(request), peer: None };
+    if given.is_none() && from.cookie.is_none() {
+        return Err(Refusal::bad(
+            "missing sessionId: use GET /api/ws?sessionId=<id>, or connect first to get the bd_session cookie.",
+        ));
+    }
+    let token = super::routes::resolve_session(given.as_deref(), &from, ctx)?;
     let after = match param("lastEventId") {
         None => None,
         Some(id) => Some(parse_event_id(&Value::String(id)).map_err(Refusal::bad)?),
