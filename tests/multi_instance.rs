@@ -351,12 +351,13 @@ fn instances_subscribe_only_to_rooms_with_a_local_member(redis: Redis) {
         alice.send(&format!("before {n}"));
     }
     room_lines(&mut alice, "quiet", 3);
-    // Instance 2 has no member in the room: it hears none of its traffic.
-    let heard = metric(&cluster.servers[1], "baby_discord_bus_messages_total{direction=\"in\"}");
+    // Instance 2 has no member in the room: it is not subscribed to the
+    // room's channel, so none of its traffic reaches it. (Its bus counter
+    // also counts presence and heartbeats on its own channel, which arrive
+    // at any moment, so the subscription is what is checked.)
     alice.send("unheard");
     room_lines(&mut alice, "quiet", 1);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(metric(&cluster.servers[1], "baby_discord_bus_messages_total{direction=\"in\"}"), heard);
     assert_eq!(redis.subscribers(&channel), 1);
 
     // Joining subscribes, and the history is read back from the store.
