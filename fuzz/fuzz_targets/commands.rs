@@ -7,8 +7,10 @@ use baby_discord::error::ChatError;
 use baby_discord::names::is_invisible_format;
 use libfuzzer_sys::fuzz_target;
 
-fn write_back(command: &Command) -> String {
-    match command {
+/// The command as a user would type it; `None` for the account commands,
+/// whose passwords are kept opaque by the parser.
+fn write_back(command: &Command) -> Option<String> {
+    Some(match command {
         Command::Help => "/help".into(),
         Command::Nick(name) => format!("/nick {name}"),
         Command::List => "/list".into(),
@@ -18,7 +20,11 @@ fn write_back(command: &Command) -> String {
         Command::Rooms => "/rooms".into(),
         Command::Leave => "/leave".into(),
         Command::Dm { to, text } => format!("/dm {to} {text}"),
-    }
+        Command::CreatePrivate(room) => format!("/create {room} private"),
+        Command::Invite(nick) => format!("/invite {nick}"),
+        Command::Kick(nick) => format!("/kick {nick}"),
+        Command::Register(_) | Command::Password { .. } | Command::Login { .. } => return None,
+    })
 }
 
 fn one_word(arg: &str) {
@@ -41,8 +47,9 @@ fuzz_target!(|data: &[u8]| {
                 }
                 _ => {}
             }
-            let again = write_back(&command);
-            assert_eq!(parse_input(&again), Ok(Input::Command(command)), "{again:?}");
+            if let Some(again) = write_back(&command) {
+                assert_eq!(parse_input(&again), Ok(Input::Command(command)), "{again:?}");
+            }
         }
         Err(error) => {
             assert!(matches!(error, ChatError::UnknownCommand(_) | ChatError::Usage(_)), "{error:?}");
