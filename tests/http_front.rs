@@ -246,7 +246,10 @@ fn every_http_connection_counts_against_max_connections() {
     for _ in 0..50 {
         assert_eq!(status_of(&exchange(&server, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")), 503);
     }
-    assert!(threads(&server) <= threads_before + 5 + 2, "a refused connection costs no thread");
+    // The five admitted connections' threads, plus slack for pool threads
+    // of requests made while the five were being counted (they linger a
+    // few seconds); one thread per refused connection would be 50 more.
+    assert!(threads(&server) <= threads_before + 5 + 10, "a refused connection costs no thread");
     idle.pop();
     wait_until("a closed connection frees its place", PATIENCE, || {
         status_of(&exchange(&server, b"GET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")) == 200

@@ -242,6 +242,59 @@ impl Front {
     }
 }
 
+/// The longest a stream waits for the router to attach it.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Attaches `sink` as the event stream of the session `token` names (SSE
+/// and WebSocket alike), joining `room` if given and replaying after
+/// `after`; waits for the router's answer.
+fn attach_stream(
+    ctx: &HttpContext,
+    token: uuid::Uuid,
+    room: Option<String>,
+    sink: Arc<dyn crate::event::Sink>,
+    after: Option<i64>,
+) -> Result<crate::event::SessionId, crate::error::ChatError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ctx.router.send(crate::router::RouterMsg::AttachStream {
+        session: crate::router::SessionRef::Token(token),
+        room,
+        sink,
+        after,
+        reply: tx,
+    });
+    // Until it answers, the router may queue events, which wait unsent.
+    rx.recv_timeout(ATTACH_TIMEOUT).unwrap_or(Err(crate::error::ChatError::ShuttingDown))
+}
+
+/// Hands `request` to a new thread named `name` (an SSE stream or a
+/// WebSocket, one thread each) that runs `serve`. The request travels
+/// through a channel so that it can still be answered (503) here if the
+/// thread cannot be started.
+fn spawn_connection(
+    name: &str,
+    request: tiny_http::Request,
+    ctx: &HttpContext,
+    serve: impl FnOnce(tiny_http::Request, &HttpContext) + Send + 'static,
+) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _ = tx.send(request);
+    let (thread_rx, thread_ctx) = (rx.clone(), ctx.clone());
+    let spawned = std::thread::Builder::new().name(name.into()).stack_size(ctx.limits.client_stack_bytes).spawn(
+        move || {
+            if let Ok(request) = thread_rx.recv() {
+                serve(request, &thread_ctx);
+            }
+        },
+    );
+    if let Err(e) = spawned {
+        log::error!("cannot start a {name} thread: {e}");
+        if let Ok(request) = rx.try_recv() {
+            response::send(request, response::Refusal::from(crate::error::ChatError::ServerFull).into(), ctx);
+        }
+    }
+}
+
 /// The limits tiny_http enforces on every connection, before any request
 /// reaches a worker: a slow or endless client costs its own connection
 /// thread and at most `MAX_HEADER_BYTES` + `MAX_BODY_BYTES` of memory, for

@@ -31,7 +31,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use tiny_http::Request;
@@ -41,13 +40,10 @@ use super::request::{header, query_param, split_url};
 use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::writers::{Conn, Encoder};
-use crate::error::ChatError;
 use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Transport, Wire};
 use crate::names::normalize_room;
-use crate::router::{RouterMsg, SessionRef};
+use crate::router::RouterMsg;
 
-/// The longest a stream request waits for the router to attach it.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a stream request asked for.
 struct StreamRequest {
@@ -76,23 +72,7 @@ pub fn open(request: Request, room: String, ctx: &HttpContext) {
         Ok(wanted) => wanted,
         Err(refusal) => return send(request, refusal.into(), ctx),
     };
-    // The request travels through a channel so that it can be answered
-    // here if the thread cannot be started.
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let _ = tx.send(request);
-    let (thread_rx, thread_ctx) = (rx.clone(), ctx.clone());
-    let spawned =
-        std::thread::Builder::new().name("sse".into()).stack_size(ctx.limits.client_stack_bytes).spawn(move || {
-            if let Ok(request) = thread_rx.recv() {
-                serve(request, wanted, &thread_ctx);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start a thread for an SSE stream: {e}");
-        if let Ok(request) = rx.try_recv() {
-            send(request, Refusal::from(ChatError::ServerFull).into(), ctx);
-        }
-    }
+    super::spawn_connection("sse", request, ctx, move |request, ctx| serve(request, wanted, ctx));
 }
 
 /// The life of one stream, on its own thread.
@@ -103,16 +83,7 @@ fn serve(request: Request, wanted: StreamRequest, ctx: &HttpContext) {
     let encoder = SseEncoder::new(wanted.framing == Framing::Chunked);
     let outbox = ctx.writers.outbox(Box::new(encoder), ctx.limits.queue_limits());
     let sink: Arc<dyn Sink> = outbox.clone();
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    ctx.router.send(RouterMsg::AttachStream {
-        session: SessionRef::Token(wanted.token),
-        room: Some(wanted.room),
-        sink: sink.clone(),
-        after: wanted.after,
-        reply: tx,
-    });
-    // Until it answers, the router may queue events, which wait unsent.
-    let session = match rx.recv_timeout(ATTACH_TIMEOUT).unwrap_or(Err(ChatError::ShuttingDown)) {
+    let session = match super::attach_stream(ctx, wanted.token, Some(wanted.room), sink.clone(), wanted.after) {
         Ok(session) => session,
         Err(e) => return send(request, Refusal::from(e).into(), ctx),
     };

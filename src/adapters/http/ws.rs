@@ -39,12 +39,9 @@ use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::writers::{Conn, Encoder, Outbox};
 use crate::command::{parse_input, Input};
-use crate::error::ChatError;
 use crate::event::{rfc3339, Ack, ChatMessage, CloseReason, Event, Sink, Transport, Wire};
 use crate::router::{Reply, RouterMsg, SessionRef};
 
-/// The longest the handshake waits for the router to attach the stream.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that sends nothing (not even a pong) for this many ping
 /// intervals is closed.
 const SILENT_INTERVALS: u32 = 3;
@@ -66,21 +63,7 @@ pub fn open(request: Request, ctx: &HttpContext) {
         Ok(wanted) => wanted,
         Err(refusal) => return send(request, refusal.into(), ctx),
     };
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let _ = tx.send(request);
-    let (thread_rx, thread_ctx) = (rx.clone(), ctx.clone());
-    let spawned =
-        std::thread::Builder::new().name("ws".into()).stack_size(ctx.limits.client_stack_bytes).spawn(move || {
-            if let Ok(request) = thread_rx.recv() {
-                serve(request, wanted, &thread_ctx);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start a thread for a WebSocket: {e}");
-        if let Ok(request) = rx.try_recv() {
-            send(request, Refusal::from(ChatError::ServerFull).into(), ctx);
-        }
-    }
+    super::spawn_connection("ws", request, ctx, move |request, ctx| serve(request, wanted, ctx));
 }
 
 fn check(request: &Request, ctx: &HttpContext) -> Result<WsRequest, Refusal> {
@@ -153,15 +136,7 @@ fn serve(request: Request, wanted: WsRequest, ctx: &HttpContext) {
     };
     let outbox = ctx.writers.outbox(Box::<WsEncoder>::default(), ctx.limits.queue_limits());
     let sink: Arc<dyn Sink> = outbox.clone();
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    ctx.router.send(RouterMsg::AttachStream {
-        session: SessionRef::Token(wanted.token),
-        room: wanted.room,
-        sink: sink.clone(),
-        after: wanted.after,
-        reply: tx,
-    });
-    let session = match rx.recv_timeout(ATTACH_TIMEOUT).unwrap_or(Err(ChatError::ShuttingDown)) {
+    let session = match super::attach_stream(ctx, wanted.token, wanted.room, sink.clone(), wanted.after) {
         Ok(session) => session,
         Err(e) => return send(request, Refusal::from(e).into(), ctx),
     };
@@ -370,15 +345,7 @@ impl Connection<'_> {
             Some(value) => Some(parse_event_id(value)?),
             None => None,
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.ctx.router.send(RouterMsg::AttachStream {
-            session: SessionRef::Token(self.token),
-            room: Some(room.clone()),
-            sink: self.sink.clone(),
-            after,
-            reply: tx,
-        });
-        match rx.recv_timeout(ATTACH_TIMEOUT).unwrap_or(Err(ChatError::ShuttingDown)) {
+        match super::attach_stream(self.ctx, self.token, Some(room.clone()), self.sink.clone(), after) {
             Ok(_) => Ok(Some(object(json!({ "room": crate::names::normalize_room(&room).unwrap_or(room) })))),
             Err(e) => Err(e.to_string()),
         }
