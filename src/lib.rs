@@ -35,7 +35,7 @@
 //! | `router` (vital) | 1 | default | all chat state ([`router::RouterState`]) |
 //! | `storage` (vital) | 1 | default | the open [`store::Store`] and the batch being committed |
 //! | `writer-<n>` (vital) | `TCP_WRITER_THREADS` (2) | default | an epoll instance and the outboxes it serves; the only writer to every client socket |
-//! | `redis-publisher`, `redis-subscriber` (vital) | 1 each, with `REDIS_URL` | default | one Redis connection each; the nickname claims this instance holds |
+//! | `redis-publisher`, `redis-subscriber` (vital) | 1 each, with `REDIS_URL` | default | the publisher: one Redis connection (a cluster connection on `redis+cluster://`) and the nickname claims this instance holds; the subscriber: one connection to a single Redis, or one to each cluster master (sharded room channels, `src/bus/sharded.rs`), and the rooms this instance listens to |
 //! | `tcp-accept` | 1 | default | the TCP listener |
 //! | `tcp-client` | 1 per TCP client | `CLIENT_STACK_KB` (64 KiB) | reading its client's socket, the nickname prompt |
 //! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
