@@ -421,7 +421,8 @@ fn run(args: &Args) -> Result<i32, String> {
     let _ = std::io::stdout().flush();
 
     let lost = ctx.tracker.lost();
-    let all_joined = ctx.stats.tcp.joined + ctx.stats.sse.joined + ctx.stats.senders.joined == main_clients as u64;
+    let all_joined =
+        ctx.stats.tcp.joined + ctx.stats.sse.joined + ctx.stats.ws.joined + ctx.stats.senders.joined == main_clients as u64;
     let code = if lost > args.max_loss.unwrap_or(0) || !all_joined { 1 } else { 0 };
 
     // ---- cleanup: close everything, end HTTP sessions ----
