@@ -604,6 +604,12 @@ fn accounts_are_service_wide_on_several_instances() {
     // The account logs in on the other instance while online on the first.
     eventually(&mut guest, "/list", |l| l.contains("alice"));
     let mut alice_two = log_in(two, "alice", PW);
+    // The login is complete once a command is answered (the stored-DM
+    // lookup that follows the welcome has run). A DM committed inside that
+    // window is shown in the "while you were away" block: see the note on
+    // issue 11.
+    alice_two.send("/rooms");
+    alice_two.wait_for(|l| l.starts_with("Rooms (") || l.starts_with("No rooms yet."));
     // A DM reaches its sessions on both instances.
     carol.send("/dm alice hello both");
     carol.expect("[DM to alice] hello both");
