@@ -49,8 +49,12 @@ impl Drop for ServerLogOnPanic<'_> {
     }
 }
 
+/// Where screenshots go: `<target dir>/screenshots/` (never committed).
 fn screenshot_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots").join(name)
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("screenshots").join(name)
 }
 
 #[test]
@@ -297,12 +301,310 @@ fn a_registered_user_logs_in_with_a_password_and_stays_logged_in_across_a_reload
         b.try_find("#dm-list li.unread[data-with=bob]")
     });
     browser.find("#dm-list li[data-with=bob] button").click();
-    browser.wait_until("the DM in the pane", SHOWN_WITHIN, |b| {
-        b.find_all("#messages .line.dm")
-            .into_iter()
-            .filter_map(|e| e.try_text().ok())
-            .find(|t| t.contains("[DM from bob] while you were away"))
+    browser.wait_until("the conversation with bob in the pane", SHOWN_WITHIN, |b| {
+        let rows = b.execute(
+            "return [...document.querySelectorAll('#dm-messages .msg')].map(m => [
+                m.querySelector('.nick').textContent, m.querySelector('.content').textContent]);",
+            vec![],
+        );
+        (rows == json!([["bob", "while you were away"]])).then_some(())
+    });
+    assert_eq!(browser.text_of("#current-room").as_deref(), Some("bob"), "the header names the conversation");
+    // Opening it read it: the badge is gone.
+    browser.wait_until("the conversation read", SHOWN_WITHIN, |b| {
+        b.try_find("#dm-list li[data-with=bob]").filter(|li| li.attribute("class").is_some_and(|c| !c.contains("unread")))
     });
     let path = browser.screenshot(screenshot_path("browser-dms.png"));
     println!("screenshot: {}", path.display());
+}
+
+// ---------------------------------------------------------------- rich chat (unread, edits, links, typing, presence)
+
+/// A browser on the page at `http`, logged in as the guest `nick`.
+fn browser_as(http: std::net::SocketAddr, nick: &str) -> Browser {
+    let browser = Browser::start();
+    browser.navigate(&format!("http://{http}/"));
+    browser.wait_until("the nickname form", SHOWN_WITHIN, |b| b.try_find("#nick-input").filter(|e| e.is_displayed()));
+    browser.find("#nick-input").send_keys(nick);
+    browser.find("#nick-form button[type=submit]").click();
+    browser.wait_until(&format!("the chat screen for {nick}"), SHOWN_WITHIN, |b| {
+        let shown = b.try_find("#chat-screen")?.is_displayed();
+        (shown && b.text_of("#me-nick")? == nick).then_some(())
+    });
+    browser
+}
+
+/// Clicks `room` in the sidebar and waits until the pane shows it.
+fn open_room(browser: &Browser, room: &str) {
+    let item = format!("#room-list li[data-room={room}] button");
+    browser.wait_until(&format!("{room} in the room list"), Duration::from_secs(10), |b| b.try_find(&item));
+    browser.find(&item).click();
+    browser.wait_until(&format!("#current-room to show {room}"), SHOWN_WITHIN, |b| {
+        (b.text_of("#current-room")? == room).then_some(())
+    });
+}
+
+/// Types `text` into the message input and presses Send.
+fn type_line(browser: &Browser, text: &str) {
+    browser.find("#message-input").send_keys(text);
+    browser.find("#message-form button[type=submit]").click();
+}
+
+/// The unread and mention badges of a room in the sidebar (empty strings when hidden).
+fn badges(browser: &Browser, room: &str) -> Value {
+    browser.execute(
+        "const li = document.querySelector(`#room-list li[data-room=${arguments[0]}]`);
+         if (!li) return null;
+         const shown = (b) => b.hidden ? '' : b.textContent;
+         return [shown(li.querySelector('.badge.unread')), shown(li.querySelector('.badge.mention'))];",
+        vec![json!(room)],
+    )
+}
+
+/// The error bar's text, or `None` while it is hidden.
+fn error_bar(browser: &Browser) -> Option<String> {
+    browser.find("#error-bar").is_displayed().then(|| browser.text_of("#error-text").unwrap_or_default())
+}
+
+fn input_value(browser: &Browser) -> Value {
+    browser.find("#message-input").property("value")
+}
+
+/// The CSS selector of my newest message in the pane.
+fn my_last_message(browser: &Browser) -> String {
+    let id = browser.execute("return [...document.querySelectorAll('#messages .msg.mine')].pop().dataset.id;", vec![]);
+    format!("#messages .msg[data-id=\"{}\"]", id.as_str().expect("a message of mine in the pane"))
+}
+
+#[test]
+fn rooms_with_new_messages_get_unread_and_mention_badges_and_the_title_counts_them() {
+    let server = TestServer::start(Store::Sqlite);
+    let _log = ServerLogOnPanic(&server);
+    let http = server.http.expect("the server logs its HTTP address");
+    let mut carl = server.login("carl");
+    carl.create("lobby");
+    carl.create("other");
+    let alice = browser_as(http, "alice");
+    open_room(&alice, "lobby");
+    let bob = browser_as(http, "bob");
+    open_room(&bob, "other");
+    alice.wait_until("the title of a room with nothing unread", SHOWN_WITHIN, |b| {
+        (b.title() == "#lobby · Baby Discord").then_some(())
+    });
+    assert_eq!(badges(&alice, "other"), json!(["", ""]), "nothing is unread yet");
+
+    // Two messages in a room alice is not in, one of them naming her.
+    type_line(&bob, "hi everyone");
+    carl.wait_for(|l| l == "[other] bob: hi everyone");
+    carl.send("hey @alice, look at this");
+    carl.wait_for(|l| l == "[other] carl: hey @alice, look at this");
+    alice.wait_until("unread 2 and mention @1 on other", Duration::from_secs(10), |b| {
+        (badges(b, "other") == json!(["2", "@1"])).then_some(())
+    });
+    assert_eq!(badges(&alice, "lobby"), json!(["", ""]), "the room alice looks at has nothing unread");
+    alice.wait_until("the title to count the unread messages", SHOWN_WITHIN, |b| {
+        (b.title() == "(2) Baby Discord").then_some(())
+    });
+    // The member count is secondary text, not in the badge spot.
+    assert_eq!(alice.text_of("#room-list li[data-room=other] .room-members").as_deref(), Some("2 members"));
+    let path = alice.screenshot(screenshot_path("badges-desktop.png"));
+    println!("screenshot: {}", path.display());
+
+    // Opening the room: a "New messages" line above the first unread one, the mention highlighted, badges gone.
+    open_room(&alice, "other");
+    alice.wait_until("the new-messages line above bob's message", SHOWN_WITHIN, |b| {
+        let next = b.execute(
+            "const line = document.getElementById('new-line');
+             const next = line && line.nextElementSibling;
+             return next ? next.querySelector('.content').textContent : null;",
+            vec![],
+        );
+        (next == json!("hi everyone")).then_some(())
+    });
+    let mention = alice.execute(
+        "return [...document.querySelectorAll('#messages .msg.mention .content')].map(c => c.textContent);",
+        vec![],
+    );
+    assert_eq!(mention, json!(["hey @alice, look at this"]), "the mention is highlighted");
+    alice.wait_until("the badges and the title count to go", SHOWN_WITHIN, |b| {
+        (badges(b, "other") == json!(["", ""]) && b.title() == "#other · Baby Discord").then_some(())
+    });
+}
+
+#[test]
+fn links_actions_edits_deletes_typing_and_presence_between_two_browsers_and_netcat() {
+    let server = TestServer::start(Store::Sqlite);
+    let _log = ServerLogOnPanic(&server);
+    let http = server.http.expect("the server logs its HTTP address");
+    let mut carl = server.login("carl");
+    carl.create("lobby");
+    let alice = browser_as(http, "alice");
+    open_room(&alice, "lobby");
+    let bob = browser_as(http, "bob");
+    open_room(&bob, "lobby");
+
+    // A link is an `a` element; the markup around it stays text.
+    let text = "<b>x</b> https://example.com";
+    type_line(&alice, text);
+    carl.wait_for(|l| l == format!("[lobby] alice: {text}"));
+    wait_for_message(&bob, "alice", text);
+    let links = bob.execute(
+        "return [...document.querySelectorAll('#messages .msg .content a')]
+            .map(a => [a.textContent, a.getAttribute('href'), a.target, a.rel]);",
+        vec![],
+    );
+    assert_eq!(links, json!([["https://example.com", "https://example.com/", "_blank", "noopener noreferrer"]]));
+    assert_eq!(bob.execute("return document.querySelectorAll('#messages b').length;", vec![]), json!(0), "markup was rendered");
+
+    // An action.
+    type_line(&alice, "/me waves");
+    carl.wait_for(|l| l == "[lobby] * alice waves");
+    bob.wait_until("the action as `* alice waves`", SHOWN_WITHIN, |b| {
+        b.find_all("#messages .msg.action .content").into_iter().filter_map(|e| e.try_text().ok()).find(|t| t == "* alice waves")
+    });
+    assert_eq!(input_value(&alice), json!(""), "the input is empty after a command");
+
+    // Edit: hover one's own message, press Edit, change the text, Enter.
+    type_line(&alice, "teh typo");
+    carl.wait_for(|l| l == "[lobby] alice: teh typo");
+    wait_for_message(&bob, "alice", "teh typo");
+    let row = my_last_message(&alice);
+    alice.find(&row).hover();
+    alice.find(&format!("{row} .msg-edit")).click();
+    let edit = alice.find(&format!("{row} .edit-input"));
+    edit.clear();
+    edit.send_keys("the typo, fixed\u{E007}");
+    carl.wait_for(|l| l == "[lobby] alice (edited): the typo, fixed");
+    wait_for_message(&bob, "alice", "the typo, fixed (edited)");
+    wait_for_message(&alice, "alice", "the typo, fixed (edited)");
+    assert!(
+        bob.try_find("#messages .msg .edited-mark").is_some(),
+        "the edited message is marked (edited)"
+    );
+    let others = bob.execute("return [...document.querySelectorAll('#messages .msg .msg-edit')].length;", vec![]);
+    assert_eq!(others, json!(0), "bob can edit alice's messages");
+
+    // Delete: hover, Delete, confirm.
+    alice.find(&row).hover();
+    alice.find(&format!("{row} .msg-delete")).click();
+    alice.find(&format!("{row} .confirm-delete")).click();
+    carl.wait_for(|l| l == "[system] alice deleted a message");
+    bob.wait_until("the deleted message without its text", SHOWN_WITHIN, |b| {
+        let gone = !room_messages(b).iter().any(|(_, c)| c.contains("typo"));
+        let marked = b.try_find("#messages .msg.deleted").is_some_and(|e| e.try_text().is_ok_and(|t| t.contains("message deleted")));
+        (gone && marked).then_some(())
+    });
+
+    // Presence: netcat's /away shows in the browser's member list.
+    carl.send("/away lunch");
+    carl.wait_for(|l| l == "You are marked as away.");
+    bob.wait_until("carl away in the members list", Duration::from_secs(10), |b| {
+        let member = b.execute(
+            "const li = document.querySelector('#members li[data-nick=carl]');
+             return li && [li.dataset.status, (li.querySelector('.member-status') || {}).textContent || ''];",
+            vec![],
+        );
+        (member == json!(["away", "away: lunch"])).then_some(())
+    });
+
+    // Something for the screenshots: a mention of bob and an unread room.
+    carl.send("welcome back @bob, see https://example.org/docs.");
+    carl.wait_for(|l| l.starts_with("[lobby] carl: welcome back"));
+    let mut dora = server.login("dora");
+    dora.create("random");
+    dora.send("@bob are you around?");
+    dora.wait_for(|l| l == "[random] dora: @bob are you around?");
+    bob.wait_until("badges on random", Duration::from_secs(10), |b| (badges(b, "random") == json!(["1", "@1"])).then_some(()));
+
+    // Typing: alice types, bob sees it, then it expires.
+    alice.find("#message-input").send_keys("I am typ");
+    bob.wait_until("alice's typing line", SHOWN_WITHIN, |b| (b.text_of("#typing")? == "alice is typing…").then_some(()));
+    let path = bob.screenshot(screenshot_path("rich-desktop.png"));
+    println!("screenshot: {}", path.display());
+    bob.wait_until("the typing line to expire", Duration::from_secs(10), |b| b.text_of("#typing").filter(|t| t.is_empty()));
+    assert_eq!(alice.text_of("#typing").as_deref(), Some(""), "alice sees her own typing");
+
+    // Back online.
+    carl.send("/back");
+    carl.wait_for(|l| l == "You are back.");
+    bob.wait_until("carl online again", Duration::from_secs(10), |b| {
+        let status = b.execute("const li = document.querySelector('#members li[data-nick=carl]'); return li && li.dataset.status;", vec![]);
+        (status == json!("online")).then_some(())
+    });
+
+    // Phone width: the pane, the input and the drawers with their badges.
+    bob.set_window_size(390, 844);
+    bob.wait_until("the narrow layout", SHOWN_WITHIN, |b| {
+        let closed = b.execute(
+            "const r = document.getElementById('sidebar').getBoundingClientRect(); return window.innerWidth <= 720 && r.right <= 0;",
+            vec![],
+        );
+        (closed == json!(true)).then_some(())
+    });
+    let fits = bob.execute(
+        "const s = document.querySelector('#message-form button').getBoundingClientRect();
+         return s.right <= window.innerWidth && document.documentElement.scrollWidth <= window.innerWidth;",
+        vec![],
+    );
+    assert_eq!(fits, json!(true), "the page fits a 390 px wide window");
+    let path = bob.screenshot(screenshot_path("rich-phone.png"));
+    println!("screenshot: {}", path.display());
+    bob.find("#toggle-rooms").click();
+    bob.wait_until("the rooms drawer to open", SHOWN_WITHIN, |b| {
+        let open = b.execute("return document.getElementById('sidebar').getBoundingClientRect().left >= 0;", vec![]);
+        (open == json!(true)).then_some(())
+    });
+    let path = bob.screenshot(screenshot_path("rich-phone-rooms.png"));
+    println!("screenshot: {}", path.display());
+}
+
+#[test]
+fn errors_go_away_once_things_work_and_a_failed_command_leaves_the_input_empty() {
+    let mut server = TestServer::builder(Store::Sqlite)
+        .env("TCP_PORT", free_port())
+        .env("HTTP_PORT", free_port())
+        .start();
+    let http = server.http.expect("the server logs its HTTP address");
+    let mut carl = server.login("carl");
+    carl.create("general");
+    let alice = browser_as(http, "alice");
+
+    // A room name with a space: a clear sentence, and the input is empty again.
+    type_line(&alice, "/create my room");
+    alice.wait_until("the room-name error", SHOWN_WITHIN, |b| {
+        error_bar(b).filter(|t| t == "/create my room: Room names can't contain spaces — try my-room")
+    });
+    assert_eq!(input_value(&alice), json!(""), "the failed command stayed in the input");
+    // The next command is not appended to the failed one; the server's refusal shows too.
+    type_line(&alice, "/join nosuchroom");
+    alice.wait_until("the unknown-room error", SHOWN_WITHIN, |b| error_bar(b).filter(|t| t.contains("nosuchroom")));
+    assert_eq!(input_value(&alice), json!(""));
+    // IRC habits pass through; a command that works clears the error.
+    type_line(&alice, "/join #general");
+    alice.wait_until("#current-room to show general", SHOWN_WITHIN, |b| (b.text_of("#current-room")? == "general").then_some(()));
+    alice.wait_until("the error bar to go", SHOWN_WITHIN, |b| error_bar(b).is_none().then_some(()));
+    // An empty room says so.
+    alice.wait_until("the empty-room text", SHOWN_WITHIN, |b| b.text_of("#room-empty").filter(|t| t.contains("#general is empty")));
+    type_line(&alice, "/msg carl psst");
+    carl.wait_for(|l| l == "[DM from alice] psst");
+    carl.send("now it is not empty");
+    wait_for_message(&alice, "carl", "now it is not empty");
+    assert!(!alice.find("#room-empty").is_displayed(), "a room with a message says it is empty");
+
+    // The server goes away: the send fails, says so, and gives the text back.
+    assert!(server.terminate().success());
+    type_line(&alice, "anyone there?");
+    alice.wait_until("the send error", SHOWN_WITHIN, |b| error_bar(b));
+    assert_eq!(input_value(&alice), json!("anyone there?"), "the unsent message is back in the input");
+    // It comes back: once the page has reconnected, the error is gone by itself.
+    server.restart();
+    let _log = ServerLogOnPanic(&server);
+    alice.wait_until("the error bar to clear after the reconnect", Duration::from_secs(10), |b| {
+        (error_bar(b).is_none() && b.text_of("#status-text")? == "connected").then_some(())
+    });
+    let mut carl = server.login("carl");
+    carl.join("general");
+    alice.find("#message-form button[type=submit]").click();
+    carl.wait_for(|l| l == "[general] alice: anyone there?");
+    assert_eq!(input_value(&alice), json!(""));
 }

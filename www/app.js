@@ -5,25 +5,36 @@
  * the session (connect, automatic re-connect, disconnect on /quit and on
  * page unload); the session is named by the HttpOnly bd_session cookie the
  * server sets, never by a token in a URL or in page storage; the one Server-Sent Events stream
- * of the session; the room list, the member list, the message pane (room
- * messages, system lines, DMs, command output, errors, older history) and the
- * input (plain messages and slash commands); the status label and error bar.
+ * of the session; the room list with unread and mention badges, the member
+ * list with presence, the message pane (room messages with links, mentions,
+ * actions, edits and deletions, system lines, DMs, command output, errors,
+ * older history, the "new messages" line), DM conversations, room search,
+ * the typing line, opt-in browser notifications, the tab title and the input
+ * (plain messages and slash commands); the status label and error bar.
  *
  * Talks only to the same-origin HTTP API (docs/protocol.md).
- * Every piece of user or server text is inserted with textContent, never as HTML.
+ * Every piece of user or server text is inserted with textContent (links are
+ * `a` elements built node by node), never as HTML.
  */
 'use strict';
 
 // ------------------------------------------------------------------ settings
 
-const ROOMS_REFRESH_MS = 5000;
+const ROOMS_REFRESH_MS = 4000;
 const MEMBERS_REFRESH_MS = 10000;
 const HISTORY_PAGE = 50;
+const UNREAD_SCAN_LIMIT = 100;   // history rows read to count a guest's unread messages
 const MAX_BACKOFF_MS = 15000;
 const NEAR_BOTTOM_PX = 120;
 const STREAM_READY_TIMEOUT_MS = 5000;
+const TYPING_SEND_MS = 2000;     // at most one "I am typing" per this long
+const TYPING_SHOWN_MS = 5000;    // a typing line lasts this long after its last event
+const READ_POST_DELAY_MS = 400;
+const SEARCH_LIMIT = 25;
 const STORE_NICK = 'babyDiscord.nickname';
 const STORE_ROOM = 'babyDiscord.room';
+const STORE_NOTIFY = 'babyDiscord.notify';
+const BASE_TITLE = 'Baby Discord';
 
 // ------------------------------------------------------------------ state
 
@@ -32,13 +43,28 @@ const state = {
   sessionId: null,         // set while the page has a session (the cookie names it)
   registered: false,       // logged in to an account: the session outlives reloads
   userId: null,
-  currentRoom: null,       // room shown in the pane (set by the stream's `connected`)
+  currentRoom: null,       // the session's room (set by the stream's `connected`)
   targetRoom: null,        // room the session should be in; used when resuming
+  dmWith: null,            // nickname of the DM conversation shown instead of the room, or null
   es: null,                // the open EventSource, or null
   streamRoom: null,        // room named in the open stream's URL
   seenIds: new Set(),      // ids of room messages in the pane (de-duplication)
+  messages: new Map(),     // id -> { user, content, action } of the room messages in the pane
   maxIdByRoom: new Map(),  // lower-case room -> highest message id seen
   rooms: [],               // last room list from the server
+  roomsLoaded: false,      // the first room list has arrived (baseline for guests' unread counts)
+  unread: new Map(),       // lower-case room -> { unread, mentions, seen, lastMessageId, counted }
+  readPosted: new Map(),   // lower-case room -> highest id sent to POST /read
+  readTimer: null,
+  newLine: null,           // { room, seen } or { room, count, upTo }: where "New messages" goes
+  dmConversations: [],     // from GET /api/dms (registered users)
+  dmLocal: new Map(),      // lower-case nick -> { with, messages: [], unread, lastAt } from live DMs
+  members: [],             // [{ nickname, status, message }] of the current room
+  myStatus: { status: 'online', message: null },
+  typers: new Map(),       // nickname -> time its typing line expires
+  typingTimer: null,
+  lastTypingSent: 0,
+  notify: false,           // the user turned browser notifications on
   hasOlder: true,          // history may have older messages
   loadingOlder: false,
   reconnecting: null,      // promise while a re-connect is under way
@@ -46,6 +72,7 @@ const state = {
   epoch: 0,                // bumped on logout; stale async work checks it
   timers: [],
   refreshTimer: null,
+  errorKind: null,         // what the error bar is about: 'send', 'command', 'connection', …
   suspended: false,        // page went into the back/forward cache
 };
 
@@ -75,8 +102,9 @@ function parseJson(text) {
   }
 }
 
+/** Lower-case room name without an IRC-style leading '#'. */
 function roomKey(room) {
-  return (room || '').toLowerCase();
+  return (room || '').replace(/^#/, '').toLowerCase();
 }
 
 function sameRoom(a, b) {
@@ -117,6 +145,84 @@ function nickColor(nick) {
   return `hsl(${hash % 360}, 65%, 70%)`;
 }
 
+/** Does `text` mention me as `@nick` (case-insensitive, a whole name)? */
+function mentionsMe(text) {
+  if (!state.nickname || !text) return false;
+  const name = state.nickname.replace(/[^A-Za-z0-9_-]/g, '').replace(/-/g, '\\-');
+  return new RegExp(`(^|[^A-Za-z0-9_-])@${name}(?![A-Za-z0-9_-])`, 'i').test(text);
+}
+
+/** Is the user looking at the current room right now? */
+function viewingRoom() {
+  return !!state.currentRoom && !state.dmWith && document.visibilityState !== 'hidden';
+}
+
+// ------------------------------------------------------------------ rich text (links and mentions), as DOM nodes
+
+const URL_RE = /https?:\/\/[^\s<>"]+/gi;
+const MENTION_RE = /(^|[^A-Za-z0-9_-])(@[A-Za-z0-9_-]{1,32})(?![A-Za-z0-9_-])/g;
+
+/** Trailing punctuation that ends a sentence rather than a URL. */
+function trimUrl(url) {
+  let end = url.length;
+  while (end > 0) {
+    const ch = url[end - 1];
+    if ('.,;:!?\'"'.includes(ch)) end--;
+    else if (ch === ')' && !url.slice(0, end).includes('(')) end--;
+    else if (ch === ']' && !url.slice(0, end).includes('[')) end--;
+    else break;
+  }
+  return url.slice(0, end);
+}
+
+/** An `a` element for an http(s) URL, or null if it is not one. */
+function linkElement(url) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch (_) {
+    return null;
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return null;
+  const a = el('a', 'link', url);
+  a.href = parsed.href;
+  a.target = '_blank';
+  a.rel = 'noopener noreferrer';
+  return a;
+}
+
+/** Appends `text` to `parent`, with `@nick` mentions in spans. */
+function appendWithMentions(parent, text) {
+  let last = 0;
+  MENTION_RE.lastIndex = 0;
+  for (let m = MENTION_RE.exec(text); m; m = MENTION_RE.exec(text)) {
+    const start = m.index + m[1].length;
+    if (start > last) parent.append(document.createTextNode(text.slice(last, start)));
+    const mine = isMe(m[2].slice(1));
+    parent.append(el('span', mine ? 'at me' : 'at', m[2]));
+    last = start + m[2].length;
+  }
+  if (last < text.length) parent.append(document.createTextNode(text.slice(last)));
+}
+
+/** Fills `parent` with `text`: links as `a` elements, mentions as spans, the rest as text nodes. */
+function renderRichText(parent, text) {
+  parent.replaceChildren();
+  const value = String(text || '');
+  let last = 0;
+  URL_RE.lastIndex = 0;
+  for (let m = URL_RE.exec(value); m; m = URL_RE.exec(value)) {
+    const url = trimUrl(m[0]);
+    const link = url && linkElement(url);
+    if (!link) continue;
+    if (m.index > last) appendWithMentions(parent, value.slice(last, m.index));
+    parent.append(link);
+    last = m.index + url.length;
+    URL_RE.lastIndex = last;
+  }
+  if (last < value.length) appendWithMentions(parent, value.slice(last));
+}
+
 // ------------------------------------------------------------------ HTTP API
 
 /**
@@ -146,15 +252,19 @@ function isUnknownSession(result) {
   return result.status === 401 || (result.status === 404 && /session/i.test(result.error || ''));
 }
 
-/** POST for the session (the cookie names it); re-connects and retries once if the session is gone. */
-async function sessionPost(path, fields) {
+/** A request for the session (the cookie names it); re-connects and retries once if the session is gone. */
+async function sessionRequest(method, path, fields) {
   if (state.reconnecting) await state.reconnecting;
-  const send = () => api('POST', path, Object.assign({}, fields));
+  const send = () => api(method, path, fields === undefined ? undefined : Object.assign({}, fields));
   let result = await send();
   if (!result.ok && isUnknownSession(result) && state.nickname) {
     if (await reconnect()) result = await send();
   }
   return result;
+}
+
+function sessionPost(path, fields) {
+  return sessionRequest('POST', path, fields);
 }
 
 /** Best-effort disconnect that survives page unload (a registered user's session stays valid). */
@@ -178,13 +288,24 @@ function sendDisconnect() {
 
 // ------------------------------------------------------------------ error bar and status
 
-function showError(text) {
+/**
+ * Shows an error. `kind` says what it is about, so that it goes away by
+ * itself once that thing succeeds (see clearError).
+ */
+function showError(text, kind) {
   $('error-text').textContent = text;
   $('error-bar').hidden = false;
+  state.errorKind = kind || 'other';
 }
 
 function hideError() {
   $('error-bar').hidden = true;
+  state.errorKind = null;
+}
+
+/** Hides the error bar if it is about one of `kinds`. */
+function clearError(...kinds) {
+  if (state.errorKind && kinds.includes(state.errorKind)) hideError();
 }
 
 /** kind: 'connected' | 'reconnecting' | 'offline' */
@@ -243,7 +364,7 @@ async function submitLogin(register) {
   buttons.forEach((b) => { b.disabled = false; });
   $('password-input').value = '';
   if (!result.ok) {
-    showError(result.error);
+    showError(result.error, 'login');
     $('nick-input').focus();
     return;
   }
@@ -268,7 +389,7 @@ async function autoLogin() {
     await sleep(400 * (attempt + 1));
   }
   if (!result.ok) {
-    showError(result.error);
+    showError(result.error, 'login');
     return;
   }
   const room = loadSetting(STORE_ROOM);
@@ -279,12 +400,14 @@ function enterChat(room) {
   resetChatView();
   $('login-screen').hidden = true;
   $('chat-screen').hidden = false;
-  $('me-nick').textContent = state.nickname;
+  renderMe();
   state.failures = 0;
+  clearError('login');
   setStatus('connected');
   startTimers();
   refreshRooms();
   refreshDms();
+  renderNotifyButton();
   if (room) openStream(room);
   $('message-input').focus();
 }
@@ -299,9 +422,13 @@ async function logout(errorText) {
   closeStream();
   Object.assign(state, {
     sessionId: null, registered: false, userId: null, nickname: null, currentRoom: null, targetRoom: null,
-    rooms: [], failures: 0,
+    dmWith: null, rooms: [], roomsLoaded: false, dmConversations: [], failures: 0, newLine: null,
+    myStatus: { status: 'online', message: null },
   });
   state.maxIdByRoom.clear();
+  state.unread.clear();
+  state.readPosted.clear();
+  state.dmLocal.clear();
   saveSetting(STORE_NICK, null);
   saveSetting(STORE_ROOM, null);
   // Logging out ends a registered user's lasting session too, and clears the cookie.
@@ -311,8 +438,16 @@ async function logout(errorText) {
   $('chat-screen').hidden = true;
   $('login-screen').hidden = false;
   $('nick-input').value = nickname || '';
-  if (errorText) showError(errorText);
+  if (errorText) showError(errorText, 'login');
   $('nick-input').focus();
+}
+
+function renderMe() {
+  $('me-nick').textContent = state.nickname || '';
+  const { status, message } = state.myStatus;
+  const away = status === 'away';
+  $('me-panel').classList.toggle('away', away);
+  $('me-status').textContent = away ? (message ? `away: ${message}` : 'away') : 'online';
 }
 
 // ------------------------------------------------------------------ timers
@@ -330,6 +465,8 @@ function stopTimers() {
   state.timers.forEach(clearInterval);
   state.timers = [];
   clearTimeout(state.refreshTimer);
+  clearTimeout(state.readTimer);
+  clearTimeout(state.typingTimer);
 }
 
 /** Debounced refresh of members and rooms (system events can come in bursts). */
@@ -341,7 +478,17 @@ function scheduleRefresh() {
   }, 300);
 }
 
-// ------------------------------------------------------------------ rooms
+// ------------------------------------------------------------------ rooms, unread counts and badges
+
+function unreadOf(room) {
+  const key = roomKey(room);
+  let info = state.unread.get(key);
+  if (!info) {
+    info = { unread: 0, mentions: 0, seen: null, lastMessageId: null, counted: null };
+    state.unread.set(key, info);
+  }
+  return info;
+}
 
 async function refreshRooms() {
   const epoch = state.epoch;
@@ -349,6 +496,63 @@ async function refreshRooms() {
   if (!result.ok || epoch !== state.epoch || $('chat-screen').hidden) return;
   const rooms = (result.json.data && result.json.data.rooms) || [];
   state.rooms = rooms.filter((room) => room && typeof room.name === 'string');
+  const firstLoad = !state.roomsLoaded;
+  state.roomsLoaded = true;
+  state.rooms.forEach((room) => updateUnreadFromList(room, firstLoad));
+  renderRooms();
+}
+
+/**
+ * Unread counts of a room the user is not looking at. A registered session
+ * gets them from the server (read markers); otherwise the page counts the
+ * messages after the last one it saw, reading the room's recent history
+ * when `lastMessageId` moves.
+ */
+function updateUnreadFromList(room, firstLoad) {
+  const info = unreadOf(room.name);
+  const last = typeof room.lastMessageId === 'number' ? room.lastMessageId : null;
+  info.lastMessageId = last;
+  const current = sameRoom(room.name, state.currentRoom);
+  if (current) {
+    // The stream carries this room: it is counted live (handleMessage).
+    if (info.seen === null) info.seen = last || 0;
+    return;
+  }
+  info.fromServer = typeof room.unread === 'number';
+  if (info.fromServer) {
+    info.unread = room.unread;
+    info.mentions = typeof room.mentions === 'number' ? room.mentions : 0;
+    return;
+  }
+  // Counted by the page: nothing is new in a room that existed when the page
+  // opened; a room that appears later is new from its first message.
+  if (info.seen === null) info.seen = firstLoad ? (last || 0) : 0;
+  if (last !== null && last > info.seen && info.counted !== last) countUnread(room.name, info.seen, last);
+  if (last !== null && last <= info.seen) {
+    info.unread = 0;
+    info.mentions = 0;
+  }
+}
+
+async function countUnread(room, after, upTo) {
+  const info = unreadOf(room);
+  info.counted = upTo;
+  const epoch = state.epoch;
+  const result = await api('GET', `/api/rooms/${encodeURIComponent(room)}/history?limit=${UNREAD_SCAN_LIMIT}`);
+  if (!result.ok || epoch !== state.epoch) {
+    info.counted = null;
+    return;
+  }
+  if (sameRoom(room, state.currentRoom) || info.seen !== after) return; // viewed meanwhile
+  const fresh = ((result.json.data && result.json.data.messages) || [])
+    .filter((m) => Number(m.id) > after && !isMe(m.nickname));
+  const mentions = fresh.filter((m) => mentionsMe(m.content));
+  if (mentions.length > info.mentions) {
+    const m = mentions[mentions.length - 1];
+    notify(`${m.nickname} mentioned you in #${room}`, m.content, () => joinRoom(room));
+  }
+  info.unread = fresh.length;
+  info.mentions = mentions.length;
   renderRooms();
 }
 
@@ -371,6 +575,7 @@ function renderRooms() {
   });
   existing.forEach((li) => li.remove());
   $('rooms-empty').hidden = rooms.length > 0;
+  updateTitle();
 }
 
 function createRoomItem(name) {
@@ -378,16 +583,84 @@ function createRoomItem(name) {
   li.dataset.room = name;
   const button = el('button', 'room-btn');
   button.type = 'button';
-  button.append(el('span', 'room-name', name), el('span', 'room-count'));
+  const label = el('span', 'room-label');
+  label.append(el('span', 'room-name', name), el('span', 'room-members'));
+  button.append(label, el('span', 'badge mention'), el('span', 'badge unread'));
   li.append(button);
   return li;
 }
 
 function updateRoomItem(li, room) {
   const count = Number(room.memberCount) || 0;
-  li.classList.toggle('active', sameRoom(room.name, state.currentRoom));
-  li.querySelector('.room-count').textContent = String(count);
-  li.querySelector('.room-btn').title = `${room.name}: ${count} member${count === 1 ? '' : 's'}`;
+  const current = sameRoom(room.name, state.currentRoom);
+  const info = unreadOf(room.name);
+  const unread = info.unread || 0;
+  const mentions = info.mentions || 0;
+  li.classList.toggle('active', current && !state.dmWith);
+  li.classList.toggle('current', current);
+  li.classList.toggle('has-unread', unread > 0);
+  li.classList.toggle('has-mention', mentions > 0);
+  li.querySelector('.room-members').textContent = `${count} member${count === 1 ? '' : 's'}`;
+  const mentionBadge = li.querySelector('.badge.mention');
+  mentionBadge.textContent = mentions ? `@${mentions}` : '';
+  mentionBadge.hidden = !mentions;
+  const unreadBadge = li.querySelector('.badge.unread');
+  unreadBadge.textContent = unread ? String(unread) : '';
+  unreadBadge.hidden = !unread;
+  const parts = [`${room.name}: ${count} member${count === 1 ? '' : 's'}`];
+  if (unread) parts.push(`${unread} unread`);
+  if (mentions) parts.push(`${mentions} mention${mentions === 1 ? '' : 's'}`);
+  li.querySelector('.room-btn').title = parts.join(', ');
+}
+
+/** Everything unread: rooms and DM conversations. */
+function totalUnread() {
+  let total = 0;
+  state.unread.forEach((info, key) => {
+    if (state.rooms.some((r) => roomKey(r.name) === key)) total += info.unread || 0;
+  });
+  dmUnreadCounts().forEach((n) => { total += n; });
+  return total;
+}
+
+function updateTitle() {
+  const total = totalUnread();
+  if (total > 0) document.title = `(${total}) ${BASE_TITLE}`;
+  else if (state.dmWith) document.title = `@${state.dmWith} · ${BASE_TITLE}`;
+  else if (state.currentRoom) document.title = `#${state.currentRoom} · ${BASE_TITLE}`;
+  else document.title = BASE_TITLE;
+}
+
+/**
+ * The user is looking at the current room: nothing in it is unread any more;
+ * a registered user's read marker moves to the newest message.
+ */
+function markCurrentRoomSeen() {
+  if (!viewingRoom()) return;
+  const room = state.currentRoom;
+  const info = unreadOf(room);
+  const newest = state.maxIdByRoom.get(roomKey(room)) || 0;
+  const changed = info.unread || info.mentions;
+  info.unread = 0;
+  info.mentions = 0;
+  if (newest > (info.seen || 0)) info.seen = newest;
+  if (changed) renderRooms();
+  else updateTitle();
+  if (newest) postRead(room, newest);
+}
+
+/** POST /api/rooms/:room/read for a registered user, at most once per READ_POST_DELAY_MS, forward only. */
+function postRead(room, id) {
+  if (!state.registered) return;
+  const key = roomKey(room);
+  if ((state.readPosted.get(key) || 0) >= id) return;
+  state.readPosted.set(key, id);
+  clearTimeout(state.readTimer);
+  state.readTimer = setTimeout(() => {
+    api('POST', `/api/rooms/${encodeURIComponent(key)}/read`, { id }).then((result) => {
+      if (!result.ok && state.readPosted.get(key) === id) state.readPosted.delete(key);
+    });
+  }, READ_POST_DELAY_MS);
 }
 
 function onRoomListClick(event) {
@@ -398,30 +671,65 @@ function onRoomListClick(event) {
 async function joinRoom(room) {
   closeDrawers();
   if (state.reconnecting) await state.reconnecting;
-  if (state.es && sameRoom(room, state.currentRoom)) return;
+  if (state.es && sameRoom(room, state.currentRoom)) {
+    showRoomView();
+    return;
+  }
+  prepareNewLine(room);
   if (!state.es) {
     openStream(room);
     return;
   }
   const result = await sessionPost('/api/command', { command: `/join ${room}` });
   if (!result.ok) {
-    showError(result.error);
+    state.newLine = null;
+    showError(result.error, 'room');
     return;
   }
+  clearError('room', 'command');
   afterRoomCommand(room);
+}
+
+/** Remembers where the "New messages" line goes in `room` when it opens. */
+function prepareNewLine(room) {
+  const info = unreadOf(room);
+  if (!info.unread) {
+    state.newLine = null;
+    return;
+  }
+  // Counts from the server's read marker: the line goes above the last
+  // `count` messages up to the newest one listed. Counted by the page: above
+  // the first message after the last one seen.
+  state.newLine = info.fromServer
+    ? { room: roomKey(room), count: info.unread, upTo: info.lastMessageId }
+    : { room: roomKey(room), seen: info.seen || 0 };
+}
+
+function roomNameProblem(name) {
+  if (/\s/.test(name.trim())) {
+    const suggestion = name.trim().split(/\s+/).join('-').replace(/^#/, '');
+    return `Room names can't contain spaces — try ${suggestion}`;
+  }
+  return null;
 }
 
 async function onCreateRoom(event) {
   event.preventDefault();
   const input = $('new-room-input');
   const name = input.value.trim();
+  if (!name) return;
+  const problem = roomNameProblem(name);
+  if (problem) {
+    showError(problem, 'create');
+    return;
+  }
   const result = await sessionPost('/api/command', { command: `/create ${name}` });
   if (!result.ok) {
-    showError(result.error);
+    showError(result.error, 'create');
     return;
   }
   input.value = '';
-  hideError();
+  clearError('create', 'command', 'room');
   closeDrawers();
   afterRoomCommand(name);
 }
@@ -432,10 +740,11 @@ function afterRoomCommand(room) {
     state.targetRoom = roomKey(room);
     if (!state.es) openStream(roomKey(room));
   }
+  showRoomView();
   refreshRooms();
 }
 
-// ------------------------------------------------------------------ members
+// ------------------------------------------------------------------ members and presence
 
 async function refreshMembers() {
   const room = state.currentRoom;
@@ -446,24 +755,108 @@ async function refreshMembers() {
   const result = await api('GET', `/api/rooms/${encodeURIComponent(room)}/members`);
   if (!result.ok || !sameRoom(room, state.currentRoom)) return;
   const members = (result.json.data && result.json.data.members) || [];
-  renderMembers(members.map((m) => (typeof m === 'string' ? m : (m && (m.nickname || m.name)) || '')));
+  renderMembers(members.map((m) => {
+    if (typeof m === 'string') return { nickname: m, status: 'online', message: null };
+    return {
+      nickname: (m && (m.nickname || m.name)) || '',
+      status: (m && m.status) || 'online',
+      message: m && typeof m.message === 'string' ? m.message : null,
+    };
+  }));
 }
 
 function renderMembers(members) {
-  const items = members
-    .filter(Boolean)
-    .sort((a, b) => a.toLowerCase().localeCompare(b.toLowerCase()))
+  state.members = members.filter((m) => m && m.nickname);
+  const me = state.members.find((m) => isMe(m.nickname));
+  if (me) {
+    state.myStatus = { status: me.status, message: me.message };
+    renderMe();
+  }
+  const items = state.members
+    .slice()
+    .sort((a, b) => a.nickname.toLowerCase().localeCompare(b.nickname.toLowerCase()))
     .map(createMemberItem);
   $('members').replaceChildren(...items);
   $('member-count').textContent = state.currentRoom ? `— ${items.length}` : '';
 }
 
-function createMemberItem(nick) {
-  const li = el('li', isMe(nick) ? 'member me' : 'member', nick);
+function createMemberItem(member) {
+  const nick = member.nickname;
+  const status = member.status === 'away' ? 'away' : 'online';
+  const li = el('li', isMe(nick) ? 'member me' : 'member');
   li.dataset.nick = nick;
-  li.dataset.initial = nick.charAt(0).toUpperCase();
+  li.dataset.status = status;
   li.style.setProperty('--nick-color', nickColor(nick));
+  const avatar = el('span', 'avatar', nick.charAt(0).toUpperCase());
+  avatar.append(el('span', `presence-dot ${status}`));
+  avatar.setAttribute('aria-hidden', 'true');
+  const text = el('span', 'member-text');
+  text.append(el('span', 'member-name', nick));
+  const statusText = status === 'away' ? (member.message ? `away: ${member.message}` : 'away') : '';
+  if (statusText) text.append(el('span', 'member-status', statusText));
+  li.title = statusText ? `${nick} — ${statusText}` : `${nick} — online`;
+  li.append(avatar, text);
   return li;
+}
+
+function handlePresence(data) {
+  if (typeof data.user !== 'string') return;
+  const message = typeof data.message === 'string' ? data.message : null;
+  if (isMe(data.user)) {
+    state.myStatus = { status: data.status === 'away' ? 'away' : 'online', message };
+    renderMe();
+  }
+  const member = state.members.find((m) => m.nickname.toLowerCase() === data.user.toLowerCase());
+  if (!member) return;
+  if (data.status === 'offline') {
+    renderMembers(state.members.filter((m) => m !== member));
+    return;
+  }
+  member.status = data.status;
+  member.message = message;
+  renderMembers(state.members);
+}
+
+// ------------------------------------------------------------------ typing
+
+/** Tells the server the user is typing in the current room (at most once per TYPING_SEND_MS). */
+function onMessageInput() {
+  const value = $('message-input').value;
+  if (!value.trim() || value.trimStart().startsWith('/') || state.dmWith || !state.currentRoom) return;
+  const now = Date.now();
+  if (now - state.lastTypingSent < TYPING_SEND_MS) return;
+  state.lastTypingSent = now;
+  api('POST', '/api/typing', {});
+}
+
+function handleTyping(data) {
+  if (typeof data.user !== 'string' || isMe(data.user)) return;
+  if (data.room && !sameRoom(data.room, state.currentRoom)) return;
+  state.typers.set(data.user, Date.now() + TYPING_SHOWN_MS);
+  renderTyping();
+}
+
+function stopTyping(user) {
+  if (user && state.typers.delete(user)) renderTyping();
+}
+
+function renderTyping() {
+  clearTimeout(state.typingTimer);
+  const now = Date.now();
+  state.typers.forEach((until, user) => {
+    if (until <= now) state.typers.delete(user);
+  });
+  const names = [...state.typers.keys()];
+  let text = '';
+  if (names.length === 1) text = `${names[0]} is typing…`;
+  else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+  else if (names.length === 3) text = `${names[0]}, ${names[1]} and ${names[2]} are typing…`;
+  else if (names.length > 3) text = 'Several people are typing…';
+  $('typing').textContent = state.dmWith ? '' : text;
+  if (names.length) {
+    const next = Math.min(...state.typers.values()) - now;
+    state.typingTimer = setTimeout(renderTyping, Math.max(next, 50));
+  }
 }
 
 // ------------------------------------------------------------------ the SSE stream
@@ -484,10 +877,19 @@ function openStream(room) {
     if (source === state.es) setStatus('connected');
   };
   source.onerror = () => onStreamError(source);
-  source.addEventListener('connected', (e) => onStreamEvent(source, e, handleConnected));
-  source.addEventListener('message', (e) => onStreamEvent(source, e, handleMessage));
-  source.addEventListener('system', (e) => onStreamEvent(source, e, handleSystem));
-  source.addEventListener('dm', (e) => onStreamEvent(source, e, handleDm));
+  const handlers = {
+    connected: handleConnected,
+    message: handleMessage,
+    system: handleSystem,
+    dm: handleDm,
+    presence: handlePresence,
+    typing: handleTyping,
+    edit: handleEdit,
+    delete: handleDelete,
+  };
+  Object.entries(handlers).forEach(([name, handler]) => {
+    source.addEventListener(name, (e) => onStreamEvent(source, e, handler));
+  });
   return new Promise((resolve) => {
     source.addEventListener('connected', () => resolve(true), { once: true });
     source.addEventListener('error', () => resolve(false), { once: true });
@@ -523,10 +925,13 @@ function handleConnected(data) {
   const room = data.room ? String(data.room) : null;
   state.failures = 0;
   setStatus('connected');
+  // Whatever failed while the connection was down works again.
+  clearError('send', 'connection');
   state.targetRoom = room;
   switchRoom(room);
   refreshMembers();
   refreshRooms();
+  markCurrentRoomSeen();
 }
 
 function handleMessage(data) {
@@ -534,8 +939,30 @@ function handleMessage(data) {
   if (data.room && !sameRoom(data.room, state.currentRoom)) return; // from a room we left
   const id = Number(data.id);
   const key = roomKey(data.room || state.currentRoom);
+  const fresh = !state.seenIds.has(id);
   if (id > (state.maxIdByRoom.get(key) || 0)) state.maxIdByRoom.set(key, id);
-  addRoomMessage({ id, user: data.user, content: data.content, timestamp: data.timestamp });
+  addRoomMessage({
+    id, user: data.user, content: data.content, timestamp: data.timestamp,
+    action: data.action === true, editedAt: data.editedAt || null,
+  });
+  stopTyping(data.user);
+  if (!fresh) return;
+  const info = unreadOf(key);
+  if (viewingRoom()) {
+    markCurrentRoomSeen();
+  } else if (!isMe(data.user) && id > (info.seen || 0)) {
+    // Counted live: the room is the session's, but the user is elsewhere (a DM, another tab).
+    if (!info.unread && !(state.newLine && state.newLine.room === key)) {
+      state.newLine = { room: key, seen: info.seen || 0 };
+    }
+    info.unread++;
+    if (mentionsMe(data.content)) {
+      info.mentions++;
+      notify(`${data.user} mentioned you in #${state.currentRoom}`, data.content, () => showRoomView());
+    }
+    renderRooms();
+  }
+  if (isMe(data.user) && id > (info.seen || 0) && viewingRoom()) info.seen = id;
 }
 
 function handleSystem(data) {
@@ -547,71 +974,285 @@ function handleSystem(data) {
   scheduleRefresh();
 }
 
+function handleEdit(data) {
+  const id = Number(data.id);
+  const known = state.messages.get(id);
+  if (!known) return;
+  known.content = String(data.content || '');
+  known.editedAt = data.editedAt || new Date().toISOString();
+  const node = messageNode(id);
+  if (node && !node.classList.contains('editing')) renderMessageBody(node, known);
+}
+
+function handleDelete(data) {
+  const id = Number(data.id);
+  const node = messageNode(id);
+  state.messages.delete(id);
+  if (!node) return;
+  // The text is gone for good: the row keeps its place and says so.
+  node.classList.remove('editing', 'mine', 'mention');
+  node.classList.add('deleted');
+  node.replaceChildren(
+    node.querySelector('.time') || timeElement(null),
+    el('span', 'content deleted-text', 'message deleted'),
+  );
+  updateEmptyState();
+}
+
+function messageNode(id) {
+  return $('messages').querySelector(`.msg[data-id="${Number(id)}"]`);
+}
+
+// ------------------------------------------------------------------ direct messages
+
+/** Live DM counts by conversation, plus the server's unread (DMs that arrived while offline). */
+function dmUnreadCounts() {
+  const counts = new Map();
+  state.dmConversations.forEach((c) => {
+    if (c && typeof c.with === 'string') counts.set(c.with.toLowerCase(), Number(c.unread) || 0);
+  });
+  state.dmLocal.forEach((c, key) => counts.set(key, (counts.get(key) || 0) + (c.unread || 0)));
+  if (state.dmWith) counts.set(state.dmWith.toLowerCase(), 0);
+  return counts;
+}
+
+function localConversation(nick) {
+  const key = nick.toLowerCase();
+  let conv = state.dmLocal.get(key);
+  if (!conv) {
+    conv = { with: nick, messages: [], unread: 0, lastAt: null };
+    state.dmLocal.set(key, conv);
+  }
+  return conv;
+}
+
 function handleDm(data) {
-  appendDm(data.from, data.to, data.content, data.timestamp);
+  const from = String(data.from || '');
+  const to = String(data.to || '');
+  const other = isMe(from) ? to : from;
+  if (!other) return;
+  const conv = localConversation(other);
+  const dm = { from, to, content: String(data.content || ''), createdAt: data.timestamp || new Date().toISOString() };
+  conv.messages.push(dm);
+  conv.lastAt = dm.createdAt;
+  const open = state.dmWith && state.dmWith.toLowerCase() === other.toLowerCase();
+  if (open) {
+    appendDmRow(dm, true);
+  } else {
+    // In the room view a DM also shows as a line in the pane.
+    appendDm(from, to, dm.content, dm.createdAt);
+    if (!isMe(from)) conv.unread++;
+  }
+  if (!isMe(from) && (!open || document.visibilityState === 'hidden')) {
+    notify(`Direct message from ${from}`, dm.content, () => openConversation(from));
+  }
+  renderDms();
   if (state.registered) refreshDms();
 }
 
 function appendDm(from, to, content, timestamp) {
   const text = isMe(from) ? `[DM to ${to}] ${content}` : `[DM from ${from}] ${content}`;
   const node = el('div', 'line dm');
-  node.append(timeElement(timestamp), el('span', 'content', text));
+  const body = el('span', 'content');
+  renderRichText(body, text);
+  node.append(timeElement(timestamp), body);
   appendLine(node, true);
 }
-
-// ------------------------------------------------------------------ DM conversations (registered users)
 
 async function refreshDms() {
   const epoch = state.epoch;
   if (!state.registered) {
-    renderDms([]);
+    state.dmConversations = [];
+    renderDms();
     return;
   }
   const result = await api('GET', '/api/dms');
   if (!result.ok || epoch !== state.epoch) return;
-  renderDms((result.json.data && result.json.data.conversations) || []);
+  state.dmConversations = ((result.json.data && result.json.data.conversations) || [])
+    .filter((c) => c && typeof c.with === 'string');
+  renderDms();
 }
 
-function renderDms(conversations) {
-  const list = $('dm-list');
-  list.replaceChildren();
-  conversations.filter((c) => c && typeof c.with === 'string').forEach((c) => {
-    const li = el('li', 'room dm-conversation');
-    li.dataset.with = c.with;
-    const button = el('button', 'room-btn');
-    button.type = 'button';
-    const unread = Number(c.unread) || 0;
-    button.append(el('span', 'room-name', c.with), el('span', 'room-count', unread ? String(unread) : ''));
-    button.title = unread ? `${c.with}: ${unread} unread` : c.with;
-    li.classList.toggle('unread', unread > 0);
-    li.append(button);
-    list.append(li);
+/** The sidebar's conversations: the server's (registered users) and this page's live ones, newest first. */
+function renderDms() {
+  const byKey = new Map();
+  state.dmConversations.forEach((c) => byKey.set(c.with.toLowerCase(), { with: c.with, lastAt: c.lastAt || null }));
+  state.dmLocal.forEach((c, key) => {
+    const known = byKey.get(key);
+    if (!known) byKey.set(key, { with: c.with, lastAt: c.lastAt });
+    else if (c.lastAt && (!known.lastAt || c.lastAt > known.lastAt)) known.lastAt = c.lastAt;
   });
-  const any = list.children.length > 0;
+  const counts = dmUnreadCounts();
+  const list = $('dm-list');
+  const items = [...byKey.values()]
+    .sort((a, b) => String(b.lastAt || '').localeCompare(String(a.lastAt || '')))
+    .map((c) => {
+      const unread = counts.get(c.with.toLowerCase()) || 0;
+      const li = el('li', 'room dm-conversation');
+      li.dataset.with = c.with;
+      li.classList.toggle('unread', unread > 0);
+      li.classList.toggle('has-unread', unread > 0);
+      li.classList.toggle('active', !!state.dmWith && state.dmWith.toLowerCase() === c.with.toLowerCase());
+      const button = el('button', 'room-btn');
+      button.type = 'button';
+      const label = el('span', 'room-label');
+      label.append(el('span', 'room-name', c.with));
+      const badge = el('span', 'badge unread', unread ? String(unread) : '');
+      badge.hidden = !unread;
+      button.append(label, badge);
+      button.title = unread ? `${c.with}: ${unread} unread` : `Direct messages with ${c.with}`;
+      li.append(button);
+      return li;
+    });
+  list.replaceChildren(...items);
+  const any = items.length > 0;
   list.hidden = !any;
   $('dm-title').hidden = !any;
+  updateTitle();
 }
 
-/** Shows a conversation's history in the pane and readies the input to answer. */
+/** Shows a conversation in place of the room (the session stays in its room). */
 async function openConversation(nick) {
-  const result = await api('GET', `/api/dms/${encodeURIComponent(nick)}/history?limit=${HISTORY_PAGE}`);
-  if (!result.ok) {
-    showError(result.error);
-    return;
-  }
-  const data = result.json.data || {};
-  addSystemLine(`Direct messages with ${data.with || nick}`, null);
-  (data.messages || []).forEach((m) => appendDm(m.from, m.to, m.content, m.createdAt));
-  const input = $('message-input');
-  input.value = `/dm ${data.with || nick} `;
-  input.focus();
+  const key = nick.toLowerCase();
+  state.dmWith = nick;
   closeDrawers();
+  closeSearch();
+  const conv = localConversation(nick);
+  conv.unread = 0;
+  renderConversationView();
+  let messages = conv.messages.slice();
+  if (state.registered) {
+    const result = await api('GET', `/api/dms/${encodeURIComponent(nick)}/history?limit=${HISTORY_PAGE}`);
+    if (!state.dmWith || state.dmWith.toLowerCase() !== key) return;
+    if (result.ok) {
+      const data = result.json.data || {};
+      if (data.with) state.dmWith = data.with;
+      messages = data.messages || [];
+      // What the history returns counts as read on the server.
+      state.dmConversations.forEach((c) => {
+        if (c.with.toLowerCase() === key) c.unread = 0;
+      });
+    } else if (result.status !== 403) {
+      showError(result.error, 'dm');
+    }
+  }
+  $('dm-messages').replaceChildren();
+  messages.forEach((m) => appendDmRow(m, false));
+  renderConversationView();
+  scrollToBottom();
+  renderDms();
   refreshDms();
+  $('message-input').focus();
+}
+
+function appendDmRow(m, scroll) {
+  const from = m.from || m.nickname || '';
+  const node = el('div', isMe(from) ? 'msg dm-msg mine' : 'msg dm-msg');
+  const nick = el('span', 'nick', from);
+  nick.style.setProperty('--nick-color', nickColor(from));
+  const body = el('span', 'content');
+  renderRichText(body, m.content);
+  node.append(timeElement(m.createdAt || m.timestamp), nick, body);
+  const stick = scroll && isNearBottom();
+  $('dm-messages').append(node);
+  $('dm-empty').hidden = true;
+  if (stick || (scroll && isMe(from))) scrollToBottom();
+}
+
+function renderConversationView() {
+  const nick = state.dmWith;
+  $('chat-screen').classList.add('dm-view');
+  $('messages').hidden = true;
+  $('dm-messages').hidden = false;
+  $('dm-empty').hidden = $('dm-messages').children.length > 0;
+  $('dm-empty-name').textContent = nick;
+  renderRoomHeader();
+  renderRooms();
+  renderTyping();
+}
+
+/** Back from a conversation (or another tab) to the session's room. */
+function showRoomView() {
+  const wasDm = !!state.dmWith;
+  state.dmWith = null;
+  $('chat-screen').classList.remove('dm-view');
+  $('messages').hidden = false;
+  $('dm-messages').hidden = true;
+  $('dm-empty').hidden = true;
+  const info = state.currentRoom ? unreadOf(state.currentRoom) : null;
+  if (info && info.unread && !(state.newLine && sameRoom(state.newLine.room, state.currentRoom))) {
+    state.newLine = { room: roomKey(state.currentRoom), seen: info.seen || 0 };
+  }
+  placeNewLine();
+  renderRoomHeader();
+  renderDms();
+  renderTyping();
+  if (wasDm) scrollToBottom();
+  markCurrentRoomSeen();
+  renderRooms();
 }
 
 function onDmListClick(event) {
   const li = event.target.closest('li[data-with]');
   if (li) openConversation(li.dataset.with);
+}
+
+// ------------------------------------------------------------------ notifications (opt-in)
+
+function notificationsSupported() {
+  return typeof window.Notification === 'function';
+}
+
+function renderNotifyButton() {
+  const button = $('notify-btn');
+  if (!notificationsSupported()) {
+    button.hidden = true;
+    return;
+  }
+  button.hidden = false;
+  const permission = Notification.permission;
+  state.notify = permission === 'granted' && loadSetting(STORE_NOTIFY) === 'on';
+  button.disabled = permission === 'denied';
+  button.classList.toggle('on', state.notify);
+  button.textContent = permission === 'denied' ? 'Notifications blocked'
+    : state.notify ? 'Notifications on' : 'Enable notifications';
+  button.title = permission === 'denied'
+    ? 'The browser blocks notifications for this site'
+    : state.notify ? 'Click to turn mention and DM notifications off'
+      : 'Get a notification for mentions and direct messages';
+}
+
+/** Only ever asks for permission when the user presses the button. */
+async function onNotifyClick() {
+  if (!notificationsSupported()) return;
+  if (state.notify) {
+    saveSetting(STORE_NOTIFY, 'off');
+    renderNotifyButton();
+    return;
+  }
+  let permission = Notification.permission;
+  if (permission === 'default') {
+    try {
+      permission = await Notification.requestPermission();
+    } catch (_) {
+      permission = Notification.permission;
+    }
+  }
+  saveSetting(STORE_NOTIFY, permission === 'granted' ? 'on' : 'off');
+  renderNotifyButton();
+}
+
+/** A browser notification for a mention or DM, when the user opted in and is not looking. */
+function notify(title, body, onClick) {
+  if (!state.notify || !notificationsSupported() || Notification.permission !== 'granted') return;
+  try {
+    const n = new Notification(title, { body: String(body || '').slice(0, 200), tag: title });
+    n.onclick = () => {
+      window.focus();
+      if (onClick) onClick();
+      n.close();
+    };
+  } catch (_) { /* some browsers only notify from a service worker */ }
 }
 
 // ------------------------------------------------------------------ re-connect
@@ -656,7 +1297,8 @@ async function reconnectLoop(epoch) {
     if (result.ok) {
       const data = result.json.data || {};
       adoptSession(data, state.nickname, state.registered);
-      $('me-nick').textContent = state.nickname;
+      renderMe();
+      clearError('connection', 'send');
       await resumeRoom(epoch);
       return true;
     }
@@ -673,7 +1315,7 @@ async function resumeRoom(epoch) {
   const room = state.targetRoom;
   if (room && !(await roomExists(room))) {
     if (epoch !== state.epoch) return;
-    showError(`Room '${room}' is not available any more.`);
+    showError(`Room '${room}' is not available any more.`, 'room');
     state.targetRoom = null;
     switchRoom(null);
   }
@@ -715,7 +1357,7 @@ function timeElement(timestamp) {
   return node;
 }
 
-/** Appends a non-room line (system, dm, info, error). */
+/** Appends a non-room line (system, dm, info, error) to the room pane. */
 function appendLine(node, force) {
   const stick = force || isNearBottom();
   $('messages').append(node);
@@ -727,15 +1369,71 @@ function addRoomMessage(message, options) {
   const id = Number(message.id);
   if (!Number.isFinite(id) || state.seenIds.has(id)) return;
   state.seenIds.add(id);
-  const mine = isMe(message.user);
-  const node = el('div', mine ? 'msg mine' : 'msg');
+  const known = {
+    user: String(message.user || ''),
+    content: String(message.content || ''),
+    action: !!message.action,
+    editedAt: message.editedAt || null,
+  };
+  state.messages.set(id, known);
+  const mine = isMe(known.user);
+  const node = el('div', 'msg');
   node.dataset.id = String(id);
-  const nick = el('span', 'nick', message.user);
-  nick.style.setProperty('--nick-color', nickColor(message.user || ''));
-  node.append(timeElement(message.timestamp), nick, el('span', 'content', message.content));
+  node.append(timeElement(message.timestamp));
+  renderMessageBody(node, known);
   const stick = !(options && options.noScroll) && (mine || isNearBottom());
   insertById(node, id);
+  placeNewLine();
+  updateEmptyState();
   if (stick) scrollToBottom();
+}
+
+/**
+ * (Re)builds a room message row after its time: nick and text (an action as
+ * `* alice waves`), "(edited)", and Edit/Delete buttons on one's own messages.
+ */
+function renderMessageBody(node, message) {
+  const time = node.querySelector('.time');
+  const mine = isMe(message.user);
+  node.className = 'msg';
+  node.classList.toggle('mine', mine);
+  node.classList.toggle('action', message.action);
+  node.classList.toggle('mention', !mine && mentionsMe(message.content));
+  node.classList.toggle('edited', !!message.editedAt);
+  const parts = [time];
+  const body = el('span', 'content');
+  if (message.action) {
+    const who = el('span', 'action-nick', message.user);
+    who.style.setProperty('--nick-color', nickColor(message.user));
+    body.append('* ', who, ' ');
+    const rest = el('span', 'action-text');
+    renderRichText(rest, message.content);
+    body.append(rest);
+  } else {
+    const nick = el('span', 'nick', message.user);
+    nick.style.setProperty('--nick-color', nickColor(message.user));
+    parts.push(nick);
+    renderRichText(body, message.content);
+  }
+  if (message.editedAt) {
+    const mark = el('span', 'edited-mark', '(edited)');
+    const date = new Date(message.editedAt);
+    if (!Number.isNaN(date.getTime())) mark.title = `edited ${date.toLocaleString()}`;
+    body.append(' ', mark);
+  }
+  parts.push(body);
+  if (mine) {
+    const actions = el('span', 'msg-actions');
+    const edit = el('button', 'msg-edit', 'Edit');
+    edit.type = 'button';
+    edit.setAttribute('aria-label', 'Edit this message');
+    const del = el('button', 'msg-delete', 'Delete');
+    del.type = 'button';
+    del.setAttribute('aria-label', 'Delete this message');
+    actions.append(edit, del);
+    parts.push(actions);
+  }
+  node.replaceChildren(...parts);
 }
 
 /** Places `node` before the first room message with a larger id (usually: at the end). */
@@ -750,6 +1448,47 @@ function insertById(node, id) {
   list.insertBefore(node, before);
 }
 
+/** Puts the "New messages" line above the first message the user has not seen. */
+function placeNewLine() {
+  const line = $('new-line');
+  const spec = state.newLine;
+  if (!spec || !sameRoom(spec.room, state.currentRoom)) {
+    if (line) line.remove();
+    return;
+  }
+  const rows = [...$('messages').querySelectorAll('.msg[data-id]')];
+  let first = null;
+  if (typeof spec.count === 'number') {
+    const upTo = typeof spec.upTo === 'number' ? spec.upTo : Infinity;
+    const candidates = rows.filter((r) => Number(r.dataset.id) <= upTo);
+    if (candidates.length < spec.count && spec.count <= 200 && state.hasOlder && !state.loadingOlder && candidates.length) {
+      loadOlder(); // the replay holds fewer messages than are unread
+    }
+    first = candidates[Math.max(0, candidates.length - spec.count)] || null;
+  } else {
+    first = rows.find((r) => Number(r.dataset.id) > spec.seen && !r.classList.contains('mine')) || null;
+  }
+  if (!first) {
+    if (line) line.remove();
+    return;
+  }
+  const node = line || el('div', 'new-line');
+  if (!line) {
+    node.id = 'new-line';
+    node.setAttribute('role', 'separator');
+    node.append(el('span', 'new-line-label', 'New messages'));
+  }
+  if (node.nextElementSibling !== first) first.before(node);
+}
+
+/** A room with no messages says so. */
+function updateEmptyState() {
+  const room = state.currentRoom;
+  const empty = !!room && !state.dmWith && !$('messages').querySelector('.msg:not(.deleted)');
+  $('room-empty').hidden = !empty;
+  if (room) $('room-empty-name').textContent = room;
+}
+
 function addSystemLine(text, timestamp) {
   const node = el('div', 'line system');
   node.append(timeElement(timestamp), el('span', 'content', text));
@@ -761,22 +1500,25 @@ function addInfo(text) {
 }
 
 /** An error caused by something the user typed: inline and in the error bar. */
-function reportError(text) {
+function reportError(text, kind) {
   appendLine(el('div', 'line error', text), true);
-  showError(text);
+  showError(text, kind);
 }
 
 function clearPane() {
   $('messages').replaceChildren();
   state.seenIds.clear();
+  state.messages.clear();
+  state.typers.clear();
   state.hasOlder = true;
   state.loadingOlder = false;
   updateOlderButton();
+  updateEmptyState();
 }
 
 function updateOlderButton() {
   const button = $('load-older');
-  button.hidden = !state.currentRoom;
+  button.hidden = !state.currentRoom || !!state.dmWith;
   button.disabled = state.loadingOlder || !state.hasOlder;
   button.textContent = state.loadingOlder ? 'Loading…'
     : state.hasOlder ? 'Load older messages' : 'No older messages';
@@ -790,25 +1532,31 @@ function oldestShownId() {
   return oldest;
 }
 
+/** Loads one older page; resolves true when it added something. */
 async function loadOlder() {
   const room = state.currentRoom;
-  if (!room || state.loadingOlder || !state.hasOlder) return;
+  if (!room || state.loadingOlder || !state.hasOlder) return false;
   state.loadingOlder = true;
   updateOlderButton();
   const params = new URLSearchParams({ limit: String(HISTORY_PAGE) });
   const oldest = oldestShownId();
   if (oldest !== null) params.set('before', String(oldest));
   const result = await api('GET', `/api/rooms/${encodeURIComponent(room)}/history?${params}`);
-  if (!sameRoom(room, state.currentRoom)) return; // switched rooms meanwhile
+  if (!sameRoom(room, state.currentRoom)) return false; // switched rooms meanwhile
   state.loadingOlder = false;
+  let added = false;
   if (!result.ok) {
-    showError(result.error);
+    showError(result.error, 'history');
   } else {
+    clearError('history');
     const messages = (result.json.data && result.json.data.messages) || [];
     prependHistory(messages);
+    added = messages.length > 0;
     if (messages.length < HISTORY_PAGE) state.hasOlder = false;
   }
   updateOlderButton();
+  placeNewLine();
+  return added;
 }
 
 /** Adds history rows while keeping what the user is looking at in place. */
@@ -817,10 +1565,198 @@ function prependHistory(messages) {
   const heightBefore = box.scrollHeight;
   const topBefore = box.scrollTop;
   messages.forEach((m) => addRoomMessage(
-    { id: m.id, user: m.nickname, content: m.content, timestamp: m.createdAt },
+    {
+      id: m.id, user: m.nickname, content: m.content, timestamp: m.createdAt,
+      action: m.action === true, editedAt: m.editedAt || null,
+    },
     { noScroll: true },
   ));
   box.scrollTop = topBefore + (box.scrollHeight - heightBefore);
+}
+
+// ------------------------------------------------------------------ editing and deleting one's own messages
+
+function onMessagesClick(event) {
+  const button = event.target.closest('button');
+  if (!button) return;
+  const row = button.closest('.msg[data-id]');
+  if (!row) return;
+  const id = Number(row.dataset.id);
+  if (button.classList.contains('msg-edit')) startEdit(row, id);
+  else if (button.classList.contains('msg-delete')) askDelete(row, id);
+  else if (button.classList.contains('confirm-delete')) deleteMessage(row, id);
+  else if (button.classList.contains('cancel-delete') || button.classList.contains('edit-cancel')) cancelRowAction(row, id);
+  else if (button.classList.contains('edit-save')) saveEdit(row, id);
+}
+
+function startEdit(row, id) {
+  const message = state.messages.get(id);
+  if (!message || row.classList.contains('editing')) return;
+  row.classList.add('editing');
+  const form = el('span', 'edit-box');
+  const input = el('input', 'edit-input');
+  input.type = 'text';
+  input.value = message.content;
+  input.maxLength = 2000;
+  input.setAttribute('aria-label', 'Edit message');
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') {
+      e.preventDefault();
+      saveEdit(row, id);
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      cancelRowAction(row, id);
+    }
+  });
+  const save = el('button', 'edit-save primary small', 'Save');
+  save.type = 'button';
+  const cancel = el('button', 'edit-cancel ghost small', 'Cancel');
+  cancel.type = 'button';
+  form.append(input, save, cancel);
+  const content = row.querySelector('.content');
+  row.querySelector('.msg-actions').hidden = true;
+  content.replaceWith(form);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+function cancelRowAction(row, id) {
+  const message = state.messages.get(id);
+  row.classList.remove('editing', 'confirming');
+  if (message) renderMessageBody(row, message);
+}
+
+async function saveEdit(row, id) {
+  const input = row.querySelector('.edit-input');
+  const message = state.messages.get(id);
+  if (!input || !message) return;
+  const content = input.value;
+  if (!content.trim()) {
+    askDelete(row, id); // an emptied message: offer to delete it instead
+    return;
+  }
+  if (content === message.content) {
+    cancelRowAction(row, id);
+    return;
+  }
+  input.disabled = true;
+  const result = await sessionRequest('PATCH', `/api/messages/${id}`, { content });
+  if (!result.ok) {
+    input.disabled = false;
+    input.focus();
+    showError(`Could not edit the message: ${result.error}`, 'edit');
+    return;
+  }
+  clearError('edit');
+  const data = result.json.data || {};
+  message.content = content;
+  message.editedAt = data.editedAt || message.editedAt || new Date().toISOString();
+  row.classList.remove('editing');
+  if (state.messages.has(id)) renderMessageBody(row, message);
+  $('message-input').focus();
+}
+
+function askDelete(row, id) {
+  if (!state.messages.has(id)) return;
+  row.classList.remove('editing');
+  renderMessageBody(row, state.messages.get(id));
+  row.classList.add('confirming');
+  const actions = row.querySelector('.msg-actions');
+  const yes = el('button', 'confirm-delete danger small', 'Delete');
+  yes.type = 'button';
+  const no = el('button', 'cancel-delete ghost small', 'Cancel');
+  no.type = 'button';
+  actions.replaceChildren(el('span', 'confirm-text', 'Delete this message?'), yes, no);
+  yes.focus();
+}
+
+async function deleteMessage(row, id) {
+  const result = await sessionRequest('DELETE', `/api/messages/${id}`);
+  if (!result.ok) {
+    showError(`Could not delete the message: ${result.error}`, 'delete');
+    cancelRowAction(row, id);
+    return;
+  }
+  clearError('delete');
+  handleDelete({ id, room: state.currentRoom });
+  $('message-input').focus();
+}
+
+// ------------------------------------------------------------------ search in the current room
+
+async function onSearchSubmit(event) {
+  event.preventDefault();
+  const query = $('search-input').value.trim();
+  const room = state.currentRoom;
+  if (!query) {
+    closeSearch();
+    return;
+  }
+  if (!room) {
+    showError('Join a room to search its messages.', 'search');
+    return;
+  }
+  const params = new URLSearchParams({ q: query, limit: String(SEARCH_LIMIT) });
+  const result = await api('GET', `/api/rooms/${encodeURIComponent(room)}/search?${params}`);
+  if (!sameRoom(room, state.currentRoom)) return;
+  if (!result.ok) {
+    showError(`Search failed: ${result.error}`, 'search');
+    return;
+  }
+  clearError('search');
+  renderSearchResults(room, query, (result.json.data && result.json.data.messages) || []);
+}
+
+function renderSearchResults(room, query, messages) {
+  const panel = $('search-results');
+  const list = $('search-list');
+  $('search-summary').textContent = messages.length
+    ? `${messages.length} result${messages.length === 1 ? '' : 's'} for “${query}” in #${room}`
+    : `No messages in #${room} match “${query}”.`;
+  list.replaceChildren(...messages.map((m) => {
+    const li = el('li', 'search-hit');
+    const button = el('button', 'search-hit-btn');
+    button.type = 'button';
+    button.dataset.id = String(m.id);
+    const date = new Date(m.createdAt);
+    const when = el('time', 'search-time', Number.isNaN(date.getTime()) ? '' : date.toLocaleString([], {
+      month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit',
+    }));
+    const nick = el('span', 'nick', m.action ? `* ${m.nickname}` : m.nickname);
+    nick.style.setProperty('--nick-color', nickColor(m.nickname || ''));
+    const text = el('span', 'search-text', m.content);
+    button.append(when, nick, text);
+    li.append(button);
+    return li;
+  }));
+  panel.hidden = false;
+}
+
+function closeSearch() {
+  $('search-results').hidden = true;
+  $('chat-screen').classList.remove('search-open');
+}
+
+/** Scrolls to a search hit, loading older pages until it is in the pane. */
+async function onSearchHitClick(event) {
+  const button = event.target.closest('button.search-hit-btn');
+  if (!button) return;
+  const id = Number(button.dataset.id);
+  showRoomView();
+  for (let page = 0; !messageNode(id) && page < 20; page++) {
+    if (!(await loadOlder())) break;
+  }
+  const node = messageNode(id);
+  if (!node) {
+    showError('That message is no longer in the room.', 'search');
+    return;
+  }
+  closeSearch();
+  node.scrollIntoView({ block: 'center' });
+  node.classList.remove('flash');
+  void node.offsetWidth; // restart the highlight animation
+  node.classList.add('flash');
 }
 
 // ------------------------------------------------------------------ current room
@@ -834,7 +1770,10 @@ function switchRoom(room) {
   }
   state.currentRoom = room;
   saveSetting(STORE_ROOM, room);
+  if (!state.newLine || !sameRoom(state.newLine.room, room)) state.newLine = null;
   clearPane();
+  closeSearch();
+  renderTyping();
   renderRoomHeader();
   renderRooms();
   renderMembers([]);
@@ -842,21 +1781,36 @@ function switchRoom(room) {
 
 function renderRoomHeader() {
   const room = state.currentRoom;
-  $('current-room').textContent = room || '';
-  $('chat-screen').classList.toggle('no-room', !room);
-  $('empty-state').hidden = !!room;
-  $('message-input').placeholder = room ? `Message #${room}  (or /help)` : 'Join a room, or type /help';
-  document.title = room ? `#${room} · Baby Discord` : 'Baby Discord';
+  const dm = state.dmWith;
+  $('current-room').textContent = dm || room || '';
+  $('room-hash').textContent = dm ? '@' : '#';
+  $('chat-screen').classList.toggle('no-room', !room && !dm);
+  $('empty-state').hidden = !!room || !!dm;
+  $('search-form').hidden = !room || !!dm;
+  $('search-input').placeholder = room ? `Search #${room}` : 'Search';
+  const input = $('message-input');
+  if (dm) input.placeholder = `Message @${dm}`;
+  else input.placeholder = room ? `Message #${room}  (or /help)` : 'Join a room, or type /help';
+  updateEmptyState();
+  updateTitle();
   updateOlderButton();
 }
 
 function resetChatView() {
+  state.dmWith = null;
+  $('dm-messages').replaceChildren();
+  $('messages').hidden = false;
+  $('dm-messages').hidden = true;
+  $('dm-empty').hidden = true;
+  $('chat-screen').classList.remove('dm-view');
   clearPane();
+  closeSearch();
   renderRoomHeader();
   $('room-list').replaceChildren();
-  renderDms([]);
+  renderDms();
   $('rooms-empty').hidden = true;
   renderMembers([]);
+  renderTyping();
   closeDrawers();
 }
 
@@ -867,35 +1821,61 @@ async function onMessageSubmit(event) {
   const input = $('message-input');
   const text = input.value;
   if (!text.trim()) return;
+  // The input empties at once; a command is never left in it (its error says
+  // what went wrong); a message that could not be sent comes back to resend.
   input.value = '';
   const isCommand = text.trimStart().startsWith('/');
-  const ok = isCommand ? await runCommand(text.trim()) : await sendMessage(text);
-  if (!ok && !input.value) input.value = text; // let the user fix and resend
+  if (isCommand) {
+    await runCommand(text.trim());
+    return;
+  }
+  const ok = state.dmWith
+    ? await runCommand(`/dm ${state.dmWith} ${text}`, true)
+    : await sendMessage(text);
+  if (!ok && !input.value) input.value = text;
 }
 
 async function sendMessage(content) {
   const result = await sessionPost('/api/message', { content });
   if (!result.ok) {
-    reportError(result.error);
+    reportError(result.error, 'send');
     return false;
   }
-  hideError();
+  clearError('send', 'connection', 'command');
+  state.lastTypingSent = 0;
   return true;
 }
 
-async function runCommand(text) {
+/** A clearer answer than the server's usage line for mistakes people make often. */
+function localCommandProblem(name, args) {
+  if (name === '/create' || name === '/join') {
+    const rest = name === '/create' && args.length > 1 && args[args.length - 1].toLowerCase() === 'private'
+      ? args.slice(0, -1) : args;
+    if (rest.length > 1) return roomNameProblem(rest.join(' '));
+  }
+  return null;
+}
+
+async function runCommand(text, fromDmView) {
   const words = text.split(/\s+/);
   const name = words[0].toLowerCase();
   if (name === '/quit') {
     await logout();
     return true;
   }
-  const result = await sessionPost('/api/command', { command: text });
-  if (!result.ok) {
-    reportError(result.error);
+  const problem = localCommandProblem(name, words.slice(1));
+  if (problem) {
+    reportError(`${text}: ${problem}`, 'command');
     return false;
   }
-  hideError();
+  if (name === '/join' && words[1]) prepareNewLine(roomKey(words[1]));
+  const result = await sessionPost('/api/command', { command: text });
+  if (!result.ok) {
+    if (fromDmView) showError(result.error, 'send');
+    else reportError(result.error, 'command');
+    return false;
+  }
+  clearError('command', 'send');
   applyCommandResult(name, words[1], result.json.message);
   return true;
 }
@@ -904,30 +1884,50 @@ async function runCommand(text) {
 function applyCommandResult(name, firstArg, output) {
   switch (name) {
     case '/dm':
-      return; // the `dm` event shows it
+    case '/msg':
+      // The `dm` event shows it; a DM kept for an offline user has no event.
+      if (output && /is offline/.test(output)) {
+        if (state.dmWith && firstArg && state.dmWith.toLowerCase() === firstArg.toLowerCase()) {
+          appendDmRow({ from: state.nickname, to: firstArg, content: output, createdAt: new Date().toISOString() }, true);
+          return;
+        }
+        break;
+      }
+      return;
+    case '/me':
+      return; // the message itself shows it
     case '/join':
     case '/create':
       // The stream's `connected` event switches the view and replays recent messages.
-      afterRoomCommand(firstArg);
+      afterRoomCommand(firstArg && roomKey(firstArg));
       return;
     case '/leave':
+    case '/part':
       state.targetRoom = null;
+      showRoomView();
       switchRoom(null);
       refreshRooms();
       break;
     case '/nick':
       if (firstArg) setNickname(firstArg);
       break;
+    case '/away':
+    case '/back':
+      state.myStatus = name === '/back' ? { status: 'online', message: null } : { status: 'away', message: null };
+      renderMe();
+      refreshMembers();
+      break;
     default:
       break;
   }
   if (output) addInfo(output);
+  if (state.dmWith) showRoomView(); // command output shows in the room pane
 }
 
 function setNickname(nickname) {
   state.nickname = nickname;
   saveSetting(STORE_NICK, nickname);
-  $('me-nick').textContent = nickname;
+  renderMe();
   refreshMembers();
 }
 
@@ -943,6 +1943,14 @@ function toggleDrawer(which) {
 
 function closeDrawers() {
   $('chat-screen').classList.remove('rooms-open', 'members-open');
+}
+
+function toggleSearchBar() {
+  const screen = $('chat-screen');
+  const open = !screen.classList.contains('search-open');
+  screen.classList.toggle('search-open', open);
+  if (open) $('search-input').focus();
+  else closeSearch();
 }
 
 // ------------------------------------------------------------------ page lifecycle
@@ -963,6 +1971,17 @@ function onPageShow(event) {
   }
 }
 
+/** Back on the tab: what arrived meanwhile is seen now (below a "New messages" line). */
+function onVisibilityChange() {
+  if (document.visibilityState !== 'visible' || !state.currentRoom || state.dmWith) return;
+  const info = unreadOf(state.currentRoom);
+  if (info.unread && !(state.newLine && sameRoom(state.newLine.room, state.currentRoom))) {
+    state.newLine = { room: roomKey(state.currentRoom), seen: info.seen || 0 };
+    placeNewLine();
+  }
+  markCurrentRoomSeen();
+}
+
 function init() {
   $('nick-form').addEventListener('submit', onNickSubmit);
   $('register-submit').addEventListener('click', () => submitLogin(true));
@@ -971,17 +1990,32 @@ function init() {
   $('dm-list').addEventListener('click', onDmListClick);
   $('new-room-form').addEventListener('submit', onCreateRoom);
   $('message-form').addEventListener('submit', onMessageSubmit);
+  $('message-input').addEventListener('input', onMessageInput);
+  $('messages').addEventListener('click', onMessagesClick);
   $('load-older').addEventListener('click', loadOlder);
   $('logout-btn').addEventListener('click', () => logout());
+  $('notify-btn').addEventListener('click', onNotifyClick);
+  $('search-form').addEventListener('submit', onSearchSubmit);
+  $('search-close').addEventListener('click', closeSearch);
+  $('search-list').addEventListener('click', onSearchHitClick);
+  $('toggle-search').addEventListener('click', toggleSearchBar);
   $('toggle-rooms').addEventListener('click', () => toggleDrawer('rooms'));
   $('toggle-members').addEventListener('click', () => toggleDrawer('members'));
   $('backdrop').addEventListener('click', closeDrawers);
-  document.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape') closeDrawers();
+  $('message-scroller').addEventListener('scroll', () => {
+    if (isNearBottom()) markCurrentRoomSeen();
   });
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      closeDrawers();
+      closeSearch();
+    }
+  });
+  document.addEventListener('visibilitychange', onVisibilityChange);
   window.addEventListener('pagehide', onPageHide);
   window.addEventListener('pageshow', onPageShow);
   renderRoomHeader();
+  renderNotifyButton();
   autoLogin();
 }
 

@@ -276,6 +276,11 @@ impl Browser {
 
     // ------------------------------------------------------------ window and screenshots
 
+    /// The document's title.
+    pub fn title(&self) -> String {
+        self.command("GET", "/title", None).as_str().unwrap_or_default().to_string()
+    }
+
     /// Resizes the browser window (outer size, in CSS pixels).
     pub fn set_window_size(&self, width: u32, height: u32) {
         self.command("POST", "/window/rect", Some(json!({ "width": width, "height": height })));
@@ -330,6 +335,28 @@ impl Element<'_> {
     /// The value of a DOM property (`value`, `hidden`, …).
     pub fn property(&self, name: &str) -> Value {
         self.browser.command("GET", &format!("/element/{}/property/{name}", self.id), None)
+    }
+
+    /// Clears a text input.
+    pub fn clear(&self) {
+        self.browser.command("POST", &format!("/element/{}/clear", self.id), Some(json!({})));
+    }
+
+    /// Moves the mouse over the element's centre (what a user does to see hover-only buttons).
+    pub fn hover(&self) {
+        let actions = json!({ "actions": [{
+            "type": "pointer",
+            "id": "mouse",
+            "parameters": { "pointerType": "mouse" },
+            "actions": [{ "type": "pointerMove", "duration": 0, "origin": { ELEMENT_KEY: self.id }, "x": 0, "y": 0 }],
+        }]});
+        self.browser.command("POST", "/actions", Some(actions));
+    }
+
+    /// The value of an attribute as written in the DOM (`None` when absent).
+    pub fn attribute(&self, name: &str) -> Option<String> {
+        let value = self.browser.command("GET", &format!("/element/{}/attribute/{name}", self.id), None);
+        value.as_str().map(str::to_string)
     }
 
     pub fn is_displayed(&self) -> bool {
