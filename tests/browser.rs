@@ -579,14 +579,12 @@ fn errors_go_away_once_things_work_and_a_failed_command_leaves_the_input_empty()
     type_line(&alice, "/join nosuchroom");
     alice.wait_until("the unknown-room error", SHOWN_WITHIN, |b| error_bar(b).filter(|t| t.contains("nosuchroom")));
     assert_eq!(input_value(&alice), json!(""));
-    // IRC habits pass through; a command that works clears the error.
-    type_line(&alice, "/join #general");
+    // A command that works clears the error.
+    type_line(&alice, "/join general");
     alice.wait_until("#current-room to show general", SHOWN_WITHIN, |b| (b.text_of("#current-room")? == "general").then_some(()));
     alice.wait_until("the error bar to go", SHOWN_WITHIN, |b| error_bar(b).is_none().then_some(()));
     // An empty room says so.
     alice.wait_until("the empty-room text", SHOWN_WITHIN, |b| b.text_of("#room-empty").filter(|t| t.contains("#general is empty")));
-    type_line(&alice, "/msg carl psst");
-    carl.wait_for(|l| l == "[DM from alice] psst");
     carl.send("now it is not empty");
     wait_for_message(&alice, "carl", "now it is not empty");
     assert!(!alice.find("#room-empty").is_displayed(), "a room with a message says it is empty");
@@ -607,4 +605,78 @@ fn errors_go_away_once_things_work_and_a_failed_command_leaves_the_input_empty()
     alice.find("#message-form button[type=submit]").click();
     carl.wait_for(|l| l == "[general] alice: anyone there?");
     assert_eq!(input_value(&alice), json!(""));
+
+    // IRC habits pass through the page to the server.
+    type_line(&alice, "/part");
+    alice.wait_until("no room", SHOWN_WITHIN, |b| b.text_of("#current-room").filter(|t| t.is_empty()));
+    type_line(&alice, "/join #general");
+    alice.wait_until("#current-room to show general again", SHOWN_WITHIN, |b| {
+        (b.text_of("#current-room")? == "general").then_some(())
+    });
+    type_line(&alice, "/msg carl psst");
+    carl.wait_for(|l| l == "[DM from alice] psst");
+    assert_eq!(error_bar(&alice), None, "an error after the IRC-style commands");
+}
+
+#[test]
+fn a_registered_users_unread_counts_come_from_the_read_marker_and_survive_a_reload() {
+    let server = TestServer::start(Store::Sqlite);
+    let _log = ServerLogOnPanic(&server);
+    let http = server.http.expect("the server logs its HTTP address");
+    let mut owner = server.login("alice");
+    owner.send("/register hunter22hunter");
+    owner.expect("Registered alice. From now on, log in as alice with your password.");
+    owner.send("/quit");
+    owner.expect("Goodbye!");
+    let mut carl = server.login("carl");
+    carl.create("lobby");
+    carl.create("other");
+    carl.send("before alice came");
+    carl.wait_for(|l| l == "[other] carl: before alice came");
+
+    let alice = Browser::start();
+    alice.navigate(&format!("http://{http}/"));
+    alice.wait_until("the nickname form", SHOWN_WITHIN, |b| b.try_find("#nick-input").filter(|e| e.is_displayed()));
+    alice.find("#nick-input").send_keys("alice");
+    alice.find("#password-input").send_keys("hunter22hunter");
+    alice.find("#nick-form button[type=submit]").click();
+    let logged_in = |b: &Browser| (b.try_find("#chat-screen")?.is_displayed() && b.text_of("#me-nick")? == "alice").then_some(());
+    alice.wait_until("the chat screen for alice", SHOWN_WITHIN, logged_in);
+    // Seeing a room's messages moves the read marker past them.
+    open_room(&alice, "other");
+    wait_for_message(&alice, "carl", "before alice came");
+    open_room(&alice, "lobby");
+
+    carl.send("one");
+    carl.wait_for(|l| l == "[other] carl: one");
+    carl.send("two, @alice");
+    carl.wait_for(|l| l == "[other] carl: two, @alice");
+    alice.wait_until("the server's counts on other", Duration::from_secs(10), |b| {
+        (badges(b, "other") == json!(["2", "@1"])).then_some(())
+    });
+    // They are the server's: a reload keeps them.
+    alice.execute("location.reload();", vec![]);
+    alice.wait_until("the chat screen after the reload", SHOWN_WITHIN, logged_in);
+    alice.wait_until("the counts again after the reload", Duration::from_secs(10), |b| {
+        (badges(b, "other") == json!(["2", "@1"]) && b.title() == "(2) Baby Discord").then_some(())
+    });
+    // Opening the room: the line above the first unread message; the marker moves.
+    open_room(&alice, "other");
+    alice.wait_until("the new-messages line above 'one'", SHOWN_WITHIN, |b| {
+        let next = b.execute(
+            "const line = document.getElementById('new-line');
+             const next = line && line.nextElementSibling;
+             return next ? next.querySelector('.content').textContent : null;",
+            vec![],
+        );
+        (next == json!("one")).then_some(())
+    });
+    open_room(&alice, "lobby");
+    alice.execute("location.reload();", vec![]);
+    alice.wait_until("the chat screen after the second reload", SHOWN_WITHIN, logged_in);
+    // The room list appears with the server's counts in it (never before them).
+    alice.wait_until("other listed", SHOWN_WITHIN, |b| b.try_find("#room-list li[data-room=other]"));
+    alice.wait_until("no unread on other", Duration::from_secs(10), |b| {
+        (badges(b, "other") == json!(["", ""]) && b.title() == "#lobby · Baby Discord").then_some(())
+    });
 }

@@ -55,6 +55,7 @@ const state = {
   roomsLoaded: false,      // the first room list has arrived (baseline for guests' unread counts)
   unread: new Map(),       // lower-case room -> { unread, mentions, seen, lastMessageId, counted }
   readPosted: new Map(),   // lower-case room -> highest id sent to POST /read
+  readPending: new Map(),  // lower-case room -> newest id waiting to be sent to POST /read
   readTimer: null,
   newLine: null,           // { room, seen } or { room, count, upTo }: where "New messages" goes
   dmConversations: [],     // from GET /api/dms (registered users)
@@ -428,6 +429,7 @@ async function logout(errorText) {
   state.maxIdByRoom.clear();
   state.unread.clear();
   state.readPosted.clear();
+  state.readPending.clear();
   state.dmLocal.clear();
   saveSetting(STORE_NICK, null);
   saveSetting(STORE_ROOM, null);
@@ -466,6 +468,7 @@ function stopTimers() {
   state.timers = [];
   clearTimeout(state.refreshTimer);
   clearTimeout(state.readTimer);
+  state.readTimer = null;
   clearTimeout(state.typingTimer);
 }
 
@@ -649,18 +652,43 @@ function markCurrentRoomSeen() {
   if (newest) postRead(room, newest);
 }
 
-/** POST /api/rooms/:room/read for a registered user, at most once per READ_POST_DELAY_MS, forward only. */
+/**
+ * POST /api/rooms/:room/read for a registered user: forward only, the first
+ * at once and then at most one per READ_POST_DELAY_MS (the newest id wins).
+ */
 function postRead(room, id) {
   if (!state.registered) return;
   const key = roomKey(room);
   if ((state.readPosted.get(key) || 0) >= id) return;
-  state.readPosted.set(key, id);
-  clearTimeout(state.readTimer);
-  state.readTimer = setTimeout(() => {
-    api('POST', `/api/rooms/${encodeURIComponent(key)}/read`, { id }).then((result) => {
+  if ((state.readPending.get(key) || 0) < id) state.readPending.set(key, id);
+  if (!state.readTimer) flushRead(false);
+}
+
+/** Sends the pending read markers (with sendBeacon when the page is going away). */
+function flushRead(unloading) {
+  const pending = [...state.readPending];
+  state.readPending.clear();
+  pending.forEach(([key, id]) => {
+    if ((state.readPosted.get(key) || 0) >= id) return;
+    state.readPosted.set(key, id);
+    const path = `/api/rooms/${encodeURIComponent(key)}/read`;
+    if (unloading) {
+      try {
+        navigator.sendBeacon(path, new Blob([JSON.stringify({ id })], { type: 'application/json' }));
+      } catch (_) { /* best effort */ }
+      return;
+    }
+    api('POST', path, { id }).then((result) => {
       if (!result.ok && state.readPosted.get(key) === id) state.readPosted.delete(key);
     });
-  }, READ_POST_DELAY_MS);
+  });
+  if (!unloading && pending.length) {
+    clearTimeout(state.readTimer);
+    state.readTimer = setTimeout(() => {
+      state.readTimer = null;
+      flushRead(false);
+    }, READ_POST_DELAY_MS);
+  }
 }
 
 function onRoomListClick(event) {
@@ -676,6 +704,7 @@ async function joinRoom(room) {
     return;
   }
   prepareNewLine(room);
+  flushRead(false); // the marker of the room being left goes first
   if (!state.es) {
     openStream(room);
     return;
@@ -941,6 +970,12 @@ function handleMessage(data) {
   const key = roomKey(data.room || state.currentRoom);
   const fresh = !state.seenIds.has(id);
   if (id > (state.maxIdByRoom.get(key) || 0)) state.maxIdByRoom.set(key, id);
+  const known = state.messages.get(id);
+  if (!fresh && known && data.editedAt && data.editedAt !== known.editedAt) {
+    // A replay after a reconnect carries the current text of an edited message.
+    handleEdit({ id, room: data.room, content: data.content, editedAt: data.editedAt });
+    return;
+  }
   addRoomMessage({
     id, user: data.user, content: data.content, timestamp: data.timestamp,
     action: data.action === true, editedAt: data.editedAt || null,
@@ -1487,6 +1522,7 @@ function updateEmptyState() {
   const empty = !!room && !state.dmWith && !$('messages').querySelector('.msg:not(.deleted)');
   $('room-empty').hidden = !empty;
   if (room) $('room-empty-name').textContent = room;
+  updateOlderButton();
 }
 
 function addSystemLine(text, timestamp) {
@@ -1518,7 +1554,8 @@ function clearPane() {
 
 function updateOlderButton() {
   const button = $('load-older');
-  button.hidden = !state.currentRoom || !!state.dmWith;
+  // Nothing to page back from in an empty room.
+  button.hidden = !state.currentRoom || !!state.dmWith || state.seenIds.size === 0;
   button.disabled = state.loadingOlder || !state.hasOlder;
   button.textContent = state.loadingOlder ? 'Loading…'
     : state.hasOlder ? 'Load older messages' : 'No older messages';
@@ -1957,6 +1994,7 @@ function toggleSearchBar() {
 
 function onPageHide() {
   if (!state.sessionId) return;
+  flushRead(true);
   sendDisconnect();
   closeStream();
   state.sessionId = null;
