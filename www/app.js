@@ -64,6 +64,7 @@ const state = {
   myStatus: { status: 'online', message: null },
   typers: new Map(),       // nickname -> time its typing line expires
   typingTimer: null,
+  typingSendTimer: null,   // a typing signal waiting for the end of TYPING_SEND_MS
   lastTypingSent: 0,
   notify: false,           // the user turned browser notifications on
   hasOlder: true,          // history may have older messages
@@ -470,6 +471,8 @@ function stopTimers() {
   clearTimeout(state.readTimer);
   state.readTimer = null;
   clearTimeout(state.typingTimer);
+  clearTimeout(state.typingSendTimer);
+  state.typingSendTimer = null;
 }
 
 /** Debounced refresh of members and rooms (system events can come in bursts). */
@@ -848,13 +851,36 @@ function handlePresence(data) {
 
 // ------------------------------------------------------------------ typing
 
-/** Tells the server the user is typing in the current room (at most once per TYPING_SEND_MS). */
-function onMessageInput() {
+/** Is what the user is typing a message to the current room (not a command, not a DM)? */
+function typingWanted() {
   const value = $('message-input').value;
-  if (!value.trim() || value.trimStart().startsWith('/') || state.dmWith || !state.currentRoom) return;
-  const now = Date.now();
-  if (now - state.lastTypingSent < TYPING_SEND_MS) return;
-  state.lastTypingSent = now;
+  return !!value.trim() && !value.trimStart().startsWith('/') && !state.dmWith && !!state.currentRoom;
+}
+
+/**
+ * Tells the server the user is typing in the current room: at most once per
+ * TYPING_SEND_MS (the server drops more anyway); a keystroke inside that time
+ * schedules one signal at its end, so a quick burst of typing still shows.
+ */
+function onMessageInput() {
+  if (!typingWanted()) {
+    clearTimeout(state.typingSendTimer);
+    state.typingSendTimer = null;
+    return;
+  }
+  const wait = state.lastTypingSent + TYPING_SEND_MS - Date.now();
+  if (wait <= 0) {
+    sendTyping();
+  } else if (!state.typingSendTimer) {
+    state.typingSendTimer = setTimeout(() => {
+      state.typingSendTimer = null;
+      if (typingWanted()) sendTyping();
+    }, wait + 50);
+  }
+}
+
+function sendTyping() {
+  state.lastTypingSent = Date.now();
   api('POST', '/api/typing', {});
 }
 
@@ -1879,7 +1905,6 @@ async function sendMessage(content) {
     return false;
   }
   clearError('send', 'connection', 'command');
-  state.lastTypingSent = 0;
   return true;
 }
 
