@@ -429,6 +429,30 @@ fn rooms_with_new_messages_get_unread_and_mention_badges_and_the_title_counts_th
     alice.wait_until("the badges and the title count to go", SHOWN_WITHIN, |b| {
         (badges(b, "other") == json!(["", ""]) && b.title() == "#other · Baby Discord").then_some(())
     });
+    let path = alice.screenshot(screenshot_path("new-messages-line.png"));
+    println!("screenshot: {}", path.display());
+
+    // Search in the current room: the hits are listed; clicking one shows it in the pane.
+    alice.find("#search-input").send_keys("look\u{E007}");
+    let hits = alice.wait_until("a search result", SHOWN_WITHIN, |b| {
+        let hits = b.execute("return [...document.querySelectorAll('#search-list .search-text')].map(t => t.textContent);", vec![]);
+        (hits != json!([])).then_some(hits)
+    });
+    assert_eq!(hits, json!(["hey @alice, look at this"]));
+    assert!(alice.text_of("#search-summary").is_some_and(|t| t.starts_with("1 result for")));
+    let path = alice.screenshot(screenshot_path("search.png"));
+    println!("screenshot: {}", path.display());
+    alice.find("#search-list .search-hit-btn").click();
+    alice.wait_until("the hit highlighted in the pane", SHOWN_WITHIN, |b| {
+        let flashed = b.execute("return [...document.querySelectorAll('#messages .msg.flash .content')].map(c => c.textContent);", vec![]);
+        (flashed == json!(["hey @alice, look at this"])).then_some(())
+    });
+    assert!(!alice.find("#search-results").is_displayed(), "the results close once the hit is shown");
+    alice.find("#search-input").clear();
+    alice.find("#search-input").send_keys("nothing-like-this\u{E007}");
+    alice.wait_until("the no-match answer", SHOWN_WITHIN, |b| {
+        b.text_of("#search-summary").filter(|t| t.starts_with("No messages in #other match"))
+    });
 }
 
 #[test]
