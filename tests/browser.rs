@@ -370,6 +370,16 @@ fn input_value(browser: &Browser) -> Value {
     browser.find("#message-input").property("value")
 }
 
+/// Resizes the window so that the page itself (the viewport) is `width` × `height`.
+fn set_viewport(browser: &Browser, width: u32, height: u32) {
+    browser.set_window_size(width, height);
+    let chrome = browser.execute("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];", vec![]);
+    let extra: (u32, u32) = serde_json::from_value(chrome).unwrap_or((0, 0));
+    if extra != (0, 0) {
+        browser.set_window_size(width + extra.0, height + extra.1);
+    }
+}
+
 /// The CSS selector of my newest message in the pane.
 fn my_last_message(browser: &Browser) -> String {
     let id = browser.execute("return [...document.querySelectorAll('#messages .msg.mine')].pop().dataset.id;", vec![]);
@@ -541,6 +551,7 @@ fn links_actions_edits_deletes_typing_and_presence_between_two_browsers_and_netc
     bob.wait_until("badges on random", Duration::from_secs(10), |b| (badges(b, "random") == json!(["1", "@1"])).then_some(()));
 
     // Typing: alice types, bob sees it, then it expires.
+    set_viewport(&bob, 1280, 800);
     alice.find("#message-input").send_keys("I am typ");
     bob.wait_until("alice's typing line", SHOWN_WITHIN, |b| (b.text_of("#typing")? == "alice is typing…").then_some(()));
     let path = bob.screenshot(screenshot_path("rich-desktop.png"));
@@ -556,8 +567,37 @@ fn links_actions_edits_deletes_typing_and_presence_between_two_browsers_and_netc
         (status == json!("online")).then_some(())
     });
 
+    // A DM is a conversation in the sidebar with an unread badge, counted in the title.
+    carl.send("/dm bob psst, bob");
+    carl.wait_for(|l| l == "[DM to bob] psst, bob");
+    bob.wait_until("the conversation with carl, unread", SHOWN_WITHIN, |b| {
+        let badge = b.execute(
+            "const li = document.querySelector('#dm-list li[data-with=carl]'); return li && li.querySelector('.badge').textContent;",
+            vec![],
+        );
+        (badge == json!("1")).then_some(())
+    });
+    bob.wait_until("the title to count the DM", SHOWN_WITHIN, |b| (b.title() == "(2) Baby Discord").then_some(()));
+    bob.find("#dm-list li[data-with=carl] button").click();
+    bob.wait_until("the conversation in the pane", SHOWN_WITHIN, |b| {
+        let rows = b.execute(
+            "return [...document.querySelectorAll('#dm-messages .msg')].map(m => m.querySelector('.content').textContent);",
+            vec![],
+        );
+        (rows == json!(["psst, bob"]) && b.text_of("#current-room")? == "carl").then_some(())
+    });
+    type_line(&bob, "hello carl");
+    carl.wait_for(|l| l == "[DM from bob] hello carl");
+    bob.wait_until("the answer in the conversation", SHOWN_WITHIN, |b| {
+        let rows = b.execute("return document.querySelectorAll('#dm-messages .msg').length;", vec![]);
+        (rows == json!(2)).then_some(())
+    });
+    assert_eq!(bob.title(), "(1) Baby Discord", "the DM is read; random is still unread");
+    open_room(&bob, "lobby");
+    wait_for_message(&bob, "carl", "welcome back @bob, see https://example.org/docs.");
+
     // Phone width: the pane, the input and the drawers with their badges.
-    bob.set_window_size(390, 844);
+    set_viewport(&bob, 390, 844);
     bob.wait_until("the narrow layout", SHOWN_WITHIN, |b| {
         let closed = b.execute(
             "const r = document.getElementById('sidebar').getBoundingClientRect(); return window.innerWidth <= 720 && r.right <= 0;",
@@ -579,6 +619,21 @@ fn links_actions_edits_deletes_typing_and_presence_between_two_browsers_and_netc
         (open == json!(true)).then_some(())
     });
     let path = bob.screenshot(screenshot_path("rich-phone-rooms.png"));
+    println!("screenshot: {}", path.display());
+    bob.execute("document.dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape' }));", vec![]);
+    bob.wait_until("the rooms drawer to close", SHOWN_WITHIN, |b| {
+        let closed = b.execute("return document.getElementById('sidebar').getBoundingClientRect().right <= 0;", vec![]);
+        (closed == json!(true)).then_some(())
+    });
+    bob.find("#toggle-members").click();
+    bob.wait_until("the members drawer to open", SHOWN_WITHIN, |b| {
+        let open = b.execute(
+            "return document.getElementById('members-panel').getBoundingClientRect().right <= window.innerWidth + 1;",
+            vec![],
+        );
+        (open == json!(true)).then_some(())
+    });
+    let path = bob.screenshot(screenshot_path("rich-phone-members.png"));
     println!("screenshot: {}", path.display());
 }
 
