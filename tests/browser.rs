@@ -759,3 +759,13 @@ fn a_registered_users_unread_counts_come_from_the_read_marker_and_survive_a_relo
         (badges(b, "other") == json!(["", ""]) && b.title() == "#lobby · Baby Discord").then_some(())
     });
 }
+
+/// The page builds every node with `textContent` and `createElement`: no
+/// script of it parses HTML, so no user text can ever become markup.
+#[test]
+fn the_page_script_never_parses_html() {
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/www/app.js")).unwrap();
+    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "DOMParser", "createContextualFragment", "eval("] {
+        assert!(!script.contains(sink), "www/app.js uses {sink}");
+    }
+}
