@@ -608,15 +608,19 @@ function updateRoomItem(li, room) {
   li.classList.toggle('has-mention', mentions > 0);
   li.querySelector('.room-members').textContent = `${count} member${count === 1 ? '' : 's'}`;
   const mentionBadge = li.querySelector('.badge.mention');
-  mentionBadge.textContent = mentions ? `@${mentions}` : '';
+  mentionBadge.textContent = mentions ? `@${badgeText(mentions)}` : '';
   mentionBadge.hidden = !mentions;
   const unreadBadge = li.querySelector('.badge.unread');
-  unreadBadge.textContent = unread ? String(unread) : '';
+  unreadBadge.textContent = unread ? badgeText(unread) : '';
   unreadBadge.hidden = !unread;
   const parts = [`${room.name}: ${count} member${count === 1 ? '' : 's'}`];
   if (unread) parts.push(`${unread} unread`);
   if (mentions) parts.push(`${mentions} mention${mentions === 1 ? '' : 's'}`);
   li.querySelector('.room-btn').title = parts.join(', ');
+}
+
+function badgeText(count) {
+  return count > 99 ? '99+' : String(count);
 }
 
 /** Everything unread: rooms and DM conversations. */
@@ -1158,7 +1162,7 @@ function renderDms() {
       button.type = 'button';
       const label = el('span', 'room-label');
       label.append(el('span', 'room-name', c.with));
-      const badge = el('span', 'badge unread', unread ? String(unread) : '');
+      const badge = el('span', 'badge unread', unread ? badgeText(unread) : '');
       badge.hidden = !unread;
       button.append(label, badge);
       button.title = unread ? `${c.with}: ${unread} unread` : `Direct messages with ${c.with}`;
