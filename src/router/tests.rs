@@ -329,6 +329,8 @@ fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
         nickname: "carol".into(),
         content: "first".into(),
         created_at_ms: 0,
+        edited_at_ms: None,
+        deleted: false,
         rendered: Default::default(),
     };
     bus(BusEvent::Message { from: "3".into(), message });
