@@ -334,6 +334,11 @@ impl RouterState {
         for message in early.into_values().filter(|m| m.seq >= next) {
             self.admit(message);
         }
+        // Edits and deletions heard while warming, now that the ring buffer
+        // holds what they follow (one the read already shows changes nothing).
+        if let Some(next) = self.rooms.get(&room).map(|r| r.next_seq) {
+            self.release_notices(&room, next);
+        }
         if stale {
             self.fetch_from_seq(room.clone(), id, next, CATCH_UP_BATCH);
         }

@@ -21,6 +21,11 @@
 //! message is one way: adapter → router (`Say`) → storage thread → router
 //! (`Completion::Committed`) → ring buffer and every member's sink →
 //! writer pool, echo to the sender included.
+//!
+//! Its parts: `commands.rs` (what each request does), `streams.rs` (event
+//! streams and their replays), `cluster.rs` (other instances and the
+//! per-room order gate), `private.rs` (private rooms), `edits.rs` (edits
+//! and deletions of messages, and what a resuming stream missed of them).
 
 mod cluster;
 mod commands;

@@ -344,3 +344,65 @@ fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
     }
     assert_eq!(seen, ["[r] carol: first", "[system] bob joined r", "[system] bob left r"]);
 }
+
+#[test]
+fn an_edit_from_another_instance_waits_for_its_message_and_replaces_the_ring_entry() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    use crate::event::MessageChange;
+    let h = start(settings());
+    let alice = h.session("alice", 100);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    let bus = |event| h.completions.send(Completion::Bus(Incoming::Event(event))).unwrap();
+    let change = |content: Option<&str>, after_seq| MessageChange {
+        change_id: after_seq,
+        id: 1000,
+        room_id,
+        room: "r".into(),
+        after_seq,
+        nickname: "carol".into(),
+        by: "carol".into(),
+        content: content.map(str::to_string),
+        at_ms: 5,
+        rendered: Default::default(),
+    };
+    // Instance 3 committed message 1, then edited it; the edit overtakes it.
+    bus(BusEvent::Changed { from: "3".into(), change: change(Some("first, edited"), 1) });
+    let message = ChatMessage {
+        id: 1000,
+        seq: 1,
+        room_id,
+        room: "r".into(),
+        user_id: 9,
+        nickname: "carol".into(),
+        content: "first".into(),
+        created_at_ms: 0,
+        edited_at_ms: None,
+        deleted: false,
+        rendered: Default::default(),
+    };
+    bus(BusEvent::Message { from: "3".into(), message });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match alice.next() {
+            Event::Message(m) => seen.push(m.line()),
+            Event::Changed(c) => seen.push(c.line()),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["[r] carol: first", "[r] carol (edited): first, edited"]);
+    // History on join shows the current text; after a delete, nothing.
+    let bob = h.session("bob", 100);
+    let Reply::Text(text) = h.command(&bob, Command::Join("r".into())).unwrap() else { panic!() };
+    assert!(text.contains("[r] carol (edited): first, edited"), "{text}");
+    bus(BusEvent::Changed { from: "3".into(), change: change(None, 1) });
+    loop {
+        if let Event::Changed(c) = alice.next() {
+            assert_eq!(c.line(), "[system] carol deleted a message");
+            break;
+        }
+    }
+    let carol = h.session("carol2", 100);
+    let Reply::Text(text) = h.command(&carol, Command::Join("r".into())).unwrap() else { panic!() };
+    assert!(text.contains("No recent messages"), "{text}");
+}

@@ -309,7 +309,8 @@ pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> 
 }
 
 /// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
-pub(super) const BODIES: &[&str] = &["/api/connect", "/api/disconnect", "/api/command", "/api/message"];
+pub(super) const BODIES: &[&str] =
+    &["/api/connect", "/api/disconnect", "/api/command", "/api/message", "PATCH /api/messages/:id"];
 
 /// Decodes `body` as the JSON body of `BODIES[endpoint]`, through the same
 /// checks as a request, then the same first steps its handler takes on the
@@ -336,6 +337,11 @@ pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
             if let Some(room) = &body.room {
                 normalize_room(room)?;
             }
+            crate::names::clean_message(&body.content, 2000)?;
+        }
+        Some("PATCH /api/messages/:id") => {
+            let body: EditBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
             crate::names::clean_message(&body.content, 2000)?;
         }
         _ => return Err(Refusal::new(404, "no such endpoint")),
