@@ -74,6 +74,8 @@ pub enum ChatError {
     NoSuchMessage(i64),
     /// An edit or delete (the verb) of someone else's message.
     NotYourMessage(&'static str),
+    /// The store could not commit an edit or delete; nothing changed.
+    ChangeNotStored,
 }
 
 impl ChatError {
@@ -91,7 +93,7 @@ impl ChatError {
             AuthBusy => 503,
             NoSuchRoom(_) | UnknownSession | UserNotOnline(_) => 404,
             RateLimited { .. } => 429,
-            StoreUnavailable | Busy | ServerFull | ShuttingDown => 503,
+            StoreUnavailable | Busy | ServerFull | ShuttingDown | ChangeNotStored => 503,
             MessageTooLong { .. } | LineTooLong { .. } => 400,
             _ => 400,
         }
@@ -188,6 +190,9 @@ impl ChatError {
                 write!(f, "you can only delete your own messages (or any message in a private room you own).")
             }
             NotYourMessage(verb) => write!(f, "you can only {verb} your own messages."),
+            ChangeNotStored => {
+                write!(f, "the message store is unavailable, so nothing was changed. Try again shortly.")
+            }
         }
     }
 }

@@ -521,6 +521,42 @@ for_each_store! {
     }
 }
 
+#[test]
+fn changes_while_the_database_is_away_are_refused_and_nothing_is_delivered() {
+    let database = common::TestDatabase::create();
+    let proxy = common::proxy::Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let url = format!("postgres://postgres@{}/{}", proxy.addr, database.name);
+    let server = TestServer::builder(Store::Postgres).env("DATABASE_URL", &url).env("MSG_RATE", 0).start();
+    let alice = connect(&server, "alice");
+    ok_command(&server, &alice, "/create outage");
+    let mut bob = server.login("bob");
+    bob.join("outage");
+    let id = say(&server, &alice, "before");
+    bob.expect("[outage] alice: before");
+
+    proxy.cut();
+    let (status, body) = edit(&server, &alice, id, "during");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "the message store is unavailable, so nothing was changed. Try again shortly.");
+    assert_eq!(delete(&server, &alice, id).0, 503);
+    assert_eq!(command(&server, &alice, "/edit during").0, 503);
+    // Nothing that was not stored reaches anyone.
+    bob.expect_silence(Duration::from_millis(500));
+
+    proxy.restore();
+    let started = Instant::now();
+    loop {
+        let (status, body) = edit(&server, &alice, id, "after");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(20), "the store did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bob.expect("[outage] alice (edited): after");
+}
+
 for_each_redis!(edits_and_deletions_reach_every_instance_in_order);
 
 /// The room's lines and events as one comparable text.

@@ -117,7 +117,7 @@ impl RouterState {
             Ok(ChangeOutcome::NotYours) => Err(ChatError::NotYourMessage(verb)),
             Err(e) => {
                 log::warn!("could not {verb} a message: {e}");
-                Err(ChatError::StoreUnavailable)
+                Err(ChatError::ChangeNotStored)
             }
         };
         self.respond_to(Some(id), reply, outcome);

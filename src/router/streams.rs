@@ -206,10 +206,15 @@ impl RouterState {
             match room.and_then(|r| r.history_after(replay.after)) {
                 Some(rest) => {
                     let replay = self.replays.remove(&id).expect("present");
-                    let mark = replay.released_mark;
-                    // Changes delivered while the last page was being read.
+                    let (mark, read) = (replay.released_mark, replay.last_change);
+                    // Changes delivered while the last page was being read
+                    // (within a room, change ids follow commit order: one
+                    // at or below the last read was in that read).
                     let changes = room
-                        .map(|r| r.changes.iter().filter(|(n, _)| *n > mark).map(|(_, c)| c.clone()).collect())
+                        .map(|r| {
+                            let missed = r.changes.iter().filter(|(n, c)| *n > mark && c.change_id > read);
+                            missed.map(|(_, c)| c.clone()).collect()
+                        })
                         .unwrap_or_default();
                     for event in in_room_order(rest, changes) {
                         replay.sink.replay(event);
