@@ -582,11 +582,17 @@ fn edits_and_deletions_reach_every_instance_in_order(redis: Redis) {
     }
     let mut carol = three.login("carol");
     carol.join("hall");
-    let dave = connect(three, "dave");
-    let mut stream = Sse::open(three, "hall", &dave, None);
-    let erin = connect(two, "erin");
-    let mut ws = Ws::open(two, &erin, None);
-    assert_eq!(ws.call(json!({ "type": "join", "room": "hall", "ref": "j" }))["type"], "ack");
+    // An SSE and a WebSocket member on each of the other two instances.
+    let mut streams: Vec<Sse> =
+        [(two, "dave"), (three, "frank")].into_iter().map(|(s, nick)| Sse::open(s, "hall", &connect(s, nick), None)).collect();
+    let mut sockets: Vec<Ws> = [(two, "erin"), (three, "gina")]
+        .into_iter()
+        .map(|(s, nick)| {
+            let mut ws = Ws::open(s, &connect(s, nick), None);
+            assert_eq!(ws.call(json!({ "type": "join", "room": "hall", "ref": "j" }))["type"], "ack");
+            ws
+        })
+        .collect();
 
     alice.send("one");
     alice.send("/edit one, edited");
@@ -604,16 +610,21 @@ fn edits_and_deletions_reach_every_instance_in_order(redis: Redis) {
         let lines: Vec<String> = (0..expected.len()).map(|_| client.wait_for(tcp_line_is_room_traffic)).collect();
         assert_eq!(lines, expected);
     }
-    let sse: Vec<String> = (0..5)
-        .map(|_| stream.next())
-        .map(|e| format!("{} {}", e.kind, e.data["content"].as_str().unwrap_or("-")))
-        .collect();
-    assert_eq!(sse, ["message one", "edit one, edited", "message two", "delete -", "message three"]);
-    let frames: Vec<String> = (0..5)
-        .map(|_| ws.next())
-        .map(|f| format!("{} {}", f["type"].as_str().unwrap(), f["content"].as_str().unwrap_or("-")))
-        .collect();
-    assert_eq!(frames, sse);
+    let in_order = ["message one", "edit one, edited", "message two", "delete -", "message three"];
+    for stream in &mut streams {
+        let sse: Vec<String> = (0..5)
+            .map(|_| stream.next())
+            .map(|e| format!("{} {}", e.kind, e.data["content"].as_str().unwrap_or("-")))
+            .collect();
+        assert_eq!(sse, in_order);
+    }
+    for ws in &mut sockets {
+        let frames: Vec<String> = (0..5)
+            .map(|_| ws.next())
+            .map(|f| format!("{} {}", f["type"].as_str().unwrap(), f["content"].as_str().unwrap_or("-")))
+            .collect();
+        assert_eq!(frames, in_order);
+    }
 
     // An edit made on another instance through HTTP, and history everywhere.
     let id = history(three, "hall").iter().find(|(_, c, _)| c == "three").unwrap().0;
@@ -623,4 +634,26 @@ fn edits_and_deletions_reach_every_instance_in_order(redis: Redis) {
         let contents: Vec<String> = history(server, "hall").into_iter().map(|(_, c, _)| c).collect();
         assert_eq!(contents, ["one, edited", "three"]);
     }
+
+    // An instance that starts listening to a room after a deletion reads
+    // the room back from the store: the deleted message keeps its place in
+    // the order and is shown to nobody.
+    alice.create("late");
+    alice.send("x");
+    alice.send("y");
+    alice.send("/delete");
+    alice.wait_for(|l| l == "[system] alice deleted a message");
+    let started = Instant::now();
+    let lines = loop {
+        let answer = carol.ask("/join late", |l| l == "---" || l.starts_with("Error: "));
+        if answer.last().unwrap() == "---" {
+            break answer;
+        }
+        assert!(started.elapsed() < PATIENCE, "{answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let from = lines.iter().position(|l| l == "Joined room: late").expect("joined");
+    assert_eq!(lines[from..], ["Joined room: late", "--- Recent Messages ---", "[late] alice: x", "---"]);
+    alice.send("z");
+    carol.wait_for(|l| l == "[late] alice: z");
 }

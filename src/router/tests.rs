@@ -406,3 +406,38 @@ fn an_edit_from_another_instance_waits_for_its_message_and_replaces_the_ring_ent
     let Reply::Text(text) = h.command(&carol, Command::Join("r".into())).unwrap() else { panic!() };
     assert!(text.contains("No recent messages"), "{text}");
 }
+
+#[test]
+fn a_gap_filled_from_the_store_keeps_a_deleted_message_in_place_and_shows_it_to_nobody() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    use crate::store::{ChangeOutcome, ChangeRequest, ChangeTarget, NewMessage, Store};
+    let h = start(settings());
+    let alice = h.session("alice", 100);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    assert!(matches!(h.say(&alice, "one"), Ok(Reply::Sent { .. })));
+    assert_eq!(alice.next_message(), "[r] alice: one");
+    // Another instance commits two messages (seq 2 and 3) to the shared
+    // store and deletes the first; only the second reaches us on the bus.
+    let mut other = crate::store::sqlite::SqliteStore::open(h._dir.path()).unwrap();
+    let user_id = other.upsert_user("carol", 0).unwrap();
+    let new = |content: &str| NewMessage {
+        room_id,
+        room: "r".into(),
+        user_id,
+        nickname: "carol".into(),
+        content: content.into(),
+        created_at_ms: 0,
+        client_msg_id: None,
+    };
+    let stored = other.insert_messages(&[new("two"), new("three")]).unwrap();
+    let request = ChangeRequest { target: ChangeTarget::Id(stored[0].id), user_id, by: "carol".into(), content: None, at_ms: 1 };
+    assert!(matches!(other.change_message(&request), Ok(ChangeOutcome::Done(_))));
+    let three = new("three").committed(stored[1].id, stored[1].seq);
+    h.completions.send(Completion::Bus(Incoming::Event(BusEvent::Message { from: "3".into(), message: three }))).unwrap();
+    // The gap (seq 2) is read from the store: deleted, it is passed over.
+    assert_eq!(alice.next_message(), "[r] carol: three");
+    let bob = h.session("bob", 100);
+    let Reply::Text(text) = h.command(&bob, Command::Join("r".into())).unwrap() else { panic!() };
+    assert!(text.ends_with("[r] alice: one\n[r] carol: three\n---"), "{text}");
+}
