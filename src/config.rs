@@ -34,6 +34,8 @@ pub struct Config {
     pub history_size: usize,
     /// Joins and leaves are announced only in rooms with at most this many members.
     pub announce_limit: usize,
+    /// Edits and deletions kept per room in memory for streams that resume.
+    pub change_log_size: usize,
     pub limits: Limits,
 }
 
@@ -192,6 +194,7 @@ impl Config {
             log_level,
             history_size: env.number("HISTORY_SIZE", 10, 1, 1000)?,
             announce_limit: env.number("ANNOUNCE_LIMIT", 100, 0, 1_000_000)?,
+            change_log_size: env.number("CHANGE_LOG_SIZE", 256, 1, 100_000)?,
             limits,
         })
     }

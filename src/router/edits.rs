@@ -147,7 +147,7 @@ impl RouterState {
     /// Delivers a change in its place: ring buffer, change log, members.
     pub(super) fn release_change(&mut self, change: Arc<MessageChange>) {
         let Some(room) = self.rooms.get_mut(&change.room) else { return };
-        room.apply_change(&change);
+        room.apply_change(&change, self.settings.change_log_size);
         let name = room.name.clone();
         self.deliver_to_room(&name, &Event::Changed(change), None);
     }

@@ -358,6 +358,8 @@ impl RouterHandle {
 pub struct RouterSettings {
     pub instance_id: String,
     pub history_size: usize,
+    /// Edits and deletions kept per room for streams that resume.
+    pub change_log_size: usize,
     pub announce_limit: usize,
     pub max_message_chars: usize,
     pub msg_rate: u32,
@@ -373,6 +375,7 @@ impl RouterSettings {
         RouterSettings {
             instance_id: config.instance_id.clone(),
             history_size: config.history_size,
+            change_log_size: config.change_log_size,
             announce_limit: config.announce_limit,
             max_message_chars: config.limits.max_message_chars,
             msg_rate: config.limits.msg_rate,

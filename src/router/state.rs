@@ -164,19 +164,17 @@ impl Room {
         self.history.push_back(message);
     }
 
-    /// How many edits and deletions `changes` keeps.
-    pub const CHANGE_LOG: usize = 256;
-
     /// Records a delivered change: the ring buffer's copy of its message is
     /// replaced (never mutated: its rendering is shared), and the change is
     /// logged for streams that resume.
-    pub fn apply_change(&mut self, change: &Arc<MessageChange>) {
+    /// `changes` keeps the last `log_size` of them.
+    pub fn apply_change(&mut self, change: &Arc<MessageChange>, log_size: usize) {
         if let Some(slot) = self.history.iter_mut().find(|m| m.id == change.id) {
             *slot = Arc::new(slot.changed(change));
         }
         self.changes_released += 1;
         self.changes.push_back((self.changes_released, change.clone()));
-        while self.changes.len() > Self::CHANGE_LOG {
+        while self.changes.len() > log_size {
             if let Some((_, old)) = self.changes.pop_front() {
                 self.changes_from = self.changes_from.max(old.after_seq + 1);
             }

@@ -252,7 +252,7 @@ impl RouterState {
         let ring_start = evicted(self, &replay.room);
         let replay = self.replays.get_mut(&id).expect("present");
         replay.reading = false;
-        let ReplayPage { mut messages, changes } = page;
+        let ReplayPage { mut messages, mut changes } = page;
         let changes_full = changes.len() >= REPLAY_PAGE;
         replay.drained = messages.len() < REPLAY_PAGE && !changes_full;
         if let (true, Some(last)) = (changes_full, changes.last()) {
@@ -265,11 +265,26 @@ impl RouterState {
             // has moved on: go on from where the ring buffer starts.
             replay.after = replay.after.max(ring_start);
         }
-        if let Some(last) = messages.last() {
-            replay.after = last.id;
-        }
         if let Some(last) = changes.last() {
             replay.last_change = replay.last_change.max(last.change_id);
+        }
+        // Changes to this page's messages are read after them (so none is
+        // lost in between), but most are shown by the page already: an
+        // edit whose text the message has, a deletion of a message the
+        // client is not sent at all.
+        let given = replay.after;
+        changes.retain(|c| {
+            if c.id <= given {
+                return true;
+            }
+            match (messages.iter().find(|m| m.id == c.id), &c.content) {
+                (None, None) => false,
+                (Some(m), Some(text)) => !(m.content == *text && m.edited_at_ms == Some(c.at_ms)),
+                _ => true,
+            }
+        });
+        if let Some(last) = messages.last() {
+            replay.after = last.id;
         }
         let messages = messages.into_iter().map(Arc::new).collect();
         let changes = changes.into_iter().map(Arc::new).collect();
