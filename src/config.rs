@@ -273,6 +273,7 @@ mod tests {
         let c = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!((c.tcp_port, c.http_port), (9001, 3001));
         assert_eq!(c.history_size, 10);
+        assert_eq!(c.change_log_size, 256);
         assert_eq!(c.limits.max_line_bytes, 4096);
         assert_eq!(c.limits.msg_rate, 5);
         assert_eq!(c.limits.max_connections, 10_000);
@@ -286,6 +287,8 @@ mod tests {
         assert_eq!(err.variable, "TCP_PORT");
         let err = Config::from_vars(&vars(&[("HISTORY_SIZE", "0")])).unwrap_err();
         assert_eq!(err.variable, "HISTORY_SIZE");
+        let err = Config::from_vars(&vars(&[("CHANGE_LOG_SIZE", "0")])).unwrap_err();
+        assert_eq!(err.variable, "CHANGE_LOG_SIZE");
         let err = Config::from_vars(&vars(&[("BIND_ADDR", "localhost:1")])).unwrap_err();
         assert_eq!(err.variable, "BIND_ADDR");
         let err = Config::from_vars(&vars(&[("ALLOWED_ORIGINS", "https://a.example, ftp://b")])).unwrap_err();
