@@ -444,3 +444,47 @@ fn a_gap_filled_from_the_store_keeps_a_deleted_message_in_place_and_shows_it_to_
     let Reply::Text(text) = h.command(&bob, Command::Join("r".into())).unwrap() else { panic!() };
     assert!(text.ends_with("[r] alice: one\n[r] carol: three\n---"), "{text}");
 }
+
+#[test]
+fn a_change_delivered_while_a_stream_replays_reaches_it_after_the_messages() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    use crate::event::MessageChange;
+    let h = start(RouterSettings { msg_rate: 0, history_size: 2, ..settings() });
+    let alice = h.session("alice", 1000);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    let ids: Vec<i64> = (1..=4)
+        .map(|i| match h.say(&alice, &format!("m{i}")).unwrap() {
+            Reply::Sent { id, .. } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let bob = http_session(&h, "bob");
+    let (sink, events) = test_sink(1000);
+    // The ring buffer holds m3 and m4: m2.. is read from the store.
+    attach(&h, bob, sink, Some(ids[0])).unwrap();
+    // Meanwhile another instance's edit of m2 is delivered here: whether
+    // the replay is still reading or done, the stream gets it, in its place.
+    let change = MessageChange {
+        change_id: 1_000_000,
+        id: ids[1],
+        room_id,
+        room: "r".into(),
+        after_seq: 4,
+        nickname: "alice".into(),
+        by: "alice".into(),
+        content: Some("m2, edited".into()),
+        at_ms: 5,
+        rendered: Default::default(),
+    };
+    h.completions.send(Completion::Bus(Incoming::Event(BusEvent::Changed { from: "3".into(), change }))).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events.recv_timeout(Duration::from_secs(5)).expect("an event") {
+            Event::Message(m) => seen.push(m.content.clone()),
+            Event::Changed(c) => seen.push(format!("edit {}", c.content.as_deref().unwrap_or("-"))),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["m2", "m3", "m4", "edit m2, edited"]);
+}
