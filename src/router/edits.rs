@@ -188,7 +188,7 @@ pub(super) fn in_room_order(messages: Vec<Arc<ChatMessage>>, changes: Vec<Arc<Me
     events
 }
 
-/// [`BusEvent::Changed`] as it goes out, borrowing the change.
+/// [`crate::bus::BusEvent::Changed`] as it goes out, borrowing the change.
 #[derive(serde::Serialize)]
 struct ChangeEvent<'a> {
     #[serde(rename = "type")]
