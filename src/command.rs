@@ -41,6 +41,10 @@ pub enum Command {
     Password { old: Secret, new: Secret },
     /// `/login <nick> <password>`
     Login { nick: String, password: Secret },
+    /// `/edit <new text>`: edits the user's last message in the room.
+    Edit(String),
+    /// `/delete`: deletes the user's last message in the room.
+    Delete,
 }
 
 /// One line of user input.
@@ -131,6 +135,18 @@ const COMMANDS: &[CommandSpec] = &[
         },
     },
     CommandSpec {
+        name: "edit",
+        usage: "/edit <new text>",
+        summary: "replace the text of your last message in this room",
+        parse: |args| (!args.is_empty()).then(|| Command::Edit(args.to_string())),
+    },
+    CommandSpec {
+        name: "delete",
+        usage: "/delete",
+        summary: "delete your last message in this room",
+        parse: |a| a.is_empty().then_some(Command::Delete),
+    },
+    CommandSpec {
         name: "dm",
         usage: "/dm <user> <message>",
         summary: "send a private message to an online user",
@@ -207,6 +223,10 @@ mod tests {
         );
         assert_eq!(cmd("/login alice pw pw pw"), Command::Login { nick: "alice".into(), password: Secret::new("pw pw pw") });
         assert_eq!(format!("{:?}", cmd("/register hunter22hunter")), "Register(Secret(\"***\"))");
+        assert_eq!(cmd("/edit  new  text "), Command::Edit("new  text".into()));
+        assert_eq!(cmd("/delete"), Command::Delete);
+        assert_eq!(parse_input("/edit"), Err(ChatError::Usage("/edit <new text>")));
+        assert_eq!(parse_input("/delete it"), Err(ChatError::Usage("/delete")));
     }
 
     #[test]

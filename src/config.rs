@@ -34,6 +34,8 @@ pub struct Config {
     pub history_size: usize,
     /// Joins and leaves are announced only in rooms with at most this many members.
     pub announce_limit: usize,
+    /// Edits and deletions kept per room in memory for streams that resume.
+    pub change_log_size: usize,
     pub limits: Limits,
 }
 
@@ -192,6 +194,7 @@ impl Config {
             log_level,
             history_size: env.number("HISTORY_SIZE", 10, 1, 1000)?,
             announce_limit: env.number("ANNOUNCE_LIMIT", 100, 0, 1_000_000)?,
+            change_log_size: env.number("CHANGE_LOG_SIZE", 256, 1, 100_000)?,
             limits,
         })
     }
@@ -270,6 +273,7 @@ mod tests {
         let c = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!((c.tcp_port, c.http_port), (9001, 3001));
         assert_eq!(c.history_size, 10);
+        assert_eq!(c.change_log_size, 256);
         assert_eq!(c.limits.max_line_bytes, 4096);
         assert_eq!(c.limits.msg_rate, 5);
         assert_eq!(c.limits.max_connections, 10_000);
@@ -283,6 +287,8 @@ mod tests {
         assert_eq!(err.variable, "TCP_PORT");
         let err = Config::from_vars(&vars(&[("HISTORY_SIZE", "0")])).unwrap_err();
         assert_eq!(err.variable, "HISTORY_SIZE");
+        let err = Config::from_vars(&vars(&[("CHANGE_LOG_SIZE", "0")])).unwrap_err();
+        assert_eq!(err.variable, "CHANGE_LOG_SIZE");
         let err = Config::from_vars(&vars(&[("BIND_ADDR", "localhost:1")])).unwrap_err();
         assert_eq!(err.variable, "BIND_ADDR");
         let err = Config::from_vars(&vars(&[("ALLOWED_ORIGINS", "https://a.example, ftp://b")])).unwrap_err();

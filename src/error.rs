@@ -67,6 +67,15 @@ pub enum ChatError {
     NotAMember { nick: String, room: String },
     /// `/kick` of the owner.
     KickOwner,
+    /// `/edit` or `/delete` (the verb) with no message of the user's in the room.
+    NoMessageToChange(&'static str),
+    /// An edit or delete of a message id that does not exist (or is deleted,
+    /// or in a private room the user may not enter).
+    NoSuchMessage(i64),
+    /// An edit or delete (the verb) of someone else's message.
+    NotYourMessage(&'static str),
+    /// The store could not commit an edit or delete; nothing changed.
+    ChangeNotStored,
 }
 
 impl ChatError {
@@ -76,14 +85,15 @@ impl ChatError {
         match self {
             NicknameTaken(_) | RoomExists(_) | AlreadyRegistered(_) => 409,
             NicknameRegistered(_) | WrongPassword(_) | NoAccount(_) => 401,
-            NotRegistered | PrivateNeedsAccount | NotOwner(_) => 403,
+            NotRegistered | PrivateNeedsAccount | NotOwner(_) | NotYourMessage(_) => 403,
+            NoMessageToChange(_) | NoSuchMessage(_) => 404,
             NotAnAccount(_) | NotAMember { .. } => 404,
             AlreadyInvited { .. } => 409,
             TooManyLoginAttempts { .. } => 429,
             AuthBusy => 503,
             NoSuchRoom(_) | UnknownSession | UserNotOnline(_) => 404,
             RateLimited { .. } => 429,
-            StoreUnavailable | Busy | ServerFull | ShuttingDown => 503,
+            StoreUnavailable | Busy | ServerFull | ShuttingDown | ChangeNotStored => 503,
             MessageTooLong { .. } | LineTooLong { .. } => 400,
             _ => 400,
         }
@@ -174,6 +184,15 @@ impl ChatError {
             AlreadyInvited { nick, room } => write!(f, "{nick} can already enter '{room}'."),
             NotAMember { nick, room } => write!(f, "{nick} is not a member of '{room}'."),
             KickOwner => write!(f, "the owner cannot be removed from their room."),
+            NoMessageToChange(verb) => write!(f, "you have no message in this room to {verb}."),
+            NoSuchMessage(id) => write!(f, "message {id} does not exist."),
+            NotYourMessage("delete") => {
+                write!(f, "you can only delete your own messages (or any message in a private room you own).")
+            }
+            NotYourMessage(verb) => write!(f, "you can only {verb} your own messages."),
+            ChangeNotStored => {
+                write!(f, "the message store is unavailable, so nothing was changed. Try again shortly.")
+            }
         }
     }
 }

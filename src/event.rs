@@ -84,14 +84,84 @@ pub struct ChatMessage {
     pub content: String,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// When the text was last edited (milliseconds), if it was.
+    #[serde(default)]
+    pub edited_at_ms: Option<i64>,
+    /// Deleted: the text is erased and no client is shown the message. The
+    /// row keeps its place in the room's sequence (the order gate reads it).
+    #[serde(default)]
+    pub deleted: bool,
     #[serde(skip)]
     pub rendered: Rendered,
 }
 
 impl ChatMessage {
-    /// The text form every user sees: `[room] nick: text`.
+    /// The text form every user sees: `[room] nick: text`, or
+    /// `[room] nick (edited): text` once edited.
     pub fn line(&self) -> String {
-        format!("[{}] {}: {}", self.room, self.nickname, self.content)
+        let edited = if self.edited_at_ms.is_some() { " (edited)" } else { "" };
+        format!("[{}] {}{edited}: {}", self.room, self.nickname, self.content)
+    }
+
+    /// A new copy of this message with `change` applied (the ring buffer
+    /// replaces its entry: a rendered message is shared and never mutated).
+    pub fn changed(&self, change: &MessageChange) -> ChatMessage {
+        let (content, edited_at_ms, deleted) = match &change.content {
+            Some(text) => (text.clone(), Some(change.at_ms), false),
+            None => (String::new(), self.edited_at_ms, true),
+        };
+        ChatMessage {
+            id: self.id,
+            seq: self.seq,
+            room_id: self.room_id,
+            room: self.room.clone(),
+            user_id: self.user_id,
+            nickname: self.nickname.clone(),
+            content,
+            created_at_ms: self.created_at_ms,
+            edited_at_ms,
+            deleted,
+            rendered: Default::default(),
+        }
+    }
+}
+
+/// An edit or a deletion of a committed room message, as committed,
+/// delivered (the `edit` and `delete` events) and sent to other instances.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MessageChange {
+    /// Store id of the change; increases with commit order within a room.
+    pub change_id: i64,
+    /// The message changed.
+    pub id: i64,
+    pub room_id: i64,
+    pub room: String,
+    /// The room position the change happened after (the room's last `seq`
+    /// when it was committed): it is delivered after that message.
+    pub after_seq: i64,
+    /// The message's author, as stored with it.
+    pub nickname: String,
+    /// Who made the change (the author, or the room's owner for a delete).
+    pub by: String,
+    /// The new text of an edit; `None` for a delete.
+    pub content: Option<String>,
+    /// When the change was made (milliseconds): an edit's `editedAt`.
+    pub at_ms: i64,
+    #[serde(skip)]
+    pub rendered: Rendered,
+}
+
+impl MessageChange {
+    pub fn is_delete(&self) -> bool {
+        self.content.is_none()
+    }
+
+    /// The text form TCP users see.
+    pub fn line(&self) -> String {
+        match &self.content {
+            Some(text) => format!("[{}] {} (edited): {}", self.room, self.nickname, text),
+            None => format!("[system] {} deleted a message", self.by),
+        }
     }
 }
 
@@ -158,6 +228,8 @@ impl CloseReason {
 #[derive(Debug, Clone)]
 pub enum Event {
     Message(Arc<ChatMessage>),
+    /// A room message was edited or deleted.
+    Changed(Arc<MessageChange>),
     Notice(Arc<Notice>),
     /// A DM; `outgoing` is true in the sender's own copy.
     Dm { dm: Arc<DirectMessage>, outgoing: bool },
@@ -197,6 +269,7 @@ impl Event {
         FRAMING
             + match self {
                 Event::Message(m) => m.content.len() + m.nickname.len() + m.room.len(),
+                Event::Changed(c) => c.content.as_ref().map_or(0, String::len) + c.nickname.len() + c.by.len() + c.room.len(),
                 Event::Notice(n) => n.text.len(),
                 Event::Dm { dm, .. } => dm.text.len() + dm.from.len() + dm.to.len(),
                 Event::Prompt(text) => text.len(),

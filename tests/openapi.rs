@@ -120,7 +120,10 @@ struct Built {
 }
 
 fn build(path: &str, operation: &Value, room: &str, fill: &dyn Fn(&str) -> String) -> Built {
-    let mut target = path.replace("{room}", room);
+    // The `{room}` segment: its example (a message id, for PATCH and
+    // DELETE /api/messages/{room}) when asked rightly, else `room`.
+    let wrongly = room != "general";
+    let mut target = path.to_string();
     let mut query = Vec::new();
     let mut headers = Vec::new();
     for parameter in operation["parameters"].as_array().into_iter().flatten() {
@@ -130,12 +133,15 @@ fn build(path: &str, operation: &Value, room: &str, fill: &dyn Fn(&str) -> Strin
             other => other.to_string(),
         });
         match (place, example) {
-            ("path", Some(value)) if name != "room" => target = target.replace(&format!("{{{name}}}"), &value),
+            ("path", Some(value)) if name != "room" || !wrongly => {
+                target = target.replace(&format!("{{{name}}}"), &value)
+            }
             ("query", Some(value)) => query.push(format!("{name}={value}")),
             ("query", None) => assert!(parameter["required"] != true, "{path}: required '{name}' has no example"),
             _ => {}
         }
     }
+    target = target.replace("{room}", room);
     if !query.is_empty() {
         target = format!("{target}?{}", query.join("&"));
     }
@@ -177,6 +183,9 @@ fn the_openapi_document_matches_the_routes_and_the_answers() {
             .collect();
         let item = paths.get(*path).unwrap_or_else(|| panic!("the route {path} is not in the OpenAPI document"));
         let described: Vec<String> = item.as_object().unwrap().keys().filter(|m| verbs.contains(&m.as_str())).cloned().collect();
+        let (mut served, mut described) = (served, described);
+        served.sort();
+        described.sort();
         assert_eq!(served, described, "methods of {path}");
     }
     for path in paths.keys() {
@@ -199,11 +208,19 @@ fn the_openapi_document_matches_the_routes_and_the_answers() {
                 .unwrap()
                 .to_string();
             post_json(&server, "/api/command", json!({ "sessionId": session, "command": "/join general" }));
+            // A message of the session's own, for the operations on one.
+            let message_id = if ["PATCH", "DELETE"].contains(&method.as_str()) {
+                let sent = post_json(&server, "/api/message", json!({ "sessionId": session, "content": "probe" }));
+                sent["data"]["id"].to_string()
+            } else {
+                String::new()
+            };
             let fill = |text: &str| {
                 text.replace("SESSION", &session)
                     .replace("PASSWORD", PASSWORD)
                     .replace("NICK", &format!("new{n}"))
                     .replace("CLIENT_MSG_ID", &uuid::Uuid::new_v4().to_string())
+                    .replace("MESSAGE_ID", &message_id)
             };
 
             let good = build(path, operation, "general", &fill);

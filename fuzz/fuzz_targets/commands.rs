@@ -23,6 +23,8 @@ fn write_back(command: &Command) -> Option<String> {
         Command::CreatePrivate(room) => format!("/create {room} private"),
         Command::Invite(nick) => format!("/invite {nick}"),
         Command::Kick(nick) => format!("/kick {nick}"),
+        Command::Edit(text) => format!("/edit {text}"),
+        Command::Delete => "/delete".into(),
         Command::Register(_) | Command::Password { .. } | Command::Login { .. } => return None,
     })
 }
@@ -45,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
                     one_word(to);
                     assert!(!text.is_empty() && text.trim() == text, "{text:?}");
                 }
+                Command::Edit(text) => assert!(!text.is_empty() && text.trim() == text, "{text:?}"),
                 _ => {}
             }
             if let Some(again) = write_back(&command) {

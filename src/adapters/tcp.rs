@@ -303,6 +303,11 @@ pub fn render(event: &Event, out: &mut Vec<u8>) {
         Event::Notice(notice) => out.extend_from_slice(
             notice.rendered.get_or_render(Wire::Tcp, || format!("[system] {}\n", notice.text).into_bytes()),
         ),
+        Event::Changed(change) => out.extend_from_slice(change.rendered.get_or_render(Wire::Tcp, || {
+            let mut line = change.line().into_bytes();
+            line.push(b'\n');
+            line
+        })),
         Event::Dm { dm, outgoing: true } => out.extend_from_slice(format!("[DM to {}] {}\n", dm.to, dm.text).as_bytes()),
         Event::Dm { dm, outgoing: false } => {
             out.extend_from_slice(format!("[DM from {}] {}\n", dm.from, dm.text).as_bytes())

@@ -12,7 +12,7 @@
 //! Channels and keys, all under `REDIS_PREFIX` (`p`):
 //! - `p:events`: what every instance must see, small and sized to the
 //!   change (rooms created, presence changes, heartbeats, hellos);
-//! - `p:room:<room>`: one room's committed messages and `[system]` lines,
+//! - `p:room:<room>`: one room's committed messages, edits, deletions and `[system]` lines,
 //!   heard only by instances with a local member in the room (the router
 //!   subscribes on a room's first local join and unsubscribes on its last
 //!   leave, reading from the store what it missed meanwhile);
@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::ChatMessage;
+use crate::event::{ChatMessage, MessageChange};
 
 /// Names of this service's Redis channels and keys.
 #[derive(Debug, Clone)]
@@ -98,6 +98,10 @@ pub enum BusEvent {
     /// messages before `after_seq`: receivers hold it until they have
     /// delivered those.
     Notice { from: String, room: String, after_seq: i64, text: String, at_ms: i64 },
+    /// A committed edit or deletion of a room message, on the room's
+    /// channel: receivers deliver it after the room's message
+    /// `change.after_seq`, like a notice.
+    Changed { from: String, change: MessageChange },
 }
 
 impl BusEvent {
@@ -112,7 +116,8 @@ impl BusEvent {
             | BusEvent::Hello { from }
             | BusEvent::Heartbeat { from }
             | BusEvent::Dm { from, .. }
-            | BusEvent::Notice { from, .. } => from,
+            | BusEvent::Notice { from, .. }
+            | BusEvent::Changed { from, .. } => from,
         }
     }
 }

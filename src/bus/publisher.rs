@@ -83,7 +83,7 @@ impl BusHandle {
     }
 
     /// Sends an event to the instances with a member in `room`.
-    pub fn to_room(&self, room: &str, event: &BusEvent) {
+    pub fn to_room(&self, room: &str, event: &impl serde::Serialize) {
         match serde_json::to_string(event) {
             Ok(payload) => {
                 let _ = self.jobs.send(Job::Publish { channel: self.names.room_channel(room), payload, sharded: true });
@@ -345,6 +345,8 @@ mod tests {
             nickname: "alice".into(),
             content: "hi \"there\"".into(),
             created_at_ms: 1_767_268_800_000,
+            edited_at_ms: None,
+            deleted: false,
             rendered: Default::default(),
         };
         bus.broadcast_message("1", &message);

@@ -89,14 +89,14 @@ impl RouterState {
 
     /// Whether a room waits for messages (early ones, or ones a held notice
     /// follows), and since when.
-    fn update_gap(&mut self, room: &str) {
+    pub(super) fn update_gap(&mut self, room: &str) {
         let Some(room) = self.rooms.get_mut(room) else { return };
         let behind = !room.waiting.is_empty() || room.held_notices.iter().any(|(after, _)| *after > room.next_seq);
         room.gap_since = if behind { room.gap_since.or(Some(Instant::now())) } else { None };
     }
 
     /// Delivers the held notices that come before message `seq`.
-    fn release_notices(&mut self, room: &str, seq: i64) {
+    pub(super) fn release_notices(&mut self, room: &str, seq: i64) {
         let Some(state) = self.rooms.get_mut(room) else { return };
         if state.held_notices.is_empty() {
             return;
@@ -104,10 +104,13 @@ impl RouterState {
         // In arrival order: a notice never overtakes one held before it.
         let mut ready = Vec::new();
         while state.held_notices.front().is_some_and(|(after, _)| *after <= seq) {
-            ready.extend(state.held_notices.pop_front().map(|(_, notice)| notice));
+            ready.extend(state.held_notices.pop_front().map(|(_, event)| event));
         }
-        for notice in ready {
-            self.deliver_to_room(room, &Event::Notice(notice), None);
+        for event in ready {
+            match event {
+                Event::Changed(change) => self.release_change(change),
+                event => self.deliver_to_room(room, &event, None),
+            }
         }
     }
 
@@ -124,7 +127,7 @@ impl RouterState {
         if after_seq <= state.next_seq && state.held_notices.is_empty() {
             return self.deliver_to_room(&room, &Event::Notice(notice), None);
         }
-        state.held_notices.push_back((after_seq, notice));
+        state.held_notices.push_back((after_seq, Event::Notice(notice)));
         let next = state.next_seq;
         self.release_notices(&room, next);
         self.update_gap(&room);
@@ -316,6 +319,7 @@ impl RouterState {
                     state.next_seq = state.next_seq.max(message.seq + 1);
                     state.remember(Arc::new(message), history_size);
                 }
+                state.reset_changes();
                 false
             }
             Err(e) => {
@@ -329,6 +333,11 @@ impl RouterState {
         state.gap_since = None;
         for message in early.into_values().filter(|m| m.seq >= next) {
             self.admit(message);
+        }
+        // Edits and deletions heard while warming, now that the ring buffer
+        // holds what they follow (one the read already shows changes nothing).
+        if let Some(next) = self.rooms.get(&room).map(|r| r.next_seq) {
+            self.release_notices(&room, next);
         }
         if stale {
             self.fetch_from_seq(room.clone(), id, next, CATCH_UP_BATCH);
@@ -444,6 +453,7 @@ impl RouterState {
             }
             BusEvent::Heartbeat { .. } => {}
             BusEvent::Notice { room, after_seq, text, at_ms, .. } => self.remote_notice(room, after_seq, text, at_ms),
+            BusEvent::Changed { change, .. } => self.admit_change(Arc::new(change)),
             BusEvent::Dm { sender, recipient, text, at_ms, .. } => {
                 let target = self.nicknames.get(&name_key(&recipient)).copied();
                 let Some(target) = target.filter(|t| self.sessions.get(t).is_some_and(|s| s.nickname.is_some())) else {

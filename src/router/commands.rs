@@ -111,6 +111,9 @@ impl RouterState {
                 self.respond_to(Some(session), reply, Err(error));
             }
             StoreDone::DmStored { session, to, text, result, reply } => self.dm_stored(session, to, text, result, reply),
+            StoreDone::MessageChanged { session, target, delete, result, reply } => {
+                self.message_changed(session, target, delete, result, reply)
+            }
             StoreDone::MissedDms { session, result, answer, reply } => self.missed_dms(session, result, answer, reply),
         }
     }
@@ -373,6 +376,8 @@ impl RouterState {
             Command::Rooms => Ok(Reply::Text(self.rooms_text(id))),
             Command::Leave => self.leave(id),
             Command::Dm { to, text } => return self.dm(id, to, text, reply),
+            Command::Edit(text) => return self.change_message(id, super::edits::Target::LastOwn, Some(text), reply),
+            Command::Delete => return self.change_message(id, super::edits::Target::LastOwn, None, reply),
             // Password work happens outside the router (crate::accounts).
             Command::Register(_) => Err(ChatError::Usage("/register <password>")),
             Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
@@ -507,10 +512,10 @@ impl RouterState {
         self.enter_room(id, &name, None);
         let room = &self.rooms[&name];
         let mut text = format!("{verb}: {name}\n--- Recent Messages ---\n");
-        if room.history.is_empty() {
+        if room.history.iter().all(|m| m.deleted) {
             text.push_str("No recent messages\n");
         }
-        for message in &room.history {
+        for message in room.history.iter().filter(|m| !m.deleted) {
             text.push_str(&message.line());
             text.push('\n');
         }
@@ -529,7 +534,7 @@ impl RouterState {
         let room = self.rooms.get_mut(name).expect("caller checked");
         room.members.insert(id);
         let room_id = room.id;
-        let history = history.unwrap_or_else(|| room.history.iter().cloned().collect());
+        let history = history.unwrap_or_else(|| room.history.iter().filter(|m| !m.deleted).cloned().collect());
         if self.announces(name) {
             self.announce(name, format!("{nick} joined {name}"), Some(id));
         }
@@ -695,7 +700,7 @@ impl RouterState {
         }
     }
 
-    fn take_rate_token(&mut self, id: SessionId) -> Result<(), ChatError> {
+    pub(super) fn take_rate_token(&mut self, id: SessionId) -> Result<(), ChatError> {
         let per_second = self.settings.msg_rate;
         let session = self.sessions.get_mut(&id).expect("caller checked");
         if session.rate.try_take(Instant::now()) {
@@ -807,6 +812,11 @@ impl RouterState {
     pub(super) fn publish(&mut self, message: Arc<ChatMessage>) {
         let Some(room) = self.rooms.get_mut(&message.room) else { return };
         room.remember(message.clone(), self.settings.history_size);
+        if message.deleted {
+            // Read back from the store by the order gate after its deletion:
+            // it keeps its place, and nobody is shown it.
+            return;
+        }
         let name = message.room.clone();
         self.deliver_to_room(&name, &Event::Message(message), None);
     }

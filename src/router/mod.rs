@@ -21,9 +21,15 @@
 //! message is one way: adapter → router (`Say`) → storage thread → router
 //! (`Completion::Committed`) → ring buffer and every member's sink →
 //! writer pool, echo to the sender included.
+//!
+//! Its parts: `commands.rs` (what each request does), `streams.rs` (event
+//! streams and their replays), `cluster.rs` (other instances and the
+//! per-room order gate), `private.rs` (private rooms), `edits.rs` (edits
+//! and deletions of messages, and what a resuming stream missed of them).
 
 mod cluster;
 mod commands;
+mod edits;
 mod private;
 mod state;
 mod streams;
@@ -75,6 +81,8 @@ pub enum Reply {
     Welcomed { user_id: i64, nickname: String, missed_dms: Option<String> },
     /// A message was committed under `id`.
     Sent { id: i64, room: String, created_at_ms: i64 },
+    /// A message was edited (`edited_at_ms`) or deleted (`None`).
+    Changed { id: i64, room: String, edited_at_ms: Option<i64> },
     Done,
 }
 
@@ -110,6 +118,10 @@ pub enum RouterMsg {
     /// it). With `client_msg_id`, a message already stored under that id
     /// is answered again instead of posting a new one.
     Say { session: SessionRef, text: String, room: Option<String>, client_msg_id: Option<Uuid>, reply: Responder },
+    /// Edit (`content`) or delete (`None`) a message: by id, or the
+    /// session's last one in its room (then answered with the text a TCP
+    /// user sees). Answered once the change is committed.
+    Change { session: SessionRef, id: Option<i64>, content: Option<String>, reply: Responder },
     /// Attach an event stream to an HTTP session, joining `room` if needed
     /// (`None`: the session's current room, or none). With `after`, the
     /// stream starts with the room's messages after that id (read back from
@@ -158,7 +170,7 @@ pub enum Completion {
     /// Who may enter each private room, read back from the store.
     PrivateRoomsLoaded(Vec<crate::store::PrivateRoomRecord>),
     /// A page of a stream's replay, read back from the store.
-    Replayed { session: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError> },
+    Replayed { session: SessionId, serial: u64, page: Result<streams::ReplayPage, StoreError> },
     /// A room's recent messages, read once this instance listens to it.
     Warmed { room: String, messages: Result<Vec<ChatMessage>, StoreError> },
 }
@@ -251,6 +263,14 @@ pub enum StoreDone {
     TakenChecked { session: SessionId, nickname: String, registered: bool, reply: Responder },
     /// `Ok(false)`: the nickname was registered already.
     Registered { session: SessionId, result: Result<bool, StoreError>, reply: Responder },
+    /// An edit or delete was committed, or refused.
+    MessageChanged {
+        session: SessionId,
+        target: edits::Target,
+        delete: bool,
+        result: Result<crate::store::ChangeOutcome, StoreError>,
+        reply: Responder,
+    },
     /// The DMs an account missed while offline were read (and marked
     /// read), for the login waiting on them: `answer` is its reply.
     MissedDms { session: SessionId, result: Result<Vec<crate::store::DmRecord>, StoreError>, answer: Reply, reply: Responder },
@@ -338,6 +358,8 @@ impl RouterHandle {
 pub struct RouterSettings {
     pub instance_id: String,
     pub history_size: usize,
+    /// Edits and deletions kept per room for streams that resume.
+    pub change_log_size: usize,
     pub announce_limit: usize,
     pub max_message_chars: usize,
     pub msg_rate: u32,
@@ -353,6 +375,7 @@ impl RouterSettings {
         RouterSettings {
             instance_id: config.instance_id.clone(),
             history_size: config.history_size,
+            change_log_size: config.change_log_size,
             announce_limit: config.announce_limit,
             max_message_chars: config.limits.max_message_chars,
             msg_rate: config.limits.msg_rate,
@@ -511,6 +534,7 @@ impl Router {
                 room.next_seq = room.next_seq.max(message.seq + 1);
                 room.remember(Arc::new(message), state.settings.history_size);
             }
+            room.reset_changes();
             state.rooms.insert(record.name, room);
         }
         Router { state, requests_tx: Some(requests_tx), requests, completions }
@@ -614,6 +638,13 @@ impl RouterState {
                 Ok(id) => self.say(id, text, room, client_msg_id, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
+            RouterMsg::Change { session, id, content, reply } => match self.resolve(session) {
+                Ok(sid) => {
+                    let target = id.map_or(edits::Target::LastOwn, edits::Target::Id);
+                    self.change_message(sid, target, content, reply)
+                }
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
             RouterMsg::AttachStream { session, room, sink, after, reply } => {
                 let outcome = self.resolve(session).and_then(|id| self.attach_stream(id, room.as_deref(), sink, after).map(|()| id));
                 let _ = reply.send(outcome);
@@ -639,6 +670,7 @@ impl RouterState {
             RouterMsg::Login { session, .. }
             | RouterMsg::Command { session, .. }
             | RouterMsg::Say { session, .. }
+            | RouterMsg::Change { session, .. }
             | RouterMsg::AttachStream { session, .. }
             | RouterMsg::Close { session } => *session,
             RouterMsg::Refuse { session, .. } | RouterMsg::DetachStream { session, .. } => SessionRef::Id(*session),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::event::{ChatMessage, Event, Notice, Overflow, Protocol, SessionId, Sink};
+use crate::event::{ChatMessage, Event, MessageChange, Overflow, Protocol, SessionId, Sink};
 
 /// One connected user (or a connection still choosing a nickname).
 pub struct Session {
@@ -102,9 +102,20 @@ pub struct Room {
     pub gap_since: Option<Instant>,
     /// and whether the store is being asked for the missing messages.
     pub fetching: bool,
-    /// `[system]` lines from other instances waiting for the messages they
-    /// follow: (the first `seq` they come before, the notice), in arrival order.
-    pub held_notices: VecDeque<(i64, Arc<Notice>)>,
+    /// `[system]` lines from other instances, and edits and deletions
+    /// (`Event::Changed`), waiting for the messages they follow: (the first
+    /// `seq` they come before, the event), in arrival order.
+    pub held_notices: VecDeque<(i64, Event)>,
+    /// The edits and deletions delivered lately, oldest first, each with
+    /// its number in delivery order (`changes_released`): a resuming stream
+    /// is sent from here what it missed (see `edits.rs`).
+    pub changes: VecDeque<(u64, Arc<MessageChange>)>,
+    /// How many changes have been delivered in this room.
+    pub changes_released: u64,
+    /// `changes` holds every change delivered here made at room positions
+    /// from this `seq` on (older ones may have happened before this
+    /// instance read the room, or been pushed out).
+    pub changes_from: i64,
     /// Whether this instance hears the room's channel (see `cluster.rs`).
     pub sub: RoomSub,
 }
@@ -136,6 +147,9 @@ impl Room {
             gap_since: None,
             fetching: false,
             held_notices: VecDeque::new(),
+            changes: VecDeque::new(),
+            changes_released: 0,
+            changes_from: 1,
             sub: RoomSub::Warm,
         }
     }
@@ -148,6 +162,30 @@ impl Room {
             }
         }
         self.history.push_back(message);
+    }
+
+    /// Records a delivered change: the ring buffer's copy of its message is
+    /// replaced (never mutated: its rendering is shared), and the change is
+    /// logged for streams that resume.
+    /// `changes` keeps the last `log_size` of them.
+    pub fn apply_change(&mut self, change: &Arc<MessageChange>, log_size: usize) {
+        if let Some(slot) = self.history.iter_mut().find(|m| m.id == change.id) {
+            *slot = Arc::new(slot.changed(change));
+        }
+        self.changes_released += 1;
+        self.changes.push_back((self.changes_released, change.clone()));
+        while self.changes.len() > log_size {
+            if let Some((_, old)) = self.changes.pop_front() {
+                self.changes_from = self.changes_from.max(old.after_seq + 1);
+            }
+        }
+    }
+
+    /// Forgets the logged changes (the ring buffer was read again): only
+    /// changes after the room's current position are known from now on.
+    pub fn reset_changes(&mut self) {
+        self.changes.clear();
+        self.changes_from = self.next_seq;
     }
 
     /// Messages after `after_id`, if the ring buffer still holds all of them.

@@ -17,14 +17,47 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::edits::in_room_order;
 use super::{Completion, RouterState};
 use crate::error::ChatError;
-use crate::event::{ChatMessage, CloseReason, Event, SessionId, Sink};
+use crate::event::{ChatMessage, CloseReason, Event, MessageChange, SessionId, Sink};
 use crate::names::normalize_room;
-use crate::store::StoreError;
+use crate::store::{ChangesQuery, StoreError};
 
 /// Messages read from the store per step of a replay.
 pub(super) const REPLAY_PAGE: usize = 1000;
+
+/// One step of a replay, read from the store: the room's messages after
+/// the last one given (deleted ones left out), and the edits and deletions
+/// the client missed up to the last of them (see `edits.rs`).
+pub struct ReplayPage {
+    pub messages: Vec<ChatMessage>,
+    pub changes: Vec<MessageChange>,
+}
+
+/// Reads one [`ReplayPage`] (on the storage thread). Messages first: a
+/// change committed meanwhile is in the changes read after them, or in the
+/// next page, or in the room's log; never lost between the two.
+fn read_page(
+    store: &mut dyn crate::store::Store,
+    room_id: i64,
+    after: i64,
+    resume_id: i64,
+    after_change: i64,
+) -> Result<ReplayPage, StoreError> {
+    let messages = store.messages_after(room_id, after, REPLAY_PAGE)?;
+    let changes = if resume_id == 0 {
+        Vec::new()
+    } else {
+        let through_id = messages.last().map_or(after, |m| m.id);
+        // A full page may be followed by more messages: changes after its
+        // last one come with the next page, in their place.
+        let before_seq = (messages.len() >= REPLAY_PAGE).then(|| messages.last().map(|m| m.seq)).flatten();
+        let query = ChangesQuery { resume_id, through_id, after_change, before_seq, limit: REPLAY_PAGE };
+        store.changes_since(room_id, &query)?
+    };
+    Ok(ReplayPage { messages, changes })
+}
 
 /// A stream catching up from the store before it is attached.
 pub(super) struct Replay {
@@ -35,6 +68,14 @@ pub(super) struct Replay {
     room_id: i64,
     /// The last message id the stream has been given.
     after: i64,
+    /// The message the client resumed after: changes to messages up to it
+    /// made from its position on are sent (see `edits.rs`),
+    resume_id: i64,
+    /// the last change read from the store and given,
+    last_change: i64,
+    /// and how many changes the room had delivered when the last page was
+    /// asked for (those delivered since are sent from the room's log).
+    released_mark: u64,
     /// A page is being read.
     reading: bool,
     /// The last page was not full: the ring buffer may now cover the rest.
@@ -79,20 +120,25 @@ impl RouterState {
         }
         let target = self.rooms.get(&name).ok_or_else(|| ChatError::NoSuchRoom(name.clone()))?;
         let room_id = target.id;
+        // A resuming stream is sent what it missed (messages, edits and
+        // deletions, in order) after the `connected` event.
         let from_ring = match after {
-            None => Some(target.history.iter().cloned().collect()),
-            Some(after) => target.history_after(after),
+            None => Some((target.history.iter().filter(|m| !m.deleted).cloned().collect(), Vec::new())),
+            Some(after) => self.resume_from_memory(&name, after).map(|missed| (Vec::new(), missed)),
         };
         self.replace_stream(id, &sink);
         let session = self.sessions.get_mut(&id).expect("resolved");
         let joined = session.room.as_deref() == Some(name.as_str());
         match (from_ring, after) {
-            (Some(history), _) => {
+            (Some((history, missed)), _) => {
                 session.sink = Some(sink);
                 if joined {
                     self.deliver_to(id, Event::RoomChanged { room: Some(name), history });
                 } else {
                     self.enter_room(id, &name, Some(history));
+                }
+                for event in missed {
+                    self.deliver_to(id, event);
                 }
             }
             (None, after) => {
@@ -108,6 +154,9 @@ impl RouterState {
                     room: name,
                     room_id,
                     after: after.unwrap_or(0),
+                    resume_id: after.unwrap_or(0),
+                    last_change: 0,
+                    released_mark: 0,
                     reading: false,
                     drained: false,
                 };
@@ -153,11 +202,22 @@ impl RouterState {
             return;
         }
         if replay.drained {
-            match self.rooms.get(&replay.room).and_then(|r| r.history_after(replay.after)) {
+            let room = self.rooms.get(&replay.room);
+            match room.and_then(|r| r.history_after(replay.after)) {
                 Some(rest) => {
                     let replay = self.replays.remove(&id).expect("present");
-                    for message in rest {
-                        replay.sink.replay(Event::Message(message));
+                    let (mark, read) = (replay.released_mark, replay.last_change);
+                    // Changes delivered while the last page was being read
+                    // (within a room, change ids follow commit order: one
+                    // at or below the last read was in that read).
+                    let changes = room
+                        .map(|r| {
+                            let missed = r.changes.iter().filter(|(n, c)| *n > mark && c.change_id > read);
+                            missed.map(|(_, c)| c.clone()).collect()
+                        })
+                        .unwrap_or_default();
+                    for event in in_room_order(rest, changes) {
+                        replay.sink.replay(event);
                     }
                     return self.attach_replayed(id, replay);
                 }
@@ -166,16 +226,18 @@ impl RouterState {
             }
         }
         replay.reading = true;
+        replay.released_mark = self.rooms.get(&replay.room).map_or(0, |r| r.changes_released);
         let (serial, room_id, after) = (replay.serial, replay.room_id, replay.after);
+        let (resume_id, after_change) = (replay.resume_id, replay.last_change);
         let inbox = self.inbox.clone();
         self.store.run(move |store| {
-            let page = store.messages_after(room_id, after, REPLAY_PAGE);
+            let page = read_page(store, room_id, after, resume_id, after_change);
             let _ = inbox.send(Completion::Replayed { session: id, serial, page });
         });
     }
 
     /// A page of a replay, read from the store.
-    pub(super) fn replayed(&mut self, id: SessionId, serial: u64, page: Result<Vec<ChatMessage>, StoreError>) {
+    pub(super) fn replayed(&mut self, id: SessionId, serial: u64, page: Result<ReplayPage, StoreError>) {
         let evicted = |state: &RouterState, room: &str| state.rooms.get(room).map_or(0, |r| r.evicted_up_to);
         let Some(replay) = self.replays.get(&id).filter(|r| r.serial == serial) else { return };
         let page = match page {
@@ -190,15 +252,44 @@ impl RouterState {
         let ring_start = evicted(self, &replay.room);
         let replay = self.replays.get_mut(&id).expect("present");
         replay.reading = false;
-        if page.is_empty() {
+        let ReplayPage { mut messages, mut changes } = page;
+        let changes_full = changes.len() >= REPLAY_PAGE;
+        replay.drained = messages.len() < REPLAY_PAGE && !changes_full;
+        if let (true, Some(last)) = (changes_full, changes.last()) {
+            // More changes than a page: the messages after the last one
+            // read come with the rest of them, on the next page.
+            let until = last.after_seq;
+            messages.retain(|m| m.seq <= until);
+        } else if messages.is_empty() {
             // The store has nothing newer though the ring buffer says it
             // has moved on: go on from where the ring buffer starts.
             replay.after = replay.after.max(ring_start);
         }
-        replay.drained = page.len() < REPLAY_PAGE;
-        for message in page {
-            replay.after = message.id;
-            replay.sink.replay(Event::Message(Arc::new(message)));
+        if let Some(last) = changes.last() {
+            replay.last_change = replay.last_change.max(last.change_id);
+        }
+        // Changes to this page's messages are read after them (so none is
+        // lost in between), but most are shown by the page already: an
+        // edit whose text the message has, a deletion of a message the
+        // client is not sent at all.
+        let given = replay.after;
+        changes.retain(|c| {
+            if c.id <= given {
+                return true;
+            }
+            match (messages.iter().find(|m| m.id == c.id), &c.content) {
+                (None, None) => false,
+                (Some(m), Some(text)) => !(m.content == *text && m.edited_at_ms == Some(c.at_ms)),
+                _ => true,
+            }
+        });
+        if let Some(last) = messages.last() {
+            replay.after = last.id;
+        }
+        let messages = messages.into_iter().map(Arc::new).collect();
+        let changes = changes.into_iter().map(Arc::new).collect();
+        for event in in_room_order(messages, changes) {
+            replay.sink.replay(event);
         }
         self.replay_step(id);
     }
@@ -220,7 +311,8 @@ impl RouterState {
         // The session moved (`/join`, `/leave`) while its stream replayed.
         if session.room.as_deref() != Some(replay.room.as_str()) {
             let room = session.room.clone();
-            let history = room.as_ref().and_then(|r| self.rooms.get(r)).map(|r| r.history.iter().cloned().collect());
+            let history =
+                room.as_ref().and_then(|r| self.rooms.get(r)).map(|r| r.history.iter().filter(|m| !m.deleted).cloned().collect());
             self.deliver_to(id, Event::RoomChanged { room, history: history.unwrap_or_default() });
         }
     }

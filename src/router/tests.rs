@@ -332,6 +332,8 @@ fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
         nickname: "carol".into(),
         content: "first".into(),
         created_at_ms: 0,
+        edited_at_ms: None,
+        deleted: false,
         rendered: Default::default(),
     };
     bus(BusEvent::Message { from: "3".into(), message });
@@ -344,4 +346,145 @@ fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
         }
     }
     assert_eq!(seen, ["[r] carol: first", "[system] bob joined r", "[system] bob left r"]);
+}
+
+#[test]
+fn an_edit_from_another_instance_waits_for_its_message_and_replaces_the_ring_entry() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    use crate::event::MessageChange;
+    let h = start(settings());
+    let alice = h.session("alice", 100);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    let bus = |event| h.completions.send(Completion::Bus(Incoming::Event(event))).unwrap();
+    let change = |content: Option<&str>, after_seq| MessageChange {
+        change_id: after_seq,
+        id: 1000,
+        room_id,
+        room: "r".into(),
+        after_seq,
+        nickname: "carol".into(),
+        by: "carol".into(),
+        content: content.map(str::to_string),
+        at_ms: 5,
+        rendered: Default::default(),
+    };
+    // Instance 3 committed message 1, then edited it; the edit overtakes it.
+    bus(BusEvent::Changed { from: "3".into(), change: change(Some("first, edited"), 1) });
+    let message = ChatMessage {
+        id: 1000,
+        seq: 1,
+        room_id,
+        room: "r".into(),
+        user_id: 9,
+        nickname: "carol".into(),
+        content: "first".into(),
+        created_at_ms: 0,
+        edited_at_ms: None,
+        deleted: false,
+        rendered: Default::default(),
+    };
+    bus(BusEvent::Message { from: "3".into(), message });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match alice.next() {
+            Event::Message(m) => seen.push(m.line()),
+            Event::Changed(c) => seen.push(c.line()),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["[r] carol: first", "[r] carol (edited): first, edited"]);
+    // History on join shows the current text; after a delete, nothing.
+    let bob = h.session("bob", 100);
+    let Reply::Text(text) = h.command(&bob, Command::Join("r".into())).unwrap() else { panic!() };
+    assert!(text.contains("[r] carol (edited): first, edited"), "{text}");
+    bus(BusEvent::Changed { from: "3".into(), change: change(None, 1) });
+    loop {
+        if let Event::Changed(c) = alice.next() {
+            assert_eq!(c.line(), "[system] carol deleted a message");
+            break;
+        }
+    }
+    let carol = h.session("carol2", 100);
+    let Reply::Text(text) = h.command(&carol, Command::Join("r".into())).unwrap() else { panic!() };
+    assert!(text.contains("No recent messages"), "{text}");
+}
+
+#[test]
+fn a_gap_filled_from_the_store_keeps_a_deleted_message_in_place_and_shows_it_to_nobody() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    use crate::store::{ChangeOutcome, ChangeRequest, ChangeTarget, NewMessage, Store};
+    let h = start(settings());
+    let alice = h.session("alice", 100);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    assert!(matches!(h.say(&alice, "one"), Ok(Reply::Sent { .. })));
+    assert_eq!(alice.next_message(), "[r] alice: one");
+    // Another instance commits two messages (seq 2 and 3) to the shared
+    // store and deletes the first; only the second reaches us on the bus.
+    let mut other = crate::store::sqlite::SqliteStore::open(h._dir.path()).unwrap();
+    let user_id = other.upsert_user("carol", 0).unwrap();
+    let new = |content: &str| NewMessage {
+        room_id,
+        room: "r".into(),
+        user_id,
+        nickname: "carol".into(),
+        content: content.into(),
+        created_at_ms: 0,
+        client_msg_id: None,
+    };
+    let stored = other.insert_messages(&[new("two"), new("three")]).unwrap();
+    let request = ChangeRequest { target: ChangeTarget::Id(stored[0].id), user_id, by: "carol".into(), content: None, at_ms: 1 };
+    assert!(matches!(other.change_message(&request), Ok(ChangeOutcome::Done(_))));
+    let three = new("three").committed(stored[1].id, stored[1].seq);
+    h.completions.send(Completion::Bus(Incoming::Event(BusEvent::Message { from: "3".into(), message: three }))).unwrap();
+    // The gap (seq 2) is read from the store: deleted, it is passed over.
+    assert_eq!(alice.next_message(), "[r] carol: three");
+    let bob = h.session("bob", 100);
+    let Reply::Text(text) = h.command(&bob, Command::Join("r".into())).unwrap() else { panic!() };
+    assert!(text.ends_with("[r] alice: one\n[r] carol: three\n---"), "{text}");
+}
+
+#[test]
+fn a_change_delivered_while_a_stream_replays_reaches_it_after_the_messages() {
+    use crate::bus::{subscriber::Incoming, BusEvent};
+    use crate::event::MessageChange;
+    let h = start(RouterSettings { msg_rate: 0, history_size: 2, ..settings() });
+    let alice = h.session("alice", 1000);
+    h.command(&alice, Command::Create("r".into())).unwrap();
+    let room_id = h.router.room("r").unwrap().unwrap().id;
+    let ids: Vec<i64> = (1..=4)
+        .map(|i| match h.say(&alice, &format!("m{i}")).unwrap() {
+            Reply::Sent { id, .. } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let bob = http_session(&h, "bob");
+    let (sink, events) = test_sink(1000);
+    // The ring buffer holds m3 and m4: m2.. is read from the store.
+    attach(&h, bob, sink, Some(ids[0])).unwrap();
+    // Meanwhile another instance's edit of m2 is delivered here: whether
+    // the replay is still reading or done, the stream gets it, in its place.
+    let change = MessageChange {
+        change_id: 1_000_000,
+        id: ids[1],
+        room_id,
+        room: "r".into(),
+        after_seq: 4,
+        nickname: "alice".into(),
+        by: "alice".into(),
+        content: Some("m2, edited".into()),
+        at_ms: 5,
+        rendered: Default::default(),
+    };
+    h.completions.send(Completion::Bus(Incoming::Event(BusEvent::Changed { from: "3".into(), change }))).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events.recv_timeout(Duration::from_secs(5)).expect("an event") {
+            Event::Message(m) => seen.push(m.content.clone()),
+            Event::Changed(c) => seen.push(format!("edit {}", c.content.as_deref().unwrap_or("-"))),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["m2", "m3", "m4", "edit m2, edited"]);
 }

@@ -119,9 +119,43 @@ impl NewMessage {
             nickname: self.nickname,
             content: self.content,
             created_at_ms: self.created_at_ms,
+            edited_at_ms: None,
+            deleted: false,
             rendered: Default::default(),
         }
     }
+}
+
+/// Which message an edit or delete is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeTarget {
+    /// The message with this id, in whatever room.
+    Id(i64),
+    /// The user's last message (not deleted) in this room (`/edit`, `/delete`).
+    LastOwn { room_id: i64 },
+}
+
+/// An edit (`Some(new text)`) or a delete (`None`) asked of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRequest {
+    pub target: ChangeTarget,
+    /// Who asks: the author may edit and delete; a room's owner may delete.
+    pub user_id: i64,
+    /// Their nickname, carried into the change (`by`).
+    pub by: String,
+    pub content: Option<String>,
+    pub at_ms: i64,
+}
+
+/// What became of a [`ChangeRequest`].
+#[derive(Debug)]
+pub enum ChangeOutcome {
+    Done(crate::event::MessageChange),
+    /// No such message (or deleted already), or in a private room the user
+    /// may not enter; for `LastOwn`, the user has no message there.
+    NotFound,
+    /// Someone else's message (and, for a delete, not the room's owner).
+    NotYours,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,19 +244,53 @@ pub trait Store: Send {
     /// stored before is not inserted: its [`Stored`] is the earlier one's.
     fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<Stored>, StoreError>;
     /// Up to `limit` messages of a room with ids below `before` (or the
-    /// newest, when `before` is `None`), oldest first.
+    /// newest, when `before` is `None`), oldest first, deleted ones included
+    /// (flagged, text erased): the ring buffer keeps every position.
     fn messages_before(
         &mut self,
         room_id: i64,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
-    /// Up to `limit` messages of a room with ids above `after`, oldest first.
+    /// Up to `limit` messages of a room with ids below `before` (or the
+    /// newest), oldest first, leaving deleted ones out: history pages.
+    fn visible_messages_before(
+        &mut self,
+        room_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Edits or deletes a message in one transaction, after checking who
+    /// asks: the change is recorded with the room position it happened
+    /// after (the room's last `seq`, read under the same per-room order as
+    /// commits). A delete erases the text (`content = ''`).
+    fn change_message(&mut self, request: &ChangeRequest) -> Result<ChangeOutcome, StoreError>;
+    /// The changes of a room a resuming stream missed, in commit order (at
+    /// most `limit`): those to messages with ids up to `through_id`, made at
+    /// room positions from the `seq` of message `resume_id` on (and before
+    /// `before_seq`, if given), with ids above `after_change`. An edit
+    /// carries the message's current text; edits of messages deleted since
+    /// are left out (their delete follows).
+    fn changes_since(&mut self, room_id: i64, query: &ChangesQuery) -> Result<Vec<crate::event::MessageChange>, StoreError>;
+    /// Up to `limit` messages of a room with ids above `after`, oldest
+    /// first, leaving deleted ones out (stream replays).
     fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
-    /// Up to `limit` messages of a room from sequence number `from_seq` on, in order.
+    /// Up to `limit` messages of a room from sequence number `from_seq` on,
+    /// in order, deleted ones included (flagged, text erased): the order
+    /// gate needs every position.
     fn messages_from_seq(&mut self, room_id: i64, from_seq: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
     /// Checks the connection, reconnecting if it was lost.
     fn ping(&mut self) -> Result<(), StoreError>;
+}
+
+/// Which changes [`Store::changes_since`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangesQuery {
+    pub resume_id: i64,
+    pub through_id: i64,
+    pub after_change: i64,
+    pub before_seq: Option<i64>,
+    pub limit: usize,
 }
 
 /// Opens the store the configuration selects and applies its migrations.

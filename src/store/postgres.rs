@@ -68,8 +68,11 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError, Stored};
-use crate::event::ChatMessage;
+use super::{
+    Account, ChangeOutcome, ChangeRequest, ChangeTarget, ChangesQuery, DmConversation, DmRecord, NewMessage,
+    PrivateRoomRecord, RoomRecord, Store, StoreError, Stored,
+};
+use crate::event::{ChatMessage, MessageChange};
 use crate::names::name_key;
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
@@ -80,6 +83,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_accounts", include_str!("../../sql/postgres/0004_accounts.sql")),
     ("0005_direct_messages", include_str!("../../sql/postgres/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/postgres/0006_private_rooms.sql")),
+    ("0008_edits", include_str!("../../sql/postgres/0008_edits.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -288,30 +292,78 @@ const SQL_INSERT_MESSAGES: &str = concat!(
      RETURNING id, seq"
 );
 
+/// The columns [`message_from`] reads, up to `FROM`.
+macro_rules! message_columns {
+    () => {
+        concat!(
+            "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
+            ts_to_ms!("m.created_at"),
+            " AS created_at_ms, m.seq, ",
+            ts_to_ms!("m.edited_at"),
+            " AS edited_at_ms, m.deleted_at IS NOT NULL AS deleted"
+        )
+    };
+}
+
 const SQL_MESSAGES_BEFORE: &str = concat!(
     "SELECT * FROM (
-         SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
-    ts_to_ms!("m.created_at"),
-    " AS created_at_ms, m.seq
-         FROM messages m JOIN rooms r ON r.id = m.room_id
+         SELECT ",
+    message_columns!(),
+    " FROM messages m JOIN rooms r ON r.id = m.room_id
          WHERE m.room_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3
      ) page ORDER BY id"
 );
 
+const SQL_VISIBLE_MESSAGES_BEFORE: &str = concat!(
+    "SELECT * FROM (
+         SELECT ",
+    message_columns!(),
+    " FROM messages m JOIN rooms r ON r.id = m.room_id
+         WHERE m.room_id = $1 AND m.id < $2 AND m.deleted_at IS NULL ORDER BY m.id DESC LIMIT $3
+     ) page ORDER BY id"
+);
+
 const SQL_MESSAGES_AFTER: &str = concat!(
-    "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
-    ts_to_ms!("m.created_at"),
-    ", m.seq
-     FROM messages m JOIN rooms r ON r.id = m.room_id
-     WHERE m.room_id = $1 AND m.id > $2 ORDER BY m.id LIMIT $3"
+    "SELECT ",
+    message_columns!(),
+    " FROM messages m JOIN rooms r ON r.id = m.room_id
+     WHERE m.room_id = $1 AND m.id > $2 AND m.deleted_at IS NULL ORDER BY m.id LIMIT $3"
 );
 
 const SQL_MESSAGES_FROM_SEQ: &str = concat!(
-    "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
-    ts_to_ms!("m.created_at"),
-    ", m.seq
-     FROM messages m JOIN rooms r ON r.id = m.room_id
+    "SELECT ",
+    message_columns!(),
+    " FROM messages m JOIN rooms r ON r.id = m.room_id
      WHERE m.room_id = $1 AND m.seq >= $2 ORDER BY m.seq LIMIT $3"
+);
+
+/// The room of a message, to lock it before the message is read again.
+const SQL_MESSAGE_ROOM: &str = "SELECT room_id FROM messages WHERE id = $1";
+/// The user's last message (not deleted) in a room.
+const SQL_LAST_OWN: &str =
+    "SELECT id FROM messages WHERE room_id = $1 AND user_id = $2 AND deleted_at IS NULL ORDER BY id DESC LIMIT 1";
+/// The message a change is about, locked, with what decides who may change it.
+const SQL_CHANGE_TARGET: &str = "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.deleted_at IS NOT NULL, r.owner_id,
+        (r.owner_id IS NULL OR EXISTS (SELECT 1 FROM room_access a WHERE a.room_id = r.id AND a.user_id = $2))
+     FROM messages m JOIN rooms r ON r.id = m.room_id WHERE m.id = $1 FOR UPDATE OF m";
+const SQL_LAST_SEQ: &str = "SELECT COALESCE(max(seq), 0) FROM messages WHERE room_id = $1";
+const SQL_EDIT: &str = concat!("UPDATE messages SET content = $2, edited_at = ", ms_to_ts!("$3::bigint"), " WHERE id = $1");
+const SQL_ERASE: &str = concat!("UPDATE messages SET content = '', deleted_at = ", ms_to_ts!("$2::bigint"), " WHERE id = $1");
+const SQL_RECORD_CHANGE: &str = concat!(
+    "INSERT INTO message_changes (room_id, message_id, user_id, kind, after_seq, created_at) VALUES ($1, $2, $3, $4, $5, ",
+    ms_to_ts!("$6::bigint"),
+    ") RETURNING id"
+);
+const SQL_CHANGES_SINCE: &str = concat!(
+    "SELECT c.id, c.message_id, r.name, c.after_seq, m.nickname, u.nickname, c.kind, m.content, ",
+    ts_to_ms!("CASE WHEN c.kind = 'edit' THEN m.edited_at ELSE c.created_at END"),
+    " FROM message_changes c JOIN messages m ON m.id = c.message_id
+          JOIN rooms r ON r.id = c.room_id JOIN users u ON u.id = c.user_id
+     WHERE c.room_id = $1 AND c.message_id <= $2 AND c.id > $3
+       AND c.after_seq >= (SELECT seq FROM messages WHERE id = $4 AND room_id = $1)
+       AND c.after_seq < $5
+       AND (c.kind = 'delete' OR m.deleted_at IS NULL)
+     ORDER BY c.id LIMIT $6"
 );
 
 /// One open connection and the statements prepared on it.
@@ -689,6 +741,8 @@ fn message_from(row: &Row) -> Result<ChatMessage, postgres::Error> {
         content: row.try_get(5)?,
         created_at_ms: row.try_get(6)?,
         seq: row.try_get(7)?,
+        edited_at_ms: row.try_get(8)?,
+        deleted: row.try_get(9)?,
         rendered: Default::default(),
     })
 }
@@ -1013,6 +1067,114 @@ impl Store for PostgresStore {
         self.run(true, |conn| {
             let statement = conn.prepare(SQL_MESSAGES_BEFORE)?;
             conn.client.query(&statement, &[&room_id, &before, &limit])?.iter().map(message_from).collect()
+        })
+    }
+
+    fn visible_messages_before(
+        &mut self,
+        room_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let before = before.unwrap_or(i64::MAX);
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_VISIBLE_MESSAGES_BEFORE)?;
+            conn.client.query(&statement, &[&room_id, &before, &limit])?.iter().map(message_from).collect()
+        })
+    }
+
+    /// Under the room's advisory lock, like a commit of messages: the
+    /// room's last `seq` read here is the position the change follows, and
+    /// change ids increase with commit order within the room. Not retried:
+    /// a lost reply may hide a commit.
+    fn change_message(&mut self, request: &ChangeRequest) -> Result<ChangeOutcome, StoreError> {
+        let request = request.clone();
+        self.run(false, |conn| {
+            let lock = conn.prepare(SQL_LOCK_ROOMS)?;
+            let mut tx = conn.client.transaction()?;
+            let (room_id, id) = match request.target {
+                ChangeTarget::Id(id) => match tx.query_opt(SQL_MESSAGE_ROOM, &[&id])? {
+                    Some(row) => (row.try_get::<_, i64>(0)?, Some(id)),
+                    None => return Ok(ChangeOutcome::NotFound),
+                },
+                ChangeTarget::LastOwn { room_id } => (room_id, None),
+            };
+            tx.execute(&lock, &[&vec![room_id], &ROOM_LOCK_CLASS])?;
+            let id = match id {
+                Some(id) => id,
+                None => match tx.query_opt(SQL_LAST_OWN, &[&room_id, &request.user_id])? {
+                    Some(row) => row.try_get(0)?,
+                    None => return Ok(ChangeOutcome::NotFound),
+                },
+            };
+            let Some(row) = tx.query_opt(SQL_CHANGE_TARGET, &[&id, &request.user_id])? else {
+                return Ok(ChangeOutcome::NotFound);
+            };
+            let (room, author_id, nickname): (String, i64, String) = (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+            let (deleted, owner_id, visible): (bool, Option<i64>, bool) = (row.try_get(5)?, row.try_get(6)?, row.try_get(7)?);
+            if deleted || !visible {
+                return Ok(ChangeOutcome::NotFound);
+            }
+            let owner_deletes = request.content.is_none() && owner_id == Some(request.user_id);
+            if author_id != request.user_id && !owner_deletes {
+                return Ok(ChangeOutcome::NotYours);
+            }
+            let after_seq: i64 = tx.query_one(SQL_LAST_SEQ, &[&room_id])?.try_get(0)?;
+            let kind = match &request.content {
+                Some(text) => {
+                    tx.execute(SQL_EDIT, &[&id, text, &request.at_ms])?;
+                    "edit"
+                }
+                None => {
+                    tx.execute(SQL_ERASE, &[&id, &request.at_ms])?;
+                    "delete"
+                }
+            };
+            let change_id: i64 = tx
+                .query_one(SQL_RECORD_CHANGE, &[&room_id, &id, &request.user_id, &kind, &after_seq, &request.at_ms])?
+                .try_get(0)?;
+            tx.commit()?;
+            Ok(ChangeOutcome::Done(MessageChange {
+                change_id,
+                id,
+                room_id,
+                room,
+                after_seq,
+                nickname,
+                by: request.by.clone(),
+                content: request.content.clone(),
+                at_ms: request.at_ms,
+                rendered: Default::default(),
+            }))
+        })
+    }
+
+    fn changes_since(&mut self, room_id: i64, query: &ChangesQuery) -> Result<Vec<MessageChange>, StoreError> {
+        let q = *query;
+        let before_seq = q.before_seq.unwrap_or(i64::MAX);
+        let limit = limit_of(q.limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_CHANGES_SINCE)?;
+            conn.client
+                .query(&statement, &[&room_id, &q.through_id, &q.after_change, &q.resume_id, &before_seq, &limit])?
+                .iter()
+                .map(|row| {
+                    let kind: String = row.try_get(6)?;
+                    Ok(MessageChange {
+                        change_id: row.try_get(0)?,
+                        id: row.try_get(1)?,
+                        room_id,
+                        room: row.try_get(2)?,
+                        after_seq: row.try_get(3)?,
+                        nickname: row.try_get(4)?,
+                        by: row.try_get(5)?,
+                        content: if kind == "edit" { Some(row.try_get(7)?) } else { None },
+                        at_ms: row.try_get(8)?,
+                        rendered: Default::default(),
+                    })
+                })
+                .collect()
         })
     }
 

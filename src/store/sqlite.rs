@@ -6,10 +6,13 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::{Account, DmConversation, DmRecord, NewMessage, PrivateRoomRecord, RoomRecord, Store, StoreError, Stored};
-use crate::event::{now_ms, ChatMessage};
+use super::{
+    Account, ChangeOutcome, ChangeRequest, ChangeTarget, ChangesQuery, DmConversation, DmRecord, NewMessage,
+    PrivateRoomRecord, RoomRecord, Store, StoreError, Stored,
+};
+use crate::event::{now_ms, ChatMessage, MessageChange};
 
 /// Migrations in the order they apply; names are recorded in `schema_migrations`.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -19,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_accounts", include_str!("../../sql/sqlite/0004_accounts.sql")),
     ("0005_direct_messages", include_str!("../../sql/sqlite/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/sqlite/0006_private_rooms.sql")),
+    ("0008_edits", include_str!("../../sql/sqlite/0008_edits.sql")),
 ];
 
 pub struct SqliteStore {
@@ -98,6 +102,8 @@ impl SqliteStore {
                     content: r.get(5)?,
                     created_at_ms: r.get(6)?,
                     seq: r.get(7)?,
+                    edited_at_ms: r.get(8)?,
+                    deleted: r.get::<_, Option<i64>>(9)?.is_some(),
                     rendered: Default::default(),
                 })
             })
@@ -120,8 +126,26 @@ fn dm_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<DmRecord> {
     })
 }
 
-const MESSAGE_COLUMNS: &str =
-    "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq FROM messages m JOIN rooms r ON r.id = m.room_id";
+const MESSAGE_COLUMNS: &str = "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq, m.edited_at, m.deleted_at
+     FROM messages m JOIN rooms r ON r.id = m.room_id";
+
+/// The message an edit or delete is about, with what decides who may
+/// change it: `?2` is the user asking (for the private-room check).
+const CHANGE_TARGET_COLUMNS: &str = "m.id, m.room_id, r.name, m.user_id, m.nickname, m.deleted_at IS NOT NULL, r.owner_id,
+        (r.owner_id IS NULL OR EXISTS (SELECT 1 FROM room_access a WHERE a.room_id = r.id AND a.user_id = ?2))
+     FROM messages m JOIN rooms r ON r.id = m.room_id";
+
+/// The target of a change as read by [`CHANGE_TARGET_COLUMNS`].
+struct Target {
+    id: i64,
+    room_id: i64,
+    room: String,
+    author_id: i64,
+    nickname: String,
+    deleted: bool,
+    owner_id: Option<i64>,
+    visible: bool,
+}
 
 fn failed(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -465,8 +489,139 @@ impl Store for SqliteStore {
         self.query_messages(&sql, params![room_id, before.unwrap_or(i64::MAX), limit as i64])
     }
 
+    fn visible_messages_before(
+        &mut self,
+        room_id: i64,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.id < ?2 AND m.deleted_at IS NULL
+              ORDER BY m.id DESC LIMIT ?3) ORDER BY 1"
+        );
+        self.query_messages(&sql, params![room_id, before.unwrap_or(i64::MAX), limit as i64])
+    }
+
+    fn change_message(&mut self, request: &ChangeRequest) -> Result<ChangeOutcome, StoreError> {
+        // IMMEDIATE: the write lock is taken before the room's last `seq`
+        // is read, so no commit can slip in between.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok(Target {
+                id: r.get(0)?,
+                room_id: r.get(1)?,
+                room: r.get(2)?,
+                author_id: r.get(3)?,
+                nickname: r.get(4)?,
+                deleted: r.get(5)?,
+                owner_id: r.get(6)?,
+                visible: r.get(7)?,
+            })
+        };
+        let target = match request.target {
+            ChangeTarget::Id(id) => tx
+                .prepare_cached(&format!("SELECT {CHANGE_TARGET_COLUMNS} WHERE m.id = ?1"))
+                .and_then(|mut s| s.query_row(params![id, request.user_id], read).optional()),
+            ChangeTarget::LastOwn { room_id } => tx
+                .prepare_cached(&format!(
+                    "SELECT {CHANGE_TARGET_COLUMNS}
+                     WHERE m.room_id = ?1 AND m.user_id = ?2 AND m.deleted_at IS NULL ORDER BY m.id DESC LIMIT 1"
+                ))
+                .and_then(|mut s| s.query_row(params![room_id, request.user_id], read).optional()),
+        }
+        .map_err(failed)?;
+        let Some(target) = target.filter(|t| !t.deleted && t.visible) else { return Ok(ChangeOutcome::NotFound) };
+        let owner_deletes = request.content.is_none() && target.owner_id == Some(request.user_id);
+        if target.author_id != request.user_id && !owner_deletes {
+            return Ok(ChangeOutcome::NotYours);
+        }
+        let after_seq: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?1", [target.room_id], |r| r.get(0))
+            .map_err(failed)?;
+        match &request.content {
+            Some(text) => tx.execute(
+                "UPDATE messages SET content = ?2, edited_at = ?3 WHERE id = ?1",
+                params![target.id, text, request.at_ms],
+            ),
+            None => tx.execute(
+                "UPDATE messages SET content = '', deleted_at = ?2 WHERE id = ?1",
+                params![target.id, request.at_ms],
+            ),
+        }
+        .map_err(failed)?;
+        let kind = if request.content.is_some() { "edit" } else { "delete" };
+        let change_id: i64 = tx
+            .query_row(
+                "INSERT INTO message_changes (room_id, message_id, user_id, kind, after_seq, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                params![target.room_id, target.id, request.user_id, kind, after_seq, request.at_ms],
+                |r| r.get(0),
+            )
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        Ok(ChangeOutcome::Done(MessageChange {
+            change_id,
+            id: target.id,
+            room_id: target.room_id,
+            room: target.room,
+            after_seq,
+            nickname: target.nickname,
+            by: request.by.clone(),
+            content: request.content.clone(),
+            at_ms: request.at_ms,
+            rendered: Default::default(),
+        }))
+    }
+
+    fn changes_since(&mut self, room_id: i64, query: &ChangesQuery) -> Result<Vec<MessageChange>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.id, c.message_id, r.name, c.after_seq, m.nickname, u.nickname, c.kind, m.content,
+                        CASE WHEN c.kind = 'edit' THEN m.edited_at ELSE c.created_at END
+                 FROM message_changes c JOIN messages m ON m.id = c.message_id
+                      JOIN rooms r ON r.id = c.room_id JOIN users u ON u.id = c.user_id
+                 WHERE c.room_id = ?1 AND c.message_id <= ?2 AND c.id > ?3
+                   AND c.after_seq >= (SELECT seq FROM messages WHERE id = ?4 AND room_id = ?1)
+                   AND c.after_seq < ?5
+                   AND (c.kind = 'delete' OR m.deleted_at IS NULL)
+                 ORDER BY c.id LIMIT ?6",
+            )
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    room_id,
+                    query.through_id,
+                    query.after_change,
+                    query.resume_id,
+                    query.before_seq.unwrap_or(i64::MAX),
+                    query.limit as i64
+                ],
+                |r| {
+                    let kind: String = r.get(6)?;
+                    Ok(MessageChange {
+                        change_id: r.get(0)?,
+                        id: r.get(1)?,
+                        room_id,
+                        room: r.get(2)?,
+                        after_seq: r.get(3)?,
+                        nickname: r.get(4)?,
+                        by: r.get(5)?,
+                        content: if kind == "edit" { Some(r.get(7)?) } else { None },
+                        at_ms: r.get(8)?,
+                        rendered: Default::default(),
+                    })
+                },
+            )
+            .map_err(failed)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+    }
+
     fn messages_after(&mut self, room_id: i64, after: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.id > ?2 ORDER BY m.id LIMIT ?3");
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} WHERE m.room_id = ?1 AND m.id > ?2 AND m.deleted_at IS NULL ORDER BY m.id LIMIT ?3"
+        );
         self.query_messages(&sql, params![room_id, after, limit as i64])
     }
 

@@ -14,7 +14,7 @@ use super::assets::{self, Asset};
 use std::net::IpAddr;
 
 use super::request::{
-    check_limits, declared_length, parse_json, parse_json_requiring, percent_decode, query_param, read_json,
+    check_limits, declared_length, header, parse_json, parse_json_requiring, percent_decode, query_param, read_json,
     read_json_requiring, session_token, split_url, JsonBody,
 };
 use super::response::{send, Answer, Handled, Refusal};
@@ -63,6 +63,8 @@ enum Verbs {
     Write,
     /// GET only: a HEAD cannot hold a stream open.
     Stream,
+    /// `/api/messages/{…}`: GET a room's stream; PATCH (edit) or DELETE a message.
+    StreamOrChange,
 }
 
 impl Verbs {
@@ -71,6 +73,7 @@ impl Verbs {
             Verbs::Read => matches!(method, Method::Get | Method::Head),
             Verbs::Write => *method == Method::Post,
             Verbs::Stream => *method == Method::Get,
+            Verbs::StreamOrChange => matches!(method, Method::Get | Method::Patch | Method::Delete),
         }
     }
 
@@ -80,6 +83,7 @@ impl Verbs {
             Verbs::Read => "GET, HEAD, OPTIONS",
             Verbs::Write => "POST, OPTIONS",
             Verbs::Stream => "GET, OPTIONS",
+            Verbs::StreamOrChange => "GET, PATCH, DELETE, OPTIONS",
         }
     }
 }
@@ -105,7 +109,8 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/dms/{nick}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::DmHistory(p.remove(0)) },
     Route { path: "/api/command", verbs: Verbs::Write, endpoint: |_| Endpoint::Command },
     Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
-    Route { path: "/api/messages/{room}", verbs: Verbs::Stream, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
+    // GET: the room's stream; PATCH and DELETE: the message with that id.
+    Route { path: "/api/messages/{room}", verbs: Verbs::StreamOrChange, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
     Route { path: "/api/ws", verbs: Verbs::Stream, endpoint: |_| Endpoint::WebSocket },
     Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
     Route { path: "/api/rooms/{room}/members", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Members(p.remove(0)) },
@@ -203,6 +208,15 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::DmHistory(nick) => dm_history(&nick, query, &from, ctx)?,
         Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Stream(id) if method == Method::Patch => {
+            edit_message(&id, read_json_requiring(request, max, session_field)?, &from, ctx)?
+        }
+        Endpoint::Stream(id) if method == Method::Delete => {
+            // The body is optional: the session may be in the query or the cookie.
+            let bodiless = declared_length(request).unwrap_or(0) == 0 && header(request, "Transfer-Encoding").is_none();
+            let body = if bodiless { SessionBody::default() } else { read_json(request, max)? };
+            delete_message(&id, query, body, &from, ctx)?
+        }
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
         Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
@@ -295,7 +309,8 @@ pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> 
 }
 
 /// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
-pub(super) const BODIES: &[&str] = &["/api/connect", "/api/disconnect", "/api/command", "/api/message"];
+pub(super) const BODIES: &[&str] =
+    &["/api/connect", "/api/disconnect", "/api/command", "/api/message", "PATCH /api/messages/:id"];
 
 /// Decodes `body` as the JSON body of `BODIES[endpoint]`, through the same
 /// checks as a request, then the same first steps its handler takes on the
@@ -322,6 +337,11 @@ pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
             if let Some(room) = &body.room {
                 normalize_room(room)?;
             }
+            crate::names::clean_message(&body.content, 2000)?;
+        }
+        Some("PATCH /api/messages/:id") => {
+            let body: EditBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
             crate::names::clean_message(&body.content, 2000)?;
         }
         _ => return Err(Refusal::new(404, "no such endpoint")),
@@ -686,6 +706,53 @@ fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EditBody {
+    session_id: Option<String>,
+    content: String,
+}
+
+impl JsonBody for EditBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("content", true)];
+}
+
+/// The `:id` of `/api/messages/:id`.
+fn message_id(text: &str) -> Result<i64, Refusal> {
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Refusal::bad("a message id is a positive whole number."))
+}
+
+/// `PATCH /api/messages/:id {"sessionId"?,"content"}`: edits one of the
+/// session's messages; answered once the edit is committed.
+fn edit_message(id: &str, body: EditBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let id = message_id(id)?;
+    let session = SessionRef::Token(resolve_session(body.session_id.as_deref(), from, ctx)?);
+    let content = Some(body.content);
+    match ctx.router.call(|reply| RouterMsg::Change { session, id: Some(id), content, reply })? {
+        Reply::Changed { id, room, edited_at_ms } => {
+            Ok(Answer::data(json!({ "id": id, "room": room, "editedAt": edited_at_ms.map(rfc3339) })))
+        }
+        _ => Err(Refusal::new(500, "unexpected answer from the router.")),
+    }
+}
+
+/// `DELETE /api/messages/:id` (session in the body, the query or the
+/// cookie): deletes one of the session's messages, or any message of a
+/// private room the session owns; answered once committed.
+fn delete_message(id: &str, query: &str, body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let id = message_id(id)?;
+    let given = body.session_id.or_else(|| query_param(query, "sessionId"));
+    let session = SessionRef::Token(resolve_session(given.as_deref(), from, ctx)?);
+    match ctx.router.call(|reply| RouterMsg::Change { session, id: Some(id), content: None, reply })? {
+        Reply::Changed { .. } => Ok(Answer::success()),
+        _ => Err(Refusal::new(500, "unexpected answer from the router.")),
+    }
+}
+
 /// The session a read request names, if any and valid: it sees the private
 /// rooms it may enter; without one, only public rooms exist.
 fn viewer(query: &str, from: &Caller, ctx: &HttpContext) -> Option<SessionRef> {
@@ -747,7 +814,7 @@ fn history(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContex
     let (before, limit) = page_params(query)?;
     let name = normalize_room(room)?;
     let room_id = ctx.router.room_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name))?.id;
-    let messages = ctx.store.query(move |store| store.messages_before(room_id, before, limit)).map_err(|e| {
+    let messages = ctx.store.query(move |store| store.visible_messages_before(room_id, before, limit)).map_err(|e| {
         log::warn!("history of room {room_id} unavailable: {e}");
         Refusal::new(503, "the message store is unavailable, so history cannot be shown. Try again shortly.")
     })?;
@@ -761,6 +828,7 @@ fn history(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContex
                 "content": m.content,
                 "createdAt": rfc3339(m.created_at_ms),
                 "nickname": m.nickname,
+                "editedAt": m.edited_at_ms.map(rfc3339),
             })
         })
         .collect();

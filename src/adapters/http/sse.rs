@@ -40,7 +40,7 @@ use super::request::{header, query_param, split_url};
 use super::response::{send, Refusal};
 use super::HttpContext;
 use crate::adapters::writers::{Conn, Encoder};
-use crate::event::{rfc3339, ChatMessage, CloseReason, Event, Sink, Transport, Wire};
+use crate::event::{rfc3339, ChatMessage, CloseReason, Event, MessageChange, Sink, Transport, Wire};
 use crate::names::normalize_room;
 use crate::router::RouterMsg;
 
@@ -202,6 +202,11 @@ pub(crate) fn render(event: &Event, out: &mut Vec<u8>) {
             let data = json!({ "room": notice.room, "content": notice.text, "timestamp": rfc3339(notice.at_ms) });
             format!("event: system\ndata: {data}\n\n").into_bytes()
         })),
+        Event::Changed(change) => out.extend_from_slice(change.rendered.get_or_render(Wire::Sse, || {
+            // No `id:`: event ids are message ids, where a stream resumes.
+            let (kind, data) = change_event(change);
+            format!("event: {kind}\ndata: {data}\n\n").into_bytes()
+        })),
         Event::Dm { dm, .. } => {
             let data = json!({ "from": dm.from, "to": dm.to, "content": dm.text, "timestamp": rfc3339(dm.at_ms) });
             out.extend_from_slice(format!("event: dm\ndata: {data}\n\n").as_bytes());
@@ -232,15 +237,29 @@ fn frame_chunk(bytes: &[u8], out: &mut Vec<u8>) {
 /// `id:` + `event: message`, formatted once per message for every stream.
 fn render_message(message: &ChatMessage, out: &mut Vec<u8>) {
     out.extend_from_slice(message.rendered.get_or_render(Wire::Sse, || {
-        let data = json!({
+        let mut data = json!({
             "id": message.id,
             "room": message.room,
             "user": message.nickname,
             "content": message.content,
             "timestamp": rfc3339(message.created_at_ms),
         });
+        if let Some(at) = message.edited_at_ms {
+            data["editedAt"] = json!(rfc3339(at));
+        }
         format!("id: {}\nevent: message\ndata: {data}\n\n", message.id).into_bytes()
     }));
+}
+
+/// An edit's or a deletion's event name and fields (the same on WebSocket).
+pub(crate) fn change_event(change: &MessageChange) -> (&'static str, serde_json::Value) {
+    match &change.content {
+        Some(text) => (
+            "edit",
+            json!({ "id": change.id, "room": change.room, "content": text, "editedAt": rfc3339(change.at_ms) }),
+        ),
+        None => ("delete", json!({ "id": change.id, "room": change.room })),
+    }
 }
 
 fn connected_event(room: Option<&str>) -> Vec<u8> {

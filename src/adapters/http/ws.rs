@@ -389,6 +389,11 @@ impl Encoder for WsEncoder {
                     "timestamp": rfc3339(notice.at_ms),
                 }))
             })),
+            Event::Changed(change) => out.extend_from_slice(change.rendered.get_or_render(Wire::WebSocket, || {
+                let (kind, mut data) = super::sse::change_event(change);
+                data["type"] = json!(kind);
+                text_frame(&data)
+            })),
             Event::Dm { dm, .. } => out.extend_from_slice(&text_frame(&json!({
                 "type": "dm",
                 "from": dm.from,
@@ -456,14 +461,18 @@ impl Encoder for WsEncoder {
 /// A message as a text frame, formatted once for every WebSocket.
 fn render_message(message: &ChatMessage, out: &mut Vec<u8>) {
     out.extend_from_slice(message.rendered.get_or_render(Wire::WebSocket, || {
-        text_frame(&json!({
+        let mut data = json!({
             "type": "message",
             "id": message.id,
             "room": message.room,
             "user": message.nickname,
             "content": message.content,
             "timestamp": rfc3339(message.created_at_ms),
-        }))
+        });
+        if let Some(at) = message.edited_at_ms {
+            data["editedAt"] = json!(rfc3339(at));
+        }
+        text_frame(&data)
     }));
 }
 
