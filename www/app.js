@@ -1942,12 +1942,12 @@ async function runCommand(text, fromDmView) {
     return false;
   }
   clearError('command', 'send');
-  applyCommandResult(name, words[1], result.json.message);
+  applyCommandResult(name, words[1], result.json.message, text.slice(words[0].length).trim());
   return true;
 }
 
 /** What the page does after a successful command (output is shown as an info block). */
-function applyCommandResult(name, firstArg, output) {
+function applyCommandResult(name, firstArg, output, rest) {
   switch (name) {
     case '/dm':
     case '/msg':
@@ -1979,7 +1979,7 @@ function applyCommandResult(name, firstArg, output) {
       break;
     case '/away':
     case '/back':
-      state.myStatus = name === '/back' ? { status: 'online', message: null } : { status: 'away', message: null };
+      state.myStatus = name === '/back' ? { status: 'online', message: null } : { status: 'away', message: rest || null };
       renderMe();
       refreshMembers();
       break;
