@@ -41,6 +41,8 @@ pub enum Command {
     Password { old: Secret, new: Secret },
     /// `/login <nick> <password>`
     Login { nick: String, password: Secret },
+    /// `/search <words>`: the current room's messages with every word.
+    Search(String),
 }
 
 /// One line of user input.
@@ -140,6 +142,12 @@ const COMMANDS: &[CommandSpec] = &[
             (!text.is_empty()).then(|| Command::Dm { to: to.to_string(), text: text.to_string() })
         },
     },
+    CommandSpec {
+        name: "search",
+        usage: "/search <words>",
+        summary: "the newest 10 messages of your room with all these words",
+        parse: |args| (!args.is_empty()).then(|| Command::Search(args.to_string())),
+    },
 ];
 
 fn one_arg(args: &str) -> Option<String> {
@@ -205,6 +213,8 @@ mod tests {
             cmd("/password old12345 new 12345"),
             Command::Password { old: Secret::new("old12345"), new: Secret::new("new 12345") }
         );
+        assert_eq!(cmd("/search  hello  world "), Command::Search("hello  world".into()));
+        assert_eq!(parse_input("/search"), Err(ChatError::Usage("/search <words>")));
         assert_eq!(cmd("/login alice pw pw pw"), Command::Login { nick: "alice".into(), password: Secret::new("pw pw pw") });
         assert_eq!(format!("{:?}", cmd("/register hunter22hunter")), "Register(Secret(\"***\"))");
     }

@@ -67,6 +67,14 @@ pub enum ChatError {
     NotAMember { nick: String, room: String },
     /// `/kick` of the owner.
     KickOwner,
+    /// `/search` outside a room.
+    SearchNeedsRoom,
+    /// Search words that cannot be searched for; the text says why.
+    BadSearch(String),
+    /// The store could not run a search or move a read marker.
+    StoreReadUnavailable,
+    /// A read marker asked for by a guest.
+    MarkersNeedAccount,
 }
 
 impl ChatError {
@@ -76,7 +84,8 @@ impl ChatError {
         match self {
             NicknameTaken(_) | RoomExists(_) | AlreadyRegistered(_) => 409,
             NicknameRegistered(_) | WrongPassword(_) | NoAccount(_) => 401,
-            NotRegistered | PrivateNeedsAccount | NotOwner(_) => 403,
+            NotRegistered | PrivateNeedsAccount | NotOwner(_) | MarkersNeedAccount => 403,
+            StoreReadUnavailable => 503,
             NotAnAccount(_) | NotAMember { .. } => 404,
             AlreadyInvited { .. } => 409,
             TooManyLoginAttempts { .. } => 429,
@@ -174,6 +183,13 @@ impl ChatError {
             AlreadyInvited { nick, room } => write!(f, "{nick} can already enter '{room}'."),
             NotAMember { nick, room } => write!(f, "{nick} is not a member of '{room}'."),
             KickOwner => write!(f, "the owner cannot be removed from their room."),
+            SearchNeedsRoom => write!(f, "you are not in a room; /search looks through your current room. Use /join <room> first."),
+            BadSearch(why) => write!(f, "cannot search: {why}"),
+            StoreReadUnavailable => write!(f, "the message store is unavailable. Try again shortly."),
+            MarkersNeedAccount => write!(
+                f,
+                "only registered users have read markers and unread counts. Use /register <password> first."
+            ),
         }
     }
 }

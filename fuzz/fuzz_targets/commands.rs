@@ -23,6 +23,7 @@ fn write_back(command: &Command) -> Option<String> {
         Command::CreatePrivate(room) => format!("/create {room} private"),
         Command::Invite(nick) => format!("/invite {nick}"),
         Command::Kick(nick) => format!("/kick {nick}"),
+        Command::Search(words) => format!("/search {words}"),
         Command::Register(_) | Command::Password { .. } | Command::Login { .. } => return None,
     })
 }
@@ -41,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Input::Command(command)) => {
             match &command {
                 Command::Nick(arg) | Command::Create(arg) | Command::Join(arg) => one_word(arg),
+                Command::Search(words) => assert!(!words.is_empty() && words.trim() == words, "{words:?}"),
                 Command::Dm { to, text } => {
                     one_word(to);
                     assert!(!text.is_empty() && text.trim() == text, "{text:?}");

@@ -107,6 +107,8 @@ impl RouterState {
                 self.respond_to(Some(session), reply, Err(error));
             }
             StoreDone::DmStored { session, to, text, result, reply } => self.dm_stored(session, to, text, result, reply),
+            StoreDone::MarkedOnJoin { session, room, result } => self.marked_on_join(session, room, result),
+            StoreDone::Searched { session, result, reply } => self.searched(session, result, reply),
         }
     }
 
@@ -298,6 +300,7 @@ impl RouterState {
             Command::Rooms => Ok(Reply::Text(self.rooms_text(id))),
             Command::Leave => self.leave(id),
             Command::Dm { to, text } => return self.dm(id, to, text, reply),
+            Command::Search(words) => return self.search(id, words, reply),
             // Password work happens outside the router (crate::accounts).
             Command::Register(_) => Err(ChatError::Usage("/register <password>")),
             Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
@@ -440,6 +443,7 @@ impl RouterState {
             text.push('\n');
         }
         text.push_str("---");
+        self.marker_on_join(id, &name);
         Ok(Reply::Text(text))
     }
 

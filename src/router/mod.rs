@@ -29,6 +29,7 @@ mod state;
 mod streams;
 #[cfg(test)]
 mod tests;
+mod unread;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -206,6 +207,8 @@ pub struct Identity {
 /// One line of the room list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSummary {
+    /// The room's id in the store.
+    pub id: i64,
     pub name: String,
     /// Members on every instance.
     pub members: usize,
@@ -246,6 +249,10 @@ pub enum StoreDone {
     TakenChecked { session: SessionId, nickname: String, registered: bool, reply: Responder },
     /// `Ok(false)`: the nickname was registered already.
     Registered { session: SessionId, result: Result<bool, StoreError>, reply: Responder },
+    /// A registered TCP user's read marker moved as they joined `room`.
+    MarkedOnJoin { session: SessionId, room: String, result: Result<crate::store::MarkedRead, StoreError> },
+    /// `/search` found these (newest first).
+    Searched { session: SessionId, result: Result<Vec<ChatMessage>, StoreError>, reply: Responder },
 }
 
 /// A cloneable handle for sending requests to the router.
@@ -781,6 +788,7 @@ impl RouterState {
         if let Some(room) = self.rooms.get_mut(&room_name) {
             room.members.remove(&id);
         }
+        self.marker_on_leave(id, &room_name);
         if announce {
             self.announce(&room_name, notice(&nick, &room_name), None);
         }
@@ -948,6 +956,7 @@ impl RouterState {
             .values()
             .filter(|r| self.can_see(&r.name, viewer))
             .map(|r| RoomSummary {
+                id: r.id,
                 name: r.name.clone(),
                 members: r.members.len() + self.remote_members(Some(&r.name)).count(),
                 created_at_ms: r.created_at_ms,
