@@ -153,7 +153,7 @@ for_each_store! {
     /// for a registered session only; markers move forward only.
     fn unread_and_mentions_are_listed_for_registered_users_only(store) {
         let server = unlimited(store);
-        let room = unique_name("r")[..20].to_string();
+        let room: String = unique_name("r").chars().take(32).collect();
         let bob = guest(&server, "bob");
         command(&server, &bob, &format!("/create {room}"));
         let alice = account(&server, "alice", true);
