@@ -25,7 +25,7 @@ DATABASE_URL, REDIS_URL, ...): see README.md.
   createdb  create the database DATABASE_URL names, then exit
   seed-unread [--rooms 100] [--messages 1000000] [--user bench] [--password benchpassword]
             register the account and store that many messages round-robin in rooms
-            bench-000…, one in 50 mentioning the account, with its read markers
+            bench-000…, one in 47 mentioning the account, with its read markers
             half way, in the configured store (for measuring /api/rooms), then exit";
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@
 //!
 //! It registers one account (`--user`, `--password`), creates `--rooms`
 //! rooms (`bench-000`, `bench-001`…), and stores `--messages` messages
-//! round-robin across them, one in every 50 mentioning the account. Half
+//! round-robin across them, one in every 47 mentioning the account. Half
 //! way through, the account's read marker is moved to the newest message of
 //! every room, so each room ends with about half its messages unread.
 
@@ -87,7 +87,7 @@ pub fn seed_unread(store: &mut dyn Store, plan: &SeedPlan) -> Result<String, Sto
     for n in 0..plan.messages {
         let room = &rooms[n % rooms.len()];
         let mut content = format!("message {n} about {} and {}", WORDS[n % WORDS.len()], WORDS[(n / 7) % WORDS.len()]);
-        if n % 50 == 0 {
+        if n % 47 == 0 {
             content.push_str(&format!(" @{}", plan.user));
         }
         batch.push(NewMessage {
