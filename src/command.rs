@@ -133,6 +133,12 @@ const COMMANDS: &[CommandSpec] = &[
         },
     },
     CommandSpec {
+        name: "search",
+        usage: "/search <words>",
+        summary: "the newest 10 messages of your room with all these words",
+        parse: |args| (!args.is_empty()).then(|| Command::Search(args.to_string())),
+    },
+    CommandSpec {
         name: "dm",
         usage: "/dm <user> <message>",
         summary: "send a private message to an online user",
@@ -141,12 +147,6 @@ const COMMANDS: &[CommandSpec] = &[
             let text = text.trim();
             (!text.is_empty()).then(|| Command::Dm { to: to.to_string(), text: text.to_string() })
         },
-    },
-    CommandSpec {
-        name: "search",
-        usage: "/search <words>",
-        summary: "the newest 10 messages of your room with all these words",
-        parse: |args| (!args.is_empty()).then(|| Command::Search(args.to_string())),
     },
 ];
 

@@ -345,6 +345,8 @@ pub struct RouterSettings {
     pub store_queue_max: usize,
     /// A stream's backlog (bytes) under which its replay reads on.
     pub replay_backlog: usize,
+    /// How much one `/search` may ask for.
+    pub search: crate::store::search::SearchLimits,
 }
 
 impl RouterSettings {
@@ -359,6 +361,7 @@ impl RouterSettings {
             session_idle: config.limits.session_idle,
             store_queue_max: config.limits.store_queue_max,
             replay_backlog: config.limits.sendq_bytes / 2,
+            search: config.limits.search,
         }
     }
 }

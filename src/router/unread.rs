@@ -82,7 +82,7 @@ impl RouterState {
         let Some(room_id) = self.sessions[&id].room.as_ref().and_then(|r| self.rooms.get(r)).map(|r| r.id) else {
             return self.respond_to(Some(id), reply, Err(ChatError::SearchNeedsRoom));
         };
-        if let Err(why) = crate::store::search::search_words(&words) {
+        if let Err(why) = crate::store::search::check_search(&words, self.settings.search) {
             return self.respond_to(Some(id), reply, Err(ChatError::BadSearch(why.to_string())));
         }
         let inbox = self.inbox.clone();

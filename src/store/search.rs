@@ -11,62 +11,88 @@
 //!
 //! Both backends ignore punctuation, so words without a letter or digit are
 //! dropped here (an FTS5 phrase with no token matches nothing anyway).
+//! The store builds the query from any text; [`check_search`] holds a
+//! search to the configured [`SearchLimits`] before it gets there.
 
-/// Longest search text accepted, in bytes.
-pub const MAX_QUERY_BYTES: usize = 256;
-/// Most words one search may hold.
-pub const MAX_QUERY_WORDS: usize = 16;
+/// How much one search may ask for (`SEARCH_MAX_BYTES`, `SEARCH_MAX_WORDS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchLimits {
+    /// Longest search text, in bytes.
+    pub max_bytes: usize,
+    /// Most words (with a letter or digit) in one search.
+    pub max_words: usize,
+}
+
+impl Default for SearchLimits {
+    fn default() -> SearchLimits {
+        SearchLimits { max_bytes: 256, max_words: 16 }
+    }
+}
 
 /// Why a search text was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryError {
     /// No word with a letter or digit in it.
     Empty,
-    /// Over [`MAX_QUERY_BYTES`] or [`MAX_QUERY_WORDS`].
-    TooLong,
+    /// Over the [`SearchLimits`].
+    TooLong(SearchLimits),
 }
 
 impl std::fmt::Display for QueryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QueryError::Empty => write!(f, "give at least one word to search for (letters or digits)."),
-            QueryError::TooLong => {
-                write!(f, "the search is too long; use at most {MAX_QUERY_WORDS} words and {MAX_QUERY_BYTES} bytes.")
-            }
+            QueryError::TooLong(limits) => write!(
+                f,
+                "the search is too long; use at most {} words and {} bytes.",
+                limits.max_words, limits.max_bytes
+            ),
         }
     }
 }
 
 /// The words of a search text: split on whitespace, those with at least one
 /// letter or digit, each once.
-pub fn search_words(text: &str) -> Result<Vec<&str>, QueryError> {
-    if text.len() > MAX_QUERY_BYTES {
-        return Err(QueryError::TooLong);
-    }
+pub fn search_words(text: &str) -> Vec<&str> {
     let mut words: Vec<&str> = Vec::new();
     for word in text.split_whitespace().filter(|w| w.chars().any(char::is_alphanumeric)) {
         if !words.contains(&word) {
             words.push(word);
         }
     }
-    match words.len() {
+    words
+}
+
+/// Checks a search text against the limits (what the adapters and the
+/// router do before a search reaches the store).
+pub fn check_search(text: &str, limits: SearchLimits) -> Result<(), QueryError> {
+    if text.len() > limits.max_bytes {
+        return Err(QueryError::TooLong(limits));
+    }
+    match search_words(text).len() {
         0 => Err(QueryError::Empty),
-        n if n > MAX_QUERY_WORDS => Err(QueryError::TooLong),
-        _ => Ok(words),
+        n if n > limits.max_words => Err(QueryError::TooLong(limits)),
+        _ => Ok(()),
     }
 }
 
 /// The FTS5 `MATCH` expression for a search text: each word a quoted phrase.
 pub fn fts5_query(text: &str) -> Result<String, QueryError> {
-    let words = search_words(text)?;
-    let phrases: Vec<String> = words.iter().map(|w| format!("\"{}\"", w.replace('"', "\"\""))).collect();
+    let phrases: Vec<String> = search_words(text).iter().map(|w| format!("\"{}\"", w.replace('"', "\"\""))).collect();
+    if phrases.is_empty() {
+        return Err(QueryError::Empty);
+    }
     Ok(phrases.join(" "))
 }
 
 /// The text handed to PostgreSQL's `plainto_tsquery('simple', …)`: the
-/// checked words, space-separated.
+/// words, space-separated.
 pub fn tsquery_text(text: &str) -> Result<String, QueryError> {
-    Ok(search_words(text)?.join(" "))
+    let words = search_words(text);
+    if words.is_empty() {
+        return Err(QueryError::Empty);
+    }
+    Ok(words.join(" "))
 }
 
 #[cfg(test)]
@@ -80,9 +106,16 @@ mod tests {
         assert_eq!(fts5_query("a a  b").unwrap(), r#""a" "b""#);
         assert_eq!(fts5_query("  -- !! "), Err(QueryError::Empty));
         assert_eq!(fts5_query(""), Err(QueryError::Empty));
-        assert_eq!(fts5_query(&"x".repeat(MAX_QUERY_BYTES + 1)), Err(QueryError::TooLong));
-        let many: Vec<String> = (0..=MAX_QUERY_WORDS).map(|i| format!("w{i}")).collect();
-        assert_eq!(fts5_query(&many.join(" ")), Err(QueryError::TooLong));
+    }
+
+    #[test]
+    fn searches_are_held_to_the_limits() {
+        let limits = SearchLimits { max_bytes: 20, max_words: 3 };
+        assert_eq!(check_search("a b c", limits), Ok(()));
+        assert_eq!(check_search("a b c d", limits), Err(QueryError::TooLong(limits)));
+        assert_eq!(check_search("a b c c c !!", limits), Ok(()));
+        assert_eq!(check_search(&"x".repeat(21), limits), Err(QueryError::TooLong(limits)));
+        assert_eq!(check_search(" ?! ", limits), Err(QueryError::Empty));
     }
 
     #[test]

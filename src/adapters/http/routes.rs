@@ -789,7 +789,7 @@ const SEARCH_DEFAULT: usize = 10;
 /// with every word, newest first, as history items.
 fn search(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let words = query_param(query, "q").unwrap_or_default();
-    crate::store::search::search_words(&words).map_err(|why| Refusal::bad(format!("'q': {why}")))?;
+    crate::store::search::check_search(&words, ctx.limits.search).map_err(|why| Refusal::bad(format!("'q': {why}")))?;
     let limit = match query_param(query, "limit").filter(|v| !v.is_empty()) {
         None => SEARCH_DEFAULT,
         Some(v) => v
