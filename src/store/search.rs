@@ -51,11 +51,13 @@ impl std::fmt::Display for QueryError {
     }
 }
 
-/// The words of a search text: split on whitespace, those with at least one
-/// letter or digit, each once.
+/// The words of a search text: split on whitespace and control characters
+/// (stored messages hold none; a NUL would end FTS5's query text early),
+/// those with at least one letter or digit, each once.
 pub fn search_words(text: &str) -> Vec<&str> {
     let mut words: Vec<&str> = Vec::new();
-    for word in text.split_whitespace().filter(|w| w.chars().any(char::is_alphanumeric)) {
+    let pieces = text.split(|c: char| c.is_whitespace() || c.is_control());
+    for word in pieces.filter(|w| w.chars().any(char::is_alphanumeric)) {
         if !words.contains(&word) {
             words.push(word);
         }
@@ -120,7 +122,7 @@ mod tests {
 
     #[test]
     fn built_queries_are_accepted_by_fts5() {
-        for text in ["hello", r#"""" "a"#, "NEAR(a b) OR c AND NOT d", "x* ^y {a b}: c", "héllo wörld 🙂x", "'; DROP TABLE x; --"] {
+        for text in ["hello", "a\0b \u{1}c\u{7f}", r#"""" "a"#, "NEAR(a b) OR c AND NOT d", "x* ^y {a b}: c", "héllo wörld 🙂x", "'; DROP TABLE x; --"] {
             let query = fts5_query(text).unwrap();
             crate::store::sqlite::fts5_accepts(&query).unwrap_or_else(|e| panic!("{text:?} → {query:?}: {e}"));
         }
