@@ -236,9 +236,6 @@ impl LoginLimiter {
     }
 }
 
-/// Most missed DMs shown at one login (the rest stay unread, in `/api/dms`).
-const MISSED_DMS_MAX: usize = 500;
-
 /// The account procedures the adapters share.
 pub struct Accounts {
     pub hasher: Hasher,
@@ -281,13 +278,16 @@ impl Accounts {
     }
 
     /// Logs a session in to an account (a new session at the prompt, or
-    /// `/login` in a named one).
-    pub fn login(&self, session: SessionRef, nickname: &str, password: &Secret, peer: Option<IpAddr>) -> Outcome {
+    /// `/login` in a named one). With `missed_dms`, the answer carries the
+    /// block of DMs that reached the account while it was offline, which
+    /// then count as seen (text clients show it after the welcome).
+    pub fn login(&self, session: SessionRef, nickname: &str, password: &Secret, peer: Option<IpAddr>, missed_dms: bool) -> Outcome {
         let account = self.authenticate(nickname, password, peer)?;
         self.router.call(|reply| RouterMsg::LoginAccount {
             session,
             user_id: account.user_id,
             nickname: account.nickname,
+            missed_dms,
             reply,
         })
     }
@@ -319,37 +319,12 @@ impl Accounts {
         Ok(Reply::Text("Password changed.".into()))
     }
 
-    /// DMs that reached the account while it was offline, as the block
-    /// shown after the welcome (oldest first); they count as seen once shown.
-    pub fn missed_dms(&self, user_id: i64) -> Option<String> {
-        let dms = match self.store.query(move |store| store.unread_dms(user_id, MISSED_DMS_MAX)) {
-            Ok(dms) if !dms.is_empty() => dms,
-            Ok(_) => return None,
-            Err(e) => {
-                log::warn!("cannot read missed DMs: {e}");
-                return None;
-            }
-        };
-        let ids: Vec<i64> = dms.iter().map(|d| d.id).collect();
-        self.store.run(move |store| {
-            if let Err(e) = store.mark_dms_read(user_id, &ids, crate::event::now_ms()) {
-                log::warn!("cannot mark DMs read: {e}");
-            }
-        });
-        let mut block = String::from("--- Direct messages while you were away ---");
-        for dm in dms {
-            block.push_str(&format!("\n[DM from {}] {}", dm.sender, dm.content));
-        }
-        block.push_str("\n---");
-        Some(block)
-    }
-
     /// `/login` as a command: the welcome, then any DMs missed meanwhile.
     pub fn login_command(&self, session: SessionRef, nick: &str, password: &Secret, peer: Option<IpAddr>) -> Outcome {
-        match self.login(session, nick, password, peer)? {
-            Reply::LoggedIn { nickname, user_id, .. } | Reply::Welcomed { nickname, user_id } => {
+        match self.login(session, nick, password, peer, true)? {
+            Reply::LoggedIn { nickname, missed_dms, .. } | Reply::Welcomed { nickname, missed_dms, .. } => {
                 let mut text = format!("Welcome back, {nickname}!");
-                if let Some(block) = self.missed_dms(user_id) {
+                if let Some(block) = missed_dms {
                     text.push('\n');
                     text.push_str(&block);
                 }

@@ -329,6 +329,56 @@ for_each_store! {
         olga.expect("[lobby] olga: after");
     }
 
+    fn dms_sent_while_the_recipient_logs_in_are_shown_exactly_once(store) {
+        // Each DM is either in a "while you were away" block or live, never
+        // both and never neither, however it races the logins: bob logs in
+        // and out over and over while alice keeps sending.
+        let server = TestServer::builder(store).env("MSG_RATE", 0).start();
+        let mut alice = registered(&server, "alice");
+        let mut bob = registered(&server, "bob");
+        bob.send("/quit");
+        bob.expect("Goodbye!");
+        const COUNT: usize = 300;
+        let sender = std::thread::spawn(move || {
+            for i in 0..COUNT {
+                alice.send(&format!("/dm bob n{i}"));
+                let line = alice.line();
+                assert!(line.starts_with(&format!("[DM to bob] n{i}")), "{line}");
+            }
+        });
+        let mut seen = vec![0; COUNT];
+        let mut count = |line: &str| {
+            if let Some(n) = line.strip_prefix("[DM from alice] n") {
+                seen[n.parse::<usize>().unwrap()] += 1;
+            }
+        };
+        while !sender.is_finished() {
+            let mut bob = log_in(&server, "bob", PW);
+            bob.send("/quit");
+            loop {
+                let line = bob.line();
+                if line == "Goodbye!" {
+                    break;
+                }
+                count(&line);
+            }
+        }
+        sender.join().unwrap();
+        // Whatever reached nobody live is waiting for the next login, and
+        // everything bob gets arrives before the answer to a command.
+        let mut bob = log_in(&server, "bob", PW);
+        bob.send("/rooms");
+        loop {
+            let line = bob.line();
+            if line.starts_with("Rooms (") || line.starts_with("No rooms yet.") {
+                break;
+            }
+            count(&line);
+        }
+        let wrong: Vec<(usize, i32)> = seen.iter().copied().enumerate().filter(|&(_, count)| count != 1).collect();
+        assert!(wrong.is_empty(), "DMs seen other than once (number, times): {wrong:?}");
+    }
+
     fn dms_between_registered_users_are_stored_and_shown_at_login(store) {
         let mut server = TestServer::start(store);
         let mut alice = registered(&server, "alice");

@@ -204,7 +204,6 @@ fn choose_nickname(
             return false;
         }
         let mut outcome = ctx.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname, reply });
-        let mut welcome = "Welcome";
         if let Err(ChatError::NicknameRegistered(nick)) = &outcome {
             // An account: its password, then back here if it is wrong.
             let nick = nick.clone();
@@ -219,20 +218,15 @@ fn choose_nickname(
                 }
                 Err(_) => return false,
             };
-            outcome = ctx.accounts.login(SessionRef::Id(id), &nick, &Secret::new(&password), ip).map_err(|e| match e {
+            outcome = ctx.accounts.login(SessionRef::Id(id), &nick, &Secret::new(&password), ip, true).map_err(|e| match e {
                 ChatError::NoAccount(nick) => ChatError::WrongPassword(nick),
                 e => e,
             });
-            welcome = "Welcome back";
         }
         match outcome {
-            Ok(Reply::LoggedIn { nickname, user_id, .. }) => {
-                say(Event::Reply(format!("{welcome}, {nickname}!\nType /help for available commands.")));
-                if welcome == "Welcome back" {
-                    if let Some(block) = ctx.accounts.missed_dms(user_id) {
-                        say(Event::Reply(block));
-                    }
-                }
+            // The router has queued the welcome (and any DMs missed while
+            // away) ahead of everything else sent to the new name.
+            Ok(Reply::LoggedIn { .. }) => {
                 let input = lines.get_ref();
                 input.until.set(None);
                 let _ = input.stream.set_read_timeout(None);

@@ -11,9 +11,13 @@ use uuid::Uuid;
 use super::{PendingSend, Reply, Responder, RoomSummary, Completion, RouterState, StoreDone};
 use crate::command::{help_text, Command};
 use crate::error::ChatError;
-use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, SessionId};
+use crate::event::{now_ms, ChatMessage, CloseReason, DirectMessage, Event, Protocol, SessionId};
 use crate::names::{clean_message, name_key, normalize_room, validate_nickname};
 use crate::store::{AppendResult, NewMessage, StoreError};
+
+/// At most this many missed DMs are shown at login (the rest stay unread,
+/// in the conversation's history).
+const MISSED_DMS_MAX: usize = 500;
 
 impl RouterState {
     /// First nickname of a session: reserve it, record the user in the
@@ -109,19 +113,20 @@ impl RouterState {
             StoreDone::DmStored { session, to, text, result, reply } => self.dm_stored(session, to, text, result, reply),
             StoreDone::MarkedOnJoin { session, room, result } => self.marked_on_join(session, room, result),
             StoreDone::Searched { session, result, reply } => self.searched(session, result, reply),
+            StoreDone::MissedDms { session, result, answer, reply } => self.missed_dms(session, result, answer, reply),
         }
     }
 
     /// Logs a session in to an account whose password the adapter checked.
     /// The account's sessions share its nickname; no service-wide claim is
     /// needed, since the store says who owns a registered name.
-    pub(super) fn login_account(&mut self, id: SessionId, user_id: i64, nickname: String, reply: Responder) {
+    pub(super) fn login_account(&mut self, id: SessionId, user_id: i64, nickname: String, missed: bool, reply: Responder) {
         let session = &self.sessions[&id];
         if session.pending_nickname.is_some() {
             return self.respond_to(Some(id), reply, Err(ChatError::Usage("/login <nick> <password> (one change at a time)")));
         }
         if session.registered && session.user_id == user_id {
-            return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname }));
+            return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname, missed_dms: None }));
         }
         let key = name_key(&nickname);
         if let Some(holder) = self.nicknames.get(&key).and_then(|h| self.sessions.get(h)) {
@@ -144,15 +149,83 @@ impl RouterState {
         self.account_sessions.entry(user_id).or_default().push(id);
         self.announce_presence(id);
         log::info!("session {} logged in as {nickname}", id.0);
-        match old {
-            None => self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname })),
+        let answer = match old {
+            None => Reply::LoggedIn { session: id, user_id, nickname, missed_dms: None },
             Some(old) => {
                 if let Some(room) = self.sessions[&id].room.clone() {
                     self.announce(&room, format!("{old} is now known as {nickname}"), Some(id));
                 }
-                self.respond_to(Some(id), reply, Ok(Reply::Welcomed { user_id, nickname }))
+                Reply::Welcomed { user_id, nickname, missed_dms: None }
             }
+        };
+        if !missed {
+            self.greet(id, &answer);
+            return self.respond_to(Some(id), reply, Ok(answer));
         }
+        // The storage thread answers in the order it is asked: a DM whose
+        // insert was queued before this read is in the block, and its
+        // `DmStored` reaches the router before `MissedDms` does, so it is
+        // kept from the session's live stream (never both); one queued
+        // after is not in the block and is delivered live. Everything else
+        // the session is sent meanwhile waits for the welcome.
+        self.sessions.get_mut(&id).expect("resolved").held = Some(Default::default());
+        let inbox = self.inbox.clone();
+        self.store.run(move |store| {
+            let result = store.unread_dms(user_id, MISSED_DMS_MAX).and_then(|dms| {
+                let ids: Vec<i64> = dms.iter().map(|d| d.id).collect();
+                if !ids.is_empty() {
+                    store.mark_dms_read(user_id, &ids, now_ms())?;
+                }
+                Ok(dms)
+            });
+            let _ = inbox.send(Completion::StoreDone(StoreDone::MissedDms { session: id, result, answer, reply }));
+        });
+    }
+
+    /// The DMs a login waited for: the block shown after the welcome,
+    /// oldest first (none if they cannot be read: they stay unread).
+    fn missed_dms(&mut self, id: SessionId, result: Result<Vec<crate::store::DmRecord>, StoreError>, answer: Reply, reply: Responder) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let held = session.held.take().map(|held| held.into_inner()).unwrap_or_default();
+        let dms = result.unwrap_or_else(|e| {
+            log::warn!("cannot read missed DMs: {e}");
+            Vec::new()
+        });
+        let block = (!dms.is_empty()).then(|| {
+            let mut block = String::from("--- Direct messages while you were away ---");
+            for dm in dms {
+                block.push_str(&format!("\n[DM from {}] {}", dm.sender, dm.content));
+            }
+            block.push_str("\n---");
+            block
+        });
+        let answer = match answer {
+            Reply::LoggedIn { session, user_id, nickname, .. } => Reply::LoggedIn { session, user_id, nickname, missed_dms: block },
+            Reply::Welcomed { user_id, nickname, .. } => Reply::Welcomed { user_id, nickname, missed_dms: block },
+            other => other,
+        };
+        self.greet(id, &answer);
+        for event in held {
+            self.deliver_to(id, event);
+        }
+        self.respond_to(Some(id), reply, Ok(answer));
+    }
+
+    /// A TCP session that has just chosen its first nickname is welcomed in
+    /// its own stream, so nothing sent to the new name can come before it.
+    fn greet(&mut self, id: SessionId, answer: &Reply) {
+        let Reply::LoggedIn { nickname, missed_dms, .. } = answer else { return };
+        let Some(session) = self.sessions.get(&id) else { return };
+        if session.protocol != Protocol::Tcp {
+            return;
+        }
+        let greeting = if session.registered { "Welcome back" } else { "Welcome" };
+        let mut text = format!("{greeting}, {nickname}!\nType /help for available commands.");
+        if let Some(block) = missed_dms {
+            text.push('\n');
+            text.push_str(block);
+        }
+        self.deliver_to(id, Event::Reply(text));
     }
 
     /// Frees the nickname a session is leaving (for another one).
@@ -263,7 +336,9 @@ impl RouterState {
         session.user_id = user_id;
         if !rename {
             self.announce_presence(id);
-            return self.respond_to(Some(id), reply, Ok(Reply::LoggedIn { session: id, user_id, nickname }));
+            let answer = Reply::LoggedIn { session: id, user_id, nickname, missed_dms: None };
+            self.greet(id, &answer);
+            return self.respond_to(Some(id), reply, Ok(answer));
         }
         let old = old.unwrap_or_default();
         if name_key(&old) != name_key(&nickname) {
@@ -586,7 +661,9 @@ impl RouterState {
         });
         let local = self.account_sessions.get(&record.recipient_id).cloned().unwrap_or_default();
         for session in &local {
-            self.deliver_to(*session, Event::Dm { dm: dm.clone(), outgoing: false });
+            if !self.sessions.get(session).is_some_and(|s| s.held.is_some()) {
+                self.deliver_to(*session, Event::Dm { dm: dm.clone(), outgoing: false });
+            }
         }
         let remote = self.remote_instance_of(&record.recipient).is_some();
         if remote {

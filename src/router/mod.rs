@@ -68,9 +68,12 @@ pub enum Reply {
     /// Text the session has already been shown as an event (a DM's echo);
     /// sent to channel responders, not written to the session again.
     Shown(String),
-    LoggedIn { session: SessionId, user_id: i64, nickname: String },
+    /// A session's first nickname (guest or account). `missed_dms`: the
+    /// block of DMs that reached the account while it was offline, when
+    /// the login asked for it and there were some.
+    LoggedIn { session: SessionId, user_id: i64, nickname: String, missed_dms: Option<String> },
     /// A named session logged in to an account (`/login`).
-    Welcomed { user_id: i64, nickname: String },
+    Welcomed { user_id: i64, nickname: String, missed_dms: Option<String> },
     /// A message was committed under `id`.
     Sent { id: i64, room: String, created_at_ms: i64 },
     Done,
@@ -95,7 +98,9 @@ pub enum RouterMsg {
     Login { session: SessionRef, nickname: String, reply: Responder },
     /// Log the session in to an account whose password was checked (by
     /// [`crate::accounts`]): a new session's first name, or `/login`.
-    LoginAccount { session: SessionRef, user_id: i64, nickname: String, reply: Responder },
+    /// With `missed_dms`, the answer waits for the DMs the account missed
+    /// while offline (see [`Reply::LoggedIn`]).
+    LoginAccount { session: SessionRef, user_id: i64, nickname: String, missed_dms: bool, reply: Responder },
     /// Register the session's guest nickname with this password hash.
     Register { session: SessionRef, password_hash: String, reply: Responder },
     /// An answer worked out outside the router (account commands), shown
@@ -253,6 +258,9 @@ pub enum StoreDone {
     MarkedOnJoin { session: SessionId, room: String, result: Result<crate::store::MarkedRead, StoreError> },
     /// `/search` found these (newest first).
     Searched { session: SessionId, result: Result<Vec<ChatMessage>, StoreError>, reply: Responder },
+    /// The DMs an account missed while offline were read (and marked
+    /// read), for the login waiting on them: `answer` is its reply.
+    MissedDms { session: SessionId, result: Result<Vec<crate::store::DmRecord>, StoreError>, answer: Reply, reply: Responder },
 }
 
 /// A cloneable handle for sending requests to the router.
@@ -599,8 +607,8 @@ impl RouterState {
                 Ok(id) => self.login(id, nickname, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
-            RouterMsg::LoginAccount { session, user_id, nickname, reply } => match self.resolve(session) {
-                Ok(id) => self.login_account(id, user_id, nickname, reply),
+            RouterMsg::LoginAccount { session, user_id, nickname, missed_dms, reply } => match self.resolve(session) {
+                Ok(id) => self.login_account(id, user_id, nickname, missed_dms, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::Register { session, password_hash, reply } => match self.resolve(session) {

@@ -1,5 +1,6 @@
 //! The chat state the router owns: sessions and rooms.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,11 @@ pub struct Session {
     /// When the session was opened (lasting sessions are checked against
     /// the store only once they have had time to be stored).
     pub opened: Instant,
+    /// Set while a login waits for the DMs the account missed offline:
+    /// what the session is sent meanwhile waits here, to follow the
+    /// welcome and that block (a stored DM that arrives meanwhile is in the
+    /// block, so it is not sent live at all).
+    pub held: Option<RefCell<Vec<Event>>>,
 }
 
 impl Session {
@@ -48,11 +54,20 @@ impl Session {
             rate,
             last_active: Instant::now(),
             opened: Instant::now(),
+            held: None,
         }
     }
 
     /// Queues an event for this session; sessions without a sink drop it.
     pub fn deliver(&self, event: Event) -> Result<(), Overflow> {
+        if let Some(held) = &self.held {
+            let mut held = held.borrow_mut();
+            if held.len() >= HELD_MAX {
+                return Err(Overflow);
+            }
+            held.push(event);
+            return Ok(());
+        }
         match &self.sink {
             Some(sink) => sink.deliver(event),
             None => Ok(()),
@@ -63,6 +78,10 @@ impl Session {
         self.nickname.as_deref().unwrap_or("?")
     }
 }
+
+/// The most events held for a session while its login completes (more
+/// means it is flooded: dropped like any slow consumer).
+const HELD_MAX: usize = 10_000;
 
 /// A room: its members here and its most recent messages.
 pub struct Room {

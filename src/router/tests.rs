@@ -98,6 +98,9 @@ impl Harness {
         self.router.send(RouterMsg::Open { session: id, protocol: Protocol::Tcp, token: None, sink: Some(sink) });
         let reply = self.router.call(|reply| RouterMsg::Login { session: SessionRef::Id(id), nickname: nick.into(), reply });
         assert!(matches!(reply, Ok(Reply::LoggedIn { .. })), "{reply:?}");
+        // A TCP session is welcomed in its own stream first.
+        let welcome = events.recv_timeout(Duration::from_secs(5)).expect("the welcome");
+        assert!(matches!(&welcome, Event::Reply(text) if text.starts_with(&format!("Welcome, {nick}!"))), "{welcome:?}");
         TestSession { id, sink: test_sink, events }
     }
 

@@ -429,7 +429,7 @@ pub fn resolve_session(given: Option<&str>, from: &Caller, ctx: &HttpContext) ->
     ctx.router.send(RouterMsg::Open { session: SessionId::next(), protocol: Protocol::Http, token: Some(token), sink: None });
     let session = SessionRef::Token(token);
     let (user_id, nickname) = (account.user_id, account.nickname);
-    match ctx.router.call(|reply| RouterMsg::LoginAccount { session, user_id, nickname, reply }) {
+    match ctx.router.call(|reply| RouterMsg::LoginAccount { session, user_id, nickname, missed_dms: false, reply }) {
         Ok(_) => Ok(token),
         Err(e) => {
             ctx.router.send(RouterMsg::Close { session });
@@ -463,7 +463,7 @@ fn open_session(nickname: &str, password: Option<&Secret>, from: &Caller, ctx: &
     });
     let nickname = nickname.trim().to_string();
     let outcome = match password {
-        Some(password) => accounts(ctx).map_err(Some).and_then(|a| a.login(session, &nickname, password, from.peer).map_err(|e| { let r: Refusal = e.into(); Some(r) })),
+        Some(password) => accounts(ctx).map_err(Some).and_then(|a| a.login(session, &nickname, password, from.peer, false).map_err(|e| { let r: Refusal = e.into(); Some(r) })),
         None => ctx.router.call(|reply| RouterMsg::Login { session, nickname, reply }).map_err(|e| Some(e.into())),
     };
     match outcome {
