@@ -11,7 +11,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(commands cleaning line_reader http_head json_bodies)
+  targets=(commands cleaning line_reader http_head json_bodies search_query)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

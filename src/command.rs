@@ -45,6 +45,8 @@ pub enum Command {
     Edit(String),
     /// `/delete`: deletes the user's last message in the room.
     Delete,
+    /// `/search <words>`: the current room's messages with every word.
+    Search(String),
 }
 
 /// One line of user input.
@@ -147,6 +149,12 @@ const COMMANDS: &[CommandSpec] = &[
         parse: |a| a.is_empty().then_some(Command::Delete),
     },
     CommandSpec {
+        name: "search",
+        usage: "/search <words>",
+        summary: "the newest 10 messages of your room with all these words",
+        parse: |args| (!args.is_empty()).then(|| Command::Search(args.to_string())),
+    },
+    CommandSpec {
         name: "dm",
         usage: "/dm <user> <message>",
         summary: "send a private message to an online user",
@@ -221,6 +229,8 @@ mod tests {
             cmd("/password old12345 new 12345"),
             Command::Password { old: Secret::new("old12345"), new: Secret::new("new 12345") }
         );
+        assert_eq!(cmd("/search  hello  world "), Command::Search("hello  world".into()));
+        assert_eq!(parse_input("/search"), Err(ChatError::Usage("/search <words>")));
         assert_eq!(cmd("/login alice pw pw pw"), Command::Login { nick: "alice".into(), password: Secret::new("pw pw pw") });
         assert_eq!(format!("{:?}", cmd("/register hunter22hunter")), "Register(Secret(\"***\"))");
         assert_eq!(cmd("/edit  new  text "), Command::Edit("new  text".into()));

@@ -73,6 +73,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest total size of HTTP request headers.
     pub max_header_bytes: usize,
+    /// Longest search text and most words in it (`/search`, the search endpoint).
+    pub search: crate::store::search::SearchLimits,
     /// Interval of the `: ping` comment on an SSE stream; a write that
     /// fails is also how the writer pool notices a client has gone.
     pub sse_ping: Duration,
@@ -164,6 +166,10 @@ impl Config {
             tcp_writer_threads: env.number("TCP_WRITER_THREADS", 2, 1, 64)?,
             max_body_bytes: env.number("MAX_BODY_BYTES", 64 * 1024, 1024, 64 << 20)?,
             max_header_bytes: env.number("MAX_HEADER_BYTES", 8 * 1024, 1024, 1 << 20)?,
+            search: crate::store::search::SearchLimits {
+                max_bytes: env.number("SEARCH_MAX_BYTES", 256, 1, 64 * 1024)?,
+                max_words: env.number("SEARCH_MAX_WORDS", 16, 1, 1024)?,
+            },
             sse_ping: Duration::from_secs(env.number("SSE_PING_SECS", 15, 1, 3600)?),
             http_read_timeout: Duration::from_secs(env.number("HTTP_READ_TIMEOUT_SECS", 10, 1, 3600)?),
             http_idle: Duration::from_secs(env.number("HTTP_IDLE_SECS", 30, 1, 86_400)?),

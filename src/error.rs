@@ -76,6 +76,14 @@ pub enum ChatError {
     NotYourMessage(&'static str),
     /// The store could not commit an edit or delete; nothing changed.
     ChangeNotStored,
+    /// `/search` outside a room.
+    SearchNeedsRoom,
+    /// Search words that cannot be searched for; the text says why.
+    BadSearch(String),
+    /// The store could not run a search or move a read marker.
+    StoreReadUnavailable,
+    /// A read marker asked for by a guest.
+    MarkersNeedAccount,
 }
 
 impl ChatError {
@@ -85,8 +93,9 @@ impl ChatError {
         match self {
             NicknameTaken(_) | RoomExists(_) | AlreadyRegistered(_) => 409,
             NicknameRegistered(_) | WrongPassword(_) | NoAccount(_) => 401,
-            NotRegistered | PrivateNeedsAccount | NotOwner(_) | NotYourMessage(_) => 403,
+            NotRegistered | PrivateNeedsAccount | NotOwner(_) | NotYourMessage(_) | MarkersNeedAccount => 403,
             NoMessageToChange(_) | NoSuchMessage(_) => 404,
+            StoreReadUnavailable => 503,
             NotAnAccount(_) | NotAMember { .. } => 404,
             AlreadyInvited { .. } => 409,
             TooManyLoginAttempts { .. } => 429,
@@ -193,6 +202,13 @@ impl ChatError {
             ChangeNotStored => {
                 write!(f, "the message store is unavailable, so nothing was changed. Try again shortly.")
             }
+            SearchNeedsRoom => write!(f, "you are not in a room; /search looks through your current room. Use /join <room> first."),
+            BadSearch(why) => write!(f, "cannot search: {why}"),
+            StoreReadUnavailable => write!(f, "the message store is unavailable. Try again shortly."),
+            MarkersNeedAccount => write!(
+                f,
+                "only registered users have read markers and unread counts. Use /register <password> first."
+            ),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! `baby-discord check` only checks that the configured PostgreSQL and
 //! Redis answer, one line each (used by `run-instances.sh`); it exits with
 //! status 3 when PostgreSQL answers but the database does not exist, which
-//! `baby-discord createdb` creates.
+//! `baby-discord createdb` creates. `baby-discord seed-unread` fills the
+//! configured store with a large history (see `baby_discord::store::seed`).
 
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ use baby_discord::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "usage: baby-discord [check | createdb]
+const USAGE: &str = "usage: baby-discord [check | createdb | seed-unread [options]]
 
 Runs the Baby Discord chat server (TCP line protocol and HTTP API).
 Configuration comes from environment variables (TCP_PORT, HTTP_PORT,
@@ -21,7 +22,11 @@ DATABASE_URL, REDIS_URL, ...): see README.md.
 
   check     report whether DATABASE_URL and REDIS_URL can be reached, then exit
             (status 3: PostgreSQL answers but the database does not exist)
-  createdb  create the database DATABASE_URL names, then exit";
+  createdb  create the database DATABASE_URL names, then exit
+  seed-unread [--rooms 100] [--messages 1000000] [--user bench] [--password benchpassword]
+            register the account and store that many messages round-robin in rooms
+            bench-000…, one in 47 mentioning the account, with its read markers
+            half way, in the configured store (for measuring /api/rooms), then exit";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
         [] => serve(config),
         ["check"] => check(&config),
         ["createdb"] => createdb(&config),
+        ["seed-unread", options @ ..] => seed_unread(&config, options),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -116,6 +122,35 @@ fn check(config: &Config) -> ExitCode {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Fills the configured store for the unread measurement.
+fn seed_unread(config: &Config, options: &[&str]) -> ExitCode {
+    let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+    let plan = match baby_discord::store::seed::SeedPlan::from_args(&options) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("baby-discord seed-unread: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut store = match baby_discord::store::open(config) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("baby-discord: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match baby_discord::store::seed::seed_unread(store.as_mut(), &plan) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("baby-discord seed-unread: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -79,6 +79,38 @@ pub fn clean_message(text: &str, max_chars: usize) -> Result<String, ChatError> 
     Ok(trimmed.to_string())
 }
 
+/// The nicknames a message mentions as `@nick`, as their case-insensitive
+/// keys ([`name_key`]), each once, in order of first mention. A mention is
+/// `@` not preceded by a nickname character (so `a@b` is not one), followed
+/// by 1–32 nickname characters that the next character does not continue
+/// (`@alice's` mentions alice; `@alice_` mentions `alice_`).
+pub fn mentioned_keys(text: &str) -> Vec<String> {
+    let is_nick = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut keys: Vec<String> = Vec::new();
+    let mut previous: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if c == '@' && !previous.is_some_and(is_nick) {
+            let start = at + 1;
+            let end = text[start..].find(|c: char| !is_nick(c)).map_or(text.len(), |n| start + n);
+            let nick = &text[start..end];
+            if !nick.is_empty() && nick.len() <= MAX_NAME_CHARS {
+                let key = name_key(nick);
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            while chars.peek().is_some_and(|(i, _)| *i < end) {
+                chars.next();
+            }
+            previous = text[..end].chars().next_back();
+            continue;
+        }
+        previous = Some(c);
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +189,16 @@ mod tests {
             assert_eq!(text, clean_text(&text), "{text:?}");
             assert!(text.contains("[2J") || text.contains("[31m"), "{text:?}");
         }
+    }
+
+    #[test]
+    fn mentions_are_whole_nicknames_after_an_at_sign() {
+        assert_eq!(mentioned_keys("hi @Alice, and @bob's cat"), vec!["alice", "bob"]);
+        assert_eq!(mentioned_keys("@alice @ALICE @alice"), vec!["alice"]);
+        assert_eq!(mentioned_keys("mail me at x@alice.com or @@carol"), vec!["carol"]);
+        assert_eq!(mentioned_keys("(@dave) @é @ @-x_"), vec!["dave", "-x_"]);
+        assert!(mentioned_keys(&format!("@{}", "x".repeat(33))).is_empty());
+        assert_eq!(mentioned_keys(&format!("@{}", "x".repeat(32))), vec!["x".repeat(32)]);
+        assert_eq!(mentioned_keys("héllo@bob 🙂@eve"), vec!["eve"]);
     }
 }

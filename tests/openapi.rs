@@ -257,4 +257,20 @@ fn the_openapi_document_matches_the_routes_and_the_answers() {
         }
     }
     assert!(probes >= 16, "only {probes} operations were probed");
+
+    // Optional fields the examples cannot show are documented too: a
+    // registered session's room list carries lastMessageId, unread and mentions.
+    let rooms = request(&server, "GET", &format!("/api/rooms?sessionId={}", owner.as_str().unwrap()), &[], None);
+    let rooms: Value = serde_json::from_slice(&rooms.body).unwrap();
+    let item = rooms["data"]["rooms"][0].as_object().unwrap().clone();
+    let documented_fields = doc
+        .pointer("/components/schemas/RoomsResponse/properties/data/properties/rooms/items/properties")
+        .and_then(Value::as_object)
+        .unwrap();
+    for field in ["lastMessageId", "unread", "mentions"] {
+        assert!(item.contains_key(field), "a registered session's room lacks {field}: {item:?}");
+    }
+    for field in item.keys() {
+        assert!(documented_fields.contains_key(field), "the room field {field} is not documented");
+    }
 }

@@ -25,6 +25,7 @@ fn write_back(command: &Command) -> Option<String> {
         Command::Kick(nick) => format!("/kick {nick}"),
         Command::Edit(text) => format!("/edit {text}"),
         Command::Delete => "/delete".into(),
+        Command::Search(words) => format!("/search {words}"),
         Command::Register(_) | Command::Password { .. } | Command::Login { .. } => return None,
     })
 }
@@ -43,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Input::Command(command)) => {
             match &command {
                 Command::Nick(arg) | Command::Create(arg) | Command::Join(arg) => one_word(arg),
+                Command::Search(words) => assert!(!words.is_empty() && words.trim() == words, "{words:?}"),
                 Command::Dm { to, text } => {
                     one_word(to);
                     assert!(!text.is_empty() && text.trim() == text, "{text:?}");

@@ -114,6 +114,8 @@ impl RouterState {
             StoreDone::MessageChanged { session, target, delete, result, reply } => {
                 self.message_changed(session, target, delete, result, reply)
             }
+            StoreDone::MarkedOnJoin { session, room, result } => self.marked_on_join(session, room, result),
+            StoreDone::Searched { session, result, reply } => self.searched(session, result, reply),
             StoreDone::MissedDms { session, result, answer, reply } => self.missed_dms(session, result, answer, reply),
         }
     }
@@ -378,6 +380,7 @@ impl RouterState {
             Command::Dm { to, text } => return self.dm(id, to, text, reply),
             Command::Edit(text) => return self.change_message(id, super::edits::Target::LastOwn, Some(text), reply),
             Command::Delete => return self.change_message(id, super::edits::Target::LastOwn, None, reply),
+            Command::Search(words) => return self.search(id, words, reply),
             // Password work happens outside the router (crate::accounts).
             Command::Register(_) => Err(ChatError::Usage("/register <password>")),
             Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
@@ -520,6 +523,7 @@ impl RouterState {
             text.push('\n');
         }
         text.push_str("---");
+        self.marker_on_join(id, &name);
         Ok(Reply::Text(text))
     }
 

@@ -35,6 +35,7 @@ mod state;
 mod streams;
 #[cfg(test)]
 mod tests;
+mod unread;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -223,6 +224,8 @@ pub struct Identity {
 /// One line of the room list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSummary {
+    /// The room's id in the store.
+    pub id: i64,
     pub name: String,
     /// Members on every instance.
     pub members: usize,
@@ -271,6 +274,10 @@ pub enum StoreDone {
         result: Result<crate::store::ChangeOutcome, StoreError>,
         reply: Responder,
     },
+    /// A registered TCP user's read marker moved as they joined `room`.
+    MarkedOnJoin { session: SessionId, room: String, result: Result<crate::store::MarkedRead, StoreError> },
+    /// `/search` found these (newest first).
+    Searched { session: SessionId, result: Result<Vec<ChatMessage>, StoreError>, reply: Responder },
     /// The DMs an account missed while offline were read (and marked
     /// read), for the login waiting on them: `answer` is its reply.
     MissedDms { session: SessionId, result: Result<Vec<crate::store::DmRecord>, StoreError>, answer: Reply, reply: Responder },
@@ -368,6 +375,8 @@ pub struct RouterSettings {
     pub store_queue_max: usize,
     /// A stream's backlog (bytes) under which its replay reads on.
     pub replay_backlog: usize,
+    /// How much one `/search` may ask for.
+    pub search: crate::store::search::SearchLimits,
 }
 
 impl RouterSettings {
@@ -383,6 +392,7 @@ impl RouterSettings {
             session_idle: config.limits.session_idle,
             store_queue_max: config.limits.store_queue_max,
             replay_backlog: config.limits.sendq_bytes / 2,
+            search: config.limits.search,
         }
     }
 }
@@ -821,6 +831,7 @@ impl RouterState {
         if let Some(room) = self.rooms.get_mut(&room_name) {
             room.members.remove(&id);
         }
+        self.marker_on_leave(id, &room_name);
         if announce {
             self.announce(&room_name, notice(&nick, &room_name), None);
         }
@@ -988,6 +999,7 @@ impl RouterState {
             .values()
             .filter(|r| self.can_see(&r.name, viewer))
             .map(|r| RoomSummary {
+                id: r.id,
                 name: r.name.clone(),
                 members: r.members.len() + self.remote_members(Some(&r.name)).count(),
                 created_at_ms: r.created_at_ms,

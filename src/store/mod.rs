@@ -7,10 +7,15 @@
 //!   appended messages in batches (group commit) and reports each batch back
 //!   to the router, which delivers only what was committed.
 //!
+//! - [`search`]: search words turned into a safe query for each backend.
+//! - [`seed`]: `baby-discord seed-unread`, a large history for measurements.
+//!
 //! Schemas are migration files under `sql/<backend>/`, compiled into the
 //! binary and applied in order at start-up, each once.
 
 pub mod postgres;
+pub mod search;
+pub mod seed;
 pub mod sqlite;
 pub mod worker;
 
@@ -75,6 +80,29 @@ pub struct DmConversation {
     pub last_at_ms: i64,
     /// Messages to this user in the conversation not yet seen.
     pub unread: i64,
+}
+
+/// What `/api/rooms` shows of one room's messages, for one viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomActivity {
+    pub room_id: i64,
+    /// The room's newest message, if it has any.
+    pub last_id: Option<i64>,
+    /// Messages after the viewer's read marker (all of them without one).
+    pub unread: i64,
+    /// `@mentions` of the viewer after their read marker.
+    pub mentions: i64,
+}
+
+/// How far a read marker moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkedRead {
+    /// Whether the user had a marker in the room before.
+    pub had_marker: bool,
+    /// How many messages it moved over (0: it stayed where it was).
+    pub moved: i64,
+    /// The message it is at now (`None`: no marker, the room is empty).
+    pub at_id: Option<i64>,
 }
 
 /// A message accepted by the router and waiting to be committed.
@@ -281,6 +309,18 @@ pub trait Store: Send {
     fn messages_from_seq(&mut self, room_id: i64, from_seq: i64, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
     /// Checks the connection, reconnecting if it was lost.
     fn ping(&mut self) -> Result<(), StoreError>;
+    /// For each room (in the order given): its newest message id and, for
+    /// `user_id` (a registered user; 0 for nobody), the messages and
+    /// `@mentions` after their read marker. Cheap at any history size:
+    /// unread is the room's last `seq` minus the marker's.
+    fn room_activity(&mut self, user_id: i64, room_ids: &[i64]) -> Result<Vec<RoomActivity>, StoreError>;
+    /// Moves a user's read marker in a room forward to the newest message
+    /// with an id at or below `up_to_id` (an id beyond the room's last is
+    /// clamped to it); a marker never moves back.
+    fn mark_read(&mut self, user_id: i64, room_id: i64, up_to_id: i64, at_ms: i64) -> Result<MarkedRead, StoreError>;
+    /// Up to `limit` messages of a room whose content has every word of
+    /// `words` (see [`search`]), newest first; never an erased (deleted) one.
+    fn search(&mut self, room_id: i64, words: &str, limit: usize) -> Result<Vec<ChatMessage>, StoreError>;
 }
 
 /// Which changes [`Store::changes_since`] reads.

@@ -69,8 +69,8 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::{
-    Account, ChangeOutcome, ChangeRequest, ChangeTarget, ChangesQuery, DmConversation, DmRecord, NewMessage,
-    PrivateRoomRecord, RoomRecord, Store, StoreError, Stored,
+    Account, ChangeOutcome, ChangeRequest, ChangeTarget, ChangesQuery, DmConversation, DmRecord, MarkedRead, NewMessage,
+    PrivateRoomRecord, RoomActivity, RoomRecord, Store, StoreError, Stored,
 };
 use crate::event::{ChatMessage, MessageChange};
 use crate::names::name_key;
@@ -84,6 +84,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_direct_messages", include_str!("../../sql/postgres/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/postgres/0006_private_rooms.sql")),
     ("0008_edits", include_str!("../../sql/postgres/0008_edits.sql")),
+    ("0009_read_markers_search", include_str!("../../sql/postgres/0009_read_markers_search.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -364,6 +365,53 @@ const SQL_CHANGES_SINCE: &str = concat!(
        AND c.after_seq < $5
        AND (c.kind = 'delete' OR m.deleted_at IS NULL)
      ORDER BY c.id LIMIT $6"
+);
+
+/// Records the `@mentions` of registered users (not the sender) of the
+/// batch's new messages: (user key, room, message, sender) rows.
+const SQL_RECORD_MENTIONS: &str = "INSERT INTO mentions (user_id, room_id, message_id)
+     SELECT u.id, t.room_id, t.message_id
+     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS t(nickname_key, room_id, message_id, sender_id)
+     JOIN users u ON u.nickname_key = t.nickname_key AND u.password_hash IS NOT NULL AND u.id <> t.sender_id
+     ON CONFLICT DO NOTHING";
+
+/// Each room's newest message and, for user $2, its read marker and the
+/// mentions after it: one index probe per room and table.
+const SQL_ROOM_ACTIVITY: &str = "SELECT r.room_id, last.id, last.seq, mk.seq,
+         (SELECT count(*) FROM mentions n
+          WHERE n.user_id = $2 AND n.room_id = r.room_id AND n.message_id > COALESCE(mk.message_id, 0))
+     FROM unnest($1::bigint[]) WITH ORDINALITY AS r(room_id, ord)
+     LEFT JOIN LATERAL (SELECT id, seq FROM messages m WHERE m.room_id = r.room_id ORDER BY seq DESC LIMIT 1) last ON true
+     LEFT JOIN read_markers mk ON mk.user_id = $2 AND mk.room_id = r.room_id
+     ORDER BY r.ord";
+
+/// Moves user $1's marker in room $2 to the newest message at or below id
+/// $3, forward only; answers the old seq and, if it moved, the new one.
+const SQL_MARK_READ: &str = concat!(
+    "WITH target AS (
+         SELECT id, seq FROM messages WHERE room_id = $2 AND id <= $3 ORDER BY id DESC LIMIT 1
+     ), old AS (
+         SELECT message_id, seq FROM read_markers WHERE user_id = $1 AND room_id = $2
+     ), moved AS (
+         INSERT INTO read_markers (user_id, room_id, message_id, seq, updated_at)
+         SELECT $1, $2, id, seq, ",
+    ms_to_ts!("$4::bigint"),
+    " FROM target
+         ON CONFLICT (user_id, room_id) DO UPDATE
+         SET message_id = EXCLUDED.message_id, seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
+         WHERE EXCLUDED.seq > read_markers.seq
+         RETURNING message_id, seq
+     )
+     SELECT (SELECT message_id FROM old), (SELECT seq FROM old), (SELECT message_id FROM moved), (SELECT seq FROM moved)"
+);
+
+/// Full-text search in one room, newest first, never an erased message.
+const SQL_SEARCH: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages m JOIN rooms r ON r.id = m.room_id
+     WHERE m.room_id = $1 AND m.content_tsv @@ plainto_tsquery('simple', $2) AND m.content <> ''
+     ORDER BY m.id DESC LIMIT $3"
 );
 
 /// One open connection and the statements prepared on it.
@@ -1038,6 +1086,18 @@ impl Store for PostgresStore {
                 if !recorded.is_empty() {
                     tx.execute(SQL_RECORD_CLIENT_IDS, &[&recorded, &message_ids])?;
                 }
+                let mut mentions: (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+                for (m, (id, _)) in fresh.iter().zip(&ids) {
+                    for key in crate::names::mentioned_keys(&m.content) {
+                        mentions.0.push(key);
+                        mentions.1.push(m.room_id);
+                        mentions.2.push(*id);
+                        mentions.3.push(m.user_id);
+                    }
+                }
+                if !mentions.0.is_empty() {
+                    tx.execute(SQL_RECORD_MENTIONS, &[&mentions.0, &mentions.1, &mentions.2, &mentions.3])?;
+                }
             }
             tx.commit()?;
             let mut fresh_ids = ids.into_iter();
@@ -1196,6 +1256,52 @@ impl Store for PostgresStore {
 
     fn ping(&mut self) -> Result<(), StoreError> {
         self.run(true, |conn| conn.client.is_valid(PING_TIMEOUT))
+    }
+
+    fn room_activity(&mut self, user_id: i64, room_ids: &[i64]) -> Result<Vec<RoomActivity>, StoreError> {
+        let rooms = room_ids.to_vec();
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_ROOM_ACTIVITY)?;
+            conn.client
+                .query(&statement, &[&rooms, &user_id])?
+                .iter()
+                .map(|row| {
+                    let last_seq: Option<i64> = row.try_get(2)?;
+                    let read_seq: Option<i64> = row.try_get(3)?;
+                    let registered = user_id > 0;
+                    Ok(RoomActivity {
+                        room_id: row.try_get(0)?,
+                        last_id: row.try_get(1)?,
+                        unread: if registered { (last_seq.unwrap_or(0) - read_seq.unwrap_or(0)).max(0) } else { 0 },
+                        mentions: if registered { row.try_get(4)? } else { 0 },
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn mark_read(&mut self, user_id: i64, room_id: i64, up_to_id: i64, at_ms: i64) -> Result<MarkedRead, StoreError> {
+        // Retrying is harmless: the marker only moves forward.
+        let row = self.run(true, |conn| {
+            let statement = conn.prepare(SQL_MARK_READ)?;
+            conn.client.query_one(&statement, &[&user_id, &room_id, &up_to_id, &at_ms])
+        })?;
+        let get = |i: usize| row.try_get::<_, Option<i64>>(i).map_err(|e| StoreError::Failed(error_text(&e)));
+        let (old_id, old_seq, new_id, new_seq) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        Ok(MarkedRead {
+            had_marker: old_seq.is_some(),
+            moved: new_seq.map_or(0, |seq| seq - old_seq.unwrap_or(0)),
+            at_id: new_id.or(old_id),
+        })
+    }
+
+    fn search(&mut self, room_id: i64, words: &str, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let Ok(text) = super::search::tsquery_text(words) else { return Ok(Vec::new()) };
+        let limit = limit_of(limit);
+        self.run(true, |conn| {
+            let statement = conn.prepare(SQL_SEARCH)?;
+            conn.client.query(&statement, &[&room_id, &text, &limit])?.iter().map(message_from).collect()
+        })
     }
 }
 

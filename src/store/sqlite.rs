@@ -9,8 +9,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{
-    Account, ChangeOutcome, ChangeRequest, ChangeTarget, ChangesQuery, DmConversation, DmRecord, NewMessage,
-    PrivateRoomRecord, RoomRecord, Store, StoreError, Stored,
+    Account, ChangeOutcome, ChangeRequest, ChangeTarget, ChangesQuery, DmConversation, DmRecord, MarkedRead, NewMessage,
+    PrivateRoomRecord, RoomActivity, RoomRecord, Store, StoreError, Stored,
 };
 use crate::event::{now_ms, ChatMessage, MessageChange};
 
@@ -23,6 +23,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_direct_messages", include_str!("../../sql/sqlite/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/sqlite/0006_private_rooms.sql")),
     ("0008_edits", include_str!("../../sql/sqlite/0008_edits.sql")),
+    ("0009_read_markers_search", include_str!("../../sql/sqlite/0009_read_markers_search.sql")),
 ];
 
 pub struct SqliteStore {
@@ -110,6 +111,34 @@ impl SqliteStore {
             .map_err(failed)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(failed)
     }
+}
+
+/// Records the `@mentions` of registered users (not the sender) in the
+/// newly inserted messages of a batch, in the batch's transaction.
+fn record_mentions(tx: &Connection, batch: &[NewMessage], stored: &[Stored]) -> Result<(), StoreError> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO mentions (user_id, room_id, message_id)
+             SELECT id, ?2, ?3 FROM users WHERE nickname_key = ?1 AND password_hash IS NOT NULL AND id <> ?4
+             ON CONFLICT DO NOTHING",
+        )
+        .map_err(failed)?;
+    for (m, s) in batch.iter().zip(stored).filter(|(_, s)| s.earlier.is_none()) {
+        for key in crate::names::mentioned_keys(&m.content) {
+            insert.execute(params![key, m.room_id, s.id, m.user_id]).map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an FTS5 `MATCH` expression is accepted, tried on an in-memory
+/// FTS5 table (for tests and the `search_query` fuzz target).
+pub fn fts5_accepts(query: &str) -> Result<(), String> {
+    let conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
+    conn.execute_batch("CREATE VIRTUAL TABLE t USING fts5(content); INSERT INTO t (content) VALUES ('hello world');")
+        .map_err(|e| e.to_string())?;
+    let mut stmt = conn.prepare("SELECT count(*) FROM t WHERE t MATCH ?1").map_err(|e| e.to_string())?;
+    stmt.query_row([query], |r| r.get::<_, i64>(0)).map(drop).map_err(|e| e.to_string())
 }
 
 const DM_COLUMNS: &str = "id, sender_id, sender, recipient_id, recipient, content, created_at FROM direct_messages";
@@ -473,6 +502,7 @@ impl Store for SqliteStore {
                 ids.push(Stored::new(id, seq));
             }
         }
+        record_mentions(&tx, batch, &ids)?;
         tx.commit().map_err(failed)?;
         Ok(ids)
     }
@@ -632,5 +662,78 @@ impl Store for SqliteStore {
 
     fn ping(&mut self) -> Result<(), StoreError> {
         self.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(failed)
+    }
+
+    fn room_activity(&mut self, user_id: i64, room_ids: &[i64]) -> Result<Vec<RoomActivity>, StoreError> {
+        let mut last = self
+            .conn
+            .prepare_cached("SELECT id, seq FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1")
+            .map_err(failed)?;
+        let mut marker = self
+            .conn
+            .prepare_cached("SELECT message_id, seq FROM read_markers WHERE user_id = ?1 AND room_id = ?2")
+            .map_err(failed)?;
+        let mut mentions = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM mentions WHERE user_id = ?1 AND room_id = ?2 AND message_id > ?3")
+            .map_err(failed)?;
+        let mut activity = Vec::with_capacity(room_ids.len());
+        for &room_id in room_ids {
+            let newest: Option<(i64, i64)> =
+                last.query_row([room_id], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(failed)?;
+            let mut row = RoomActivity { room_id, last_id: newest.map(|(id, _)| id), ..Default::default() };
+            if user_id > 0 {
+                let (read_id, read_seq): (i64, i64) = marker
+                    .query_row([user_id, room_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(failed)?
+                    .unwrap_or((0, 0));
+                row.unread = newest.map_or(0, |(_, seq)| (seq - read_seq).max(0));
+                row.mentions = mentions.query_row([user_id, room_id, read_id], |r| r.get(0)).map_err(failed)?;
+            }
+            activity.push(row);
+        }
+        Ok(activity)
+    }
+
+    fn mark_read(&mut self, user_id: i64, room_id: i64, up_to_id: i64, at_ms: i64) -> Result<MarkedRead, StoreError> {
+        let tx = self.conn.transaction().map_err(failed)?;
+        let target: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT id, seq FROM messages WHERE room_id = ?1 AND id <= ?2 ORDER BY id DESC LIMIT 1")
+            .and_then(|mut s| s.query_row([room_id, up_to_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(failed)?;
+        let old: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT message_id, seq FROM read_markers WHERE user_id = ?1 AND room_id = ?2")
+            .and_then(|mut s| s.query_row([user_id, room_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(failed)?;
+        let old_seq = old.map_or(0, |(_, seq)| seq);
+        let outcome = match target {
+            Some((id, seq)) if seq > old_seq => {
+                tx.prepare_cached(
+                    "INSERT INTO read_markers (user_id, room_id, message_id, seq, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (user_id, room_id) DO UPDATE
+                     SET message_id = excluded.message_id, seq = excluded.seq, updated_at = excluded.updated_at
+                     WHERE excluded.seq > read_markers.seq",
+                )
+                .and_then(|mut s| s.execute(params![user_id, room_id, id, seq, at_ms]))
+                .map_err(failed)?;
+                MarkedRead { had_marker: old.is_some(), moved: seq - old_seq, at_id: Some(id) }
+            }
+            _ => MarkedRead { had_marker: old.is_some(), moved: 0, at_id: old.map(|(id, _)| id) },
+        };
+        tx.commit().map_err(failed)?;
+        Ok(outcome)
+    }
+
+    fn search(&mut self, room_id: i64, words: &str, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
+        let Ok(query) = super::search::fts5_query(words) else { return Ok(Vec::new()) };
+        // FTS5 walks its matches newest first (rowid = message id) and
+        // stops once `limit` of them are in the room.
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} JOIN messages_fts ON messages_fts.rowid = m.id
+             WHERE messages_fts MATCH ?1 AND m.room_id = ?2 AND m.content <> ''
+             ORDER BY messages_fts.rowid DESC LIMIT ?3"
+        );
+        self.query_messages(&sql, params![query, room_id, limit as i64])
     }
 }

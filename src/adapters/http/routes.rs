@@ -49,6 +49,10 @@ enum Endpoint {
     Rooms,
     Members(String),
     History(String),
+    /// `POST /api/rooms/:room/read`
+    Read(String),
+    /// `GET /api/rooms/:room/search`
+    Search(String),
     Health,
     Metrics,
     OpenApi,
@@ -115,6 +119,8 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
     Route { path: "/api/rooms/{room}/members", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Members(p.remove(0)) },
     Route { path: "/api/rooms/{room}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::History(p.remove(0)) },
+    Route { path: "/api/rooms/{room}/read", verbs: Verbs::Write, endpoint: |mut p| Endpoint::Read(p.remove(0)) },
+    Route { path: "/api/rooms/{room}/search", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Search(p.remove(0)) },
     Route { path: "/api/health", verbs: Verbs::Read, endpoint: |_| Endpoint::Health },
     Route { path: "/api/openapi.json", verbs: Verbs::Read, endpoint: |_| Endpoint::OpenApi },
     Route { path: "/metrics", verbs: Verbs::Read, endpoint: |_| Endpoint::Metrics },
@@ -220,6 +226,8 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
         Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
+        Endpoint::Read(room) => read(&room, read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Search(room) => search(&room, query, viewer(query, &from, ctx), ctx)?,
         Endpoint::Members(room) => members(&room, viewer(query, &from, ctx), ctx)?,
         Endpoint::History(room) => history(&room, query, viewer(query, &from, ctx), ctx)?,
         Endpoint::Health => health(ctx),
@@ -763,15 +771,121 @@ fn viewer(query: &str, from: &Caller, ctx: &HttpContext) -> Option<SessionRef> {
     resolve_session(given.as_deref(), from, ctx).ok().map(SessionRef::Token)
 }
 
-/// `GET /api/rooms`
+/// `GET /api/rooms`: with each room's newest message id and, for a
+/// registered session, its unread messages and mentions (read from the
+/// store in one job; left out if the store cannot answer).
 fn rooms(viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
-    let rooms: Vec<Value> = ctx
-        .router
-        .rooms_for(viewer)?
+    let summaries = ctx.router.rooms_for(viewer)?;
+    let account = match viewer {
+        Some(v) => ctx.router.identity(v)?.filter(|i| i.registered && i.user_id > 0).map(|i| i.user_id),
+        None => None,
+    };
+    let ids: Vec<i64> = summaries.iter().map(|r| r.id).collect();
+    let user_id = account.unwrap_or(0);
+    let activity = ctx.store.query(move |store| store.room_activity(user_id, &ids)).map_err(|e| {
+        log::warn!("unread counts unavailable: {e}");
+    });
+    let rooms: Vec<Value> = summaries
         .into_iter()
-        .map(|r| json!({ "name": r.name, "memberCount": r.members, "createdAt": rfc3339(r.created_at_ms) }))
+        .enumerate()
+        .map(|(i, r)| {
+            let mut room = json!({ "name": r.name, "memberCount": r.members, "createdAt": rfc3339(r.created_at_ms) });
+            if let Some(a) = activity.as_ref().ok().and_then(|a| a.get(i)).filter(|a| a.room_id == r.id) {
+                room["lastMessageId"] = json!(a.last_id);
+                if account.is_some() {
+                    room["unread"] = json!(a.unread);
+                    room["mentions"] = json!(a.mentions);
+                }
+            }
+            room
+        })
         .collect();
     Ok(Answer::data(json!({ "rooms": rooms })))
+}
+
+/// `POST /api/rooms/:room/read {"id"}`: the body's session has read `room`
+/// up to message `id`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadBody {
+    session_id: Option<String>,
+    id: Option<Value>,
+}
+
+impl JsonBody for ReadBody {
+    // `id` is a number, so it is checked here rather than as a string field.
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false)];
+}
+
+/// A read marker's message id: a positive whole number.
+pub(super) fn marker_id(id: Option<&Value>) -> Result<i64, Refusal> {
+    id.and_then(Value::as_i64)
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Refusal::bad("'id' must be a message id (a positive whole number)."))
+}
+
+fn read(room: &str, body: ReadBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let id = marker_id(body.id.as_ref())?;
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    mark_read(ctx, SessionRef::Token(token), room, id)?;
+    Ok(Answer::success())
+}
+
+/// Moves a registered session's read marker in `room` forward to message
+/// `id` (clamped to the room's newest; never back). A guest is refused
+/// (403), a room the session may not see is absent (404).
+pub(super) fn mark_read(ctx: &HttpContext, session: SessionRef, room: &str, id: i64) -> Result<crate::store::MarkedRead, Refusal> {
+    let identity = ctx.router.identity(session)?.ok_or(ChatError::UnknownSession)?;
+    if !identity.registered || identity.user_id <= 0 {
+        return Err(ChatError::MarkersNeedAccount.into());
+    }
+    let name = normalize_room(room)?;
+    let room_id = ctx.router.room_for(&name, Some(session))?.ok_or(ChatError::NoSuchRoom(name))?.id;
+    let user_id = identity.user_id;
+    ctx.store.query(move |store| store.mark_read(user_id, room_id, id, crate::event::now_ms())).map_err(|e| {
+        log::warn!("read marker not moved: {e}");
+        ChatError::StoreReadUnavailable.into()
+    })
+}
+
+/// Most matches one search may ask for, and the default.
+const SEARCH_MAX: usize = 100;
+const SEARCH_DEFAULT: usize = 10;
+
+/// `GET /api/rooms/:room/search?q=<words>&limit=<n>`: the room's messages
+/// with every word, newest first, as history items.
+fn search(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
+    let words = query_param(query, "q").unwrap_or_default();
+    crate::store::search::check_search(&words, ctx.limits.search).map_err(|why| Refusal::bad(format!("'q': {why}")))?;
+    let limit = match query_param(query, "limit").filter(|v| !v.is_empty()) {
+        None => SEARCH_DEFAULT,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=SEARCH_MAX).contains(n))
+            .ok_or_else(|| Refusal::bad(format!("'limit' must be a whole number from 1 to {SEARCH_MAX}.")))?,
+    };
+    let name = normalize_room(room)?;
+    let room_id = ctx.router.room_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name))?.id;
+    let found = ctx.store.query(move |store| store.search(room_id, &words, limit)).map_err(|e| {
+        log::warn!("search in room {room_id} failed: {e}");
+        Refusal::new(503, "the message store is unavailable, so search cannot run. Try again shortly.")
+    })?;
+    let messages: Vec<Value> = found.iter().map(history_item).collect();
+    Ok(Answer::data(json!({ "messages": messages })))
+}
+
+/// One message as history and search list it.
+fn history_item(m: &crate::event::ChatMessage) -> Value {
+    json!({
+        "id": m.id,
+        "roomId": m.room_id,
+        "userId": m.user_id,
+        "content": m.content,
+        "createdAt": rfc3339(m.created_at_ms),
+        "nickname": m.nickname,
+        "editedAt": m.edited_at_ms.map(rfc3339),
+    })
 }
 
 /// `GET /api/rooms/:room/members`: the nicknames in a room, sorted.
@@ -818,20 +932,7 @@ fn history(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContex
         log::warn!("history of room {room_id} unavailable: {e}");
         Refusal::new(503, "the message store is unavailable, so history cannot be shown. Try again shortly.")
     })?;
-    let messages: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "roomId": m.room_id,
-                "userId": m.user_id,
-                "content": m.content,
-                "createdAt": rfc3339(m.created_at_ms),
-                "nickname": m.nickname,
-                "editedAt": m.edited_at_ms.map(rfc3339),
-            })
-        })
-        .collect();
+    let messages: Vec<Value> = messages.iter().map(history_item).collect();
     Ok(Answer::data(json!({ "messages": messages })))
 }
 

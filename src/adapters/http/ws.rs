@@ -272,7 +272,8 @@ impl Connection<'_> {
             Some("message") => self.message(&fields),
             Some("command") => self.command(&fields),
             Some("join") => self.join(&fields),
-            Some(kind @ ("typing" | "read")) => Err(format!("'{kind}' frames are not supported yet.")),
+            Some("read") => self.read(&fields),
+            Some(kind @ "typing") => Err(format!("'{kind}' frames are not supported yet.")),
             Some(other) => Err(format!(
                 "unknown frame type '{}'; use message, command or join.",
                 crate::names::clean_text(other)
@@ -282,7 +283,8 @@ impl Connection<'_> {
         match outcome {
             // A message without `ref` is acknowledged by its own echo.
             Ok(None) => {}
-            Ok(Some(_)) if reference.is_none() && fields.get("type").and_then(Value::as_str) == Some("message") => {}
+            // Nor is a message, or a read marker, sent without `ref` answered.
+            Ok(Some(_)) if reference.is_none() && matches!(fields.get("type").and_then(Value::as_str), Some("message" | "read")) => {}
             Ok(Some(answer)) => self.answer(Ack { reference, outcome: Ok(answer) }),
             Err(error) => self.answer(Ack { reference, outcome: Err(error) }),
         }
@@ -349,6 +351,19 @@ impl Connection<'_> {
             Ok(_) => Ok(Some(object(json!({ "room": crate::names::normalize_room(&room).unwrap_or(room) })))),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+impl Connection<'_> {
+    /// `{"type":"read","room","id"}`: moves this session's read marker in
+    /// `room` forward to message `id`, as `POST /api/rooms/:room/read`;
+    /// acknowledged with where the marker is.
+    fn read(&mut self, fields: &Map<String, Value>) -> Result<Option<Map<String, Value>>, String> {
+        let room = string_field(fields, "room")?.to_string();
+        let id = super::routes::marker_id(fields.get("id")).map_err(|r| r.message)?;
+        let marked = super::routes::mark_read(self.ctx, SessionRef::Token(self.token), &room, id).map_err(|r| r.message)?;
+        let room = crate::names::normalize_room(&room).unwrap_or(room);
+        Ok(Some(object(json!({ "room": room, "id": marked.at_id }))))
     }
 }
 
