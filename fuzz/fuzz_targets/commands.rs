@@ -15,14 +15,19 @@ fn write_back(command: &Command) -> Option<String> {
         Command::Nick(name) => format!("/nick {name}"),
         Command::List => "/list".into(),
         Command::Quit => "/quit".into(),
-        Command::Create(room) => format!("/create {room}"),
-        Command::Join(room) => format!("/join {room}"),
+        // Written the IRC way (`#room`), which parses to the same room.
+        Command::Create(room) => format!("/create #{room}"),
+        Command::Join(room) => format!("/join #{room}"),
         Command::Rooms => "/rooms".into(),
         Command::Leave => "/leave".into(),
         Command::Dm { to, text } => format!("/dm {to} {text}"),
-        Command::CreatePrivate(room) => format!("/create {room} private"),
+        Command::CreatePrivate(room) => format!("/create #{room} private"),
         Command::Invite(nick) => format!("/invite {nick}"),
         Command::Kick(nick) => format!("/kick {nick}"),
+        Command::Me(text) => format!("/me {text}"),
+        Command::Away(None) => "/away".into(),
+        Command::Away(Some(message)) => format!("/away {message}"),
+        Command::Back => "/back".into(),
         Command::Register(_) | Command::Password { .. } | Command::Login { .. } => return None,
     })
 }
@@ -43,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 Command::Nick(arg) | Command::Create(arg) | Command::Join(arg) => one_word(arg),
                 Command::Dm { to, text } => {
                     one_word(to);
+                    assert!(!text.is_empty() && text.trim() == text, "{text:?}");
+                }
+                Command::Me(text) | Command::Away(Some(text)) => {
                     assert!(!text.is_empty() && text.trim() == text, "{text:?}");
                 }
                 _ => {}

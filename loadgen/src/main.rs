@@ -172,7 +172,7 @@ fn run(args: &Args) -> Result<i32, String> {
         addrs.push((resolve(t.tcp_port)?, resolve(t.http_port)?, format!("{host}:{}", t.http_port)));
     }
 
-    let total_clients = args.tcp + args.sse + args.ws + args.senders;
+    let total_clients = args.tcp + args.sse + args.ws + args.senders + args.typers;
     if let Some(limit) = nofile {
         if (total_clients as u64) + 64 > limit {
             eprintln!("loadgen: warning: {total_clients} clients but the open-files limit is {limit}");
@@ -281,6 +281,8 @@ fn run(args: &Args) -> Result<i32, String> {
     let mut next_msg = 0u64;
     let mut drain_deadline = start;
     let mut last_progress = start;
+    // `--typers`: (connection that signals, when it next does).
+    let mut typers: Vec<(usize, Instant)> = Vec::new();
 
     loop {
         let now = Instant::now();
@@ -350,6 +352,31 @@ fn run(args: &Args) -> Result<i32, String> {
                     ctx.tracker.receivers = receivers;
                     ctx.sending = true;
                     send_start = Instant::now();
+                    // Typers: SSE receivers get a connection of their own
+                    // for their POSTs; WebSocket receivers send frames on
+                    // theirs. Their signals are spread evenly over the interval.
+                    let chosen: Vec<usize> = conns
+                        .iter()
+                        .filter(|c| c.joined && c.alive() && matches!(c.role, Role::SseRecv))
+                        .chain(conns.iter().filter(|c| c.joined && c.alive() && matches!(c.role, Role::WsRecv)))
+                        .map(|c| c.id)
+                        .take(args.typers)
+                        .collect();
+                    let spacing = args.typing_every.as_secs_f64() / chosen.len().max(1) as f64;
+                    for (i, id) in chosen.into_iter().enumerate() {
+                        let signaller = if conns[id].role == Role::SseRecv {
+                            let typer = conns.len();
+                            let (target, session) = (conns[id].target, conns[id].session.clone());
+                            let mut c = Conn::new(typer, Role::Typer, i, target, String::new());
+                            c.session = session;
+                            client::start(&mut c, &mut ctx);
+                            conns.push(c);
+                            typer
+                        } else {
+                            id
+                        };
+                        typers.push((signaller, send_start + Duration::from_secs_f64(spacing * i as f64)));
+                    }
                     if receivers == 0 || sender_ids.iter().all(|&id| !conns[id].joined) {
                         eprintln!("loadgen: no receiver or no sender joined; not sending");
                         break;
@@ -365,6 +392,13 @@ fn run(args: &Args) -> Result<i32, String> {
                     let s = (next_msg % args.senders as u64) as usize;
                     client::send_message(&mut conns[sender_ids[s]], &mut ctx);
                     next_msg += 1;
+                }
+                for (id, next) in typers.iter_mut() {
+                    if *next <= now {
+                        client::send_typing(&mut conns[*id], &mut ctx);
+                        *next += args.typing_every;
+                    }
+                    timeout = timeout.min(next.saturating_duration_since(now));
                 }
                 if next_msg >= total_msgs && elapsed >= args.duration.as_secs_f64() {
                     ctx.stats.send_window_ns = now.duration_since(send_start).as_nanos() as u64;
@@ -428,7 +462,7 @@ fn run(args: &Args) -> Result<i32, String> {
     // ---- cleanup: close everything, end HTTP sessions ----
     let sessions: Vec<(usize, String)> = conns
         .iter()
-        .filter(|c| c.role.is_http() && !c.session.is_empty())
+        .filter(|c| c.role.is_http() && c.role != Role::Typer && !c.session.is_empty())
         .map(|c| (c.target, c.session.clone()))
         .collect();
     for c in conns.iter_mut() {

@@ -147,6 +147,8 @@ pub struct Seen {
     pub sse_pings: u64,
     pub sse_other: u64,
     pub overlong: u64,
+    /// `typing` events received (SSE and WebSocket).
+    pub typing: u64,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +177,10 @@ pub struct Stats {
     pub rss_after_kib: Option<u64>,
     pub cleanup_ok: u64,
     pub cleanup_failed: u64,
+    /// Typing signals sent (`--typers`), answered with success, refused.
+    pub typing_sent: u64,
+    pub typing_ok: u64,
+    pub typing_failed: u64,
 }
 
 pub fn ms(ns: u64) -> f64 {
@@ -346,6 +352,20 @@ impl Report<'_> {
                 seen.overlong
             ),
         );
+        if a.typers > 0 {
+            line(
+                "typing",
+                format!(
+                    "{} typers every {:.1} s: {} signals sent, {} answered ok, {} failed; {} typing events received",
+                    a.typers,
+                    a.typing_every.as_secs_f64(),
+                    s.typing_sent,
+                    s.typing_ok,
+                    s.typing_failed,
+                    seen.typing
+                ),
+            );
+        }
         if s.http_reconnects > 0 {
             line("HTTP reconnects", s.http_reconnects.to_string());
         }

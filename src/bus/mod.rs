@@ -11,8 +11,10 @@
 //!
 //! Channels and keys, all under `REDIS_PREFIX` (`p`):
 //! - `p:events`: what every instance must see, small and sized to the
-//!   change (rooms created, presence changes, heartbeats, hellos);
-//! - `p:room:<room>`: one room's committed messages and `[system]` lines,
+//!   change (rooms created, presence changes with the user's status,
+//!   heartbeats, hellos);
+//! - `p:room:<room>`: one room's committed messages, `[system]` lines and
+//!   typing signals,
 //!   heard only by instances with a local member in the room (the router
 //!   subscribes on a room's first local join and unsubscribes on its last
 //!   leave, reading from the store what it missed meanwhile);
@@ -63,11 +65,17 @@ impl Names {
     }
 }
 
-/// One user of an instance, for presence.
+/// One user of an instance, for presence: where it is and its status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
     pub nick: String,
     pub room: Option<String>,
+    /// Online or away (an instance that sends none means online).
+    #[serde(default)]
+    pub status: crate::event::Status,
+    /// The away message, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What instances tell each other. Every event names its sender; an
@@ -98,6 +106,8 @@ pub enum BusEvent {
     /// messages before `after_seq`: receivers hold it until they have
     /// delivered those.
     Notice { from: String, room: String, after_seq: i64, text: String, at_ms: i64 },
+    /// `user` (on `from`) is typing in `room`: on the room's channel, not stored.
+    Typing { from: String, room: String, user: String },
 }
 
 impl BusEvent {
@@ -112,7 +122,8 @@ impl BusEvent {
             | BusEvent::Hello { from }
             | BusEvent::Heartbeat { from }
             | BusEvent::Dm { from, .. }
-            | BusEvent::Notice { from, .. } => from,
+            | BusEvent::Notice { from, .. }
+            | BusEvent::Typing { from, .. } => from,
         }
     }
 }

@@ -31,6 +31,12 @@ pub struct Session {
     /// When the session was opened (lasting sessions are checked against
     /// the store only once they have had time to be stored).
     pub opened: Instant,
+    /// Online or away (shared by every session of an account).
+    pub status: crate::event::Status,
+    /// The away message, if any.
+    pub away_message: Option<String>,
+    /// When a typing signal of this session was last passed on.
+    pub last_typing: Option<Instant>,
 }
 
 impl Session {
@@ -48,6 +54,9 @@ impl Session {
             rate,
             last_active: Instant::now(),
             opened: Instant::now(),
+            status: crate::event::Status::Online,
+            away_message: None,
+            last_typing: None,
         }
     }
 

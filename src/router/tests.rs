@@ -106,7 +106,7 @@ impl Harness {
     }
 
     fn say(&self, session: &TestSession, text: &str) -> Outcome {
-        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, reply })
+        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, action: false, reply })
     }
 }
 
@@ -164,7 +164,7 @@ fn a_session_whose_outbox_overflows_is_dropped_and_closed() {
         h.say(&sender, &format!("m{i}")).unwrap();
     }
     assert_eq!(*slow.sink.closed.lock().unwrap(), Some(CloseReason::TooSlow), "the slow session was not closed");
-    let members = h.router.members("room").unwrap().unwrap();
+    let members: Vec<String> = h.router.members("room").unwrap().unwrap().into_iter().map(|m| m.nickname).collect();
     assert_eq!(members, ["sender"]);
 }
 
@@ -329,6 +329,7 @@ fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
         nickname: "carol".into(),
         content: "first".into(),
         created_at_ms: 0,
+        action: false,
         rendered: Default::default(),
     };
     bus(BusEvent::Message { from: "3".into(), message });

@@ -80,6 +80,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_accounts", include_str!("../../sql/postgres/0004_accounts.sql")),
     ("0005_direct_messages", include_str!("../../sql/postgres/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/postgres/0006_private_rooms.sql")),
+    ("0007_actions", include_str!("../../sql/postgres/0007_actions.sql")),
 ];
 
 /// Advisory lock key held (per transaction) while migrating: "babydisc".
@@ -276,13 +277,13 @@ const SQL_INSERT_MESSAGES: &str = concat!(
          SELECT room_id, (SELECT max(m.seq) FROM messages m WHERE m.room_id = rooms.room_id) AS seq
          FROM (SELECT DISTINCT room_id FROM unnest($1::bigint[]) AS r(room_id)) AS rooms
      )
-     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq)
+     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq, action)
      SELECT n.id, t.room_id, t.user_id, t.nickname, t.content, ",
     ms_to_ts!("t.created_at"),
     ",
-            COALESCE(l.seq, 0) + row_number() OVER (PARTITION BY t.room_id ORDER BY t.ord)
-     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
-          WITH ORDINALITY AS t(room_id, user_id, nickname, content, created_at, ord)
+            COALESCE(l.seq, 0) + row_number() OVER (PARTITION BY t.room_id ORDER BY t.ord), t.action
+     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::boolean[])
+          WITH ORDINALITY AS t(room_id, user_id, nickname, content, created_at, action, ord)
      JOIN numbered n ON n.ord = t.ord
      LEFT JOIN last_seq l ON l.room_id = t.room_id
      RETURNING id, seq"
@@ -292,7 +293,7 @@ const SQL_MESSAGES_BEFORE: &str = concat!(
     "SELECT * FROM (
          SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
     ts_to_ms!("m.created_at"),
-    " AS created_at_ms, m.seq
+    " AS created_at_ms, m.seq, m.action
          FROM messages m JOIN rooms r ON r.id = m.room_id
          WHERE m.room_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3
      ) page ORDER BY id"
@@ -301,7 +302,7 @@ const SQL_MESSAGES_BEFORE: &str = concat!(
 const SQL_MESSAGES_AFTER: &str = concat!(
     "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
     ts_to_ms!("m.created_at"),
-    ", m.seq
+    ", m.seq, m.action
      FROM messages m JOIN rooms r ON r.id = m.room_id
      WHERE m.room_id = $1 AND m.id > $2 ORDER BY m.id LIMIT $3"
 );
@@ -309,7 +310,7 @@ const SQL_MESSAGES_AFTER: &str = concat!(
 const SQL_MESSAGES_FROM_SEQ: &str = concat!(
     "SELECT m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, ",
     ts_to_ms!("m.created_at"),
-    ", m.seq
+    ", m.seq, m.action
      FROM messages m JOIN rooms r ON r.id = m.room_id
      WHERE m.room_id = $1 AND m.seq >= $2 ORDER BY m.seq LIMIT $3"
 );
@@ -689,6 +690,7 @@ fn message_from(row: &Row) -> Result<ChatMessage, postgres::Error> {
         content: row.try_get(5)?,
         created_at_ms: row.try_get(6)?,
         seq: row.try_get(7)?,
+        action: row.try_get(8)?,
         rendered: Default::default(),
     })
 }
@@ -961,7 +963,8 @@ impl Store for PostgresStore {
                 let nicknames: Vec<&str> = fresh.iter().map(|m| m.nickname.as_str()).collect();
                 let contents: Vec<&str> = fresh.iter().map(|m| m.content.as_str()).collect();
                 let times: Vec<i64> = fresh.iter().map(|m| m.created_at_ms).collect();
-                let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times])?;
+                let actions: Vec<bool> = fresh.iter().map(|m| m.action).collect();
+                let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times, &actions])?;
                 ids = rows
                     .iter()
                     .map(|row| Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?)))
@@ -1123,6 +1126,7 @@ mod tests {
             content: content.into(),
             created_at_ms: at,
             client_msg_id: None,
+            action: false,
         }
     }
 

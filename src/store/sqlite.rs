@@ -19,6 +19,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_accounts", include_str!("../../sql/sqlite/0004_accounts.sql")),
     ("0005_direct_messages", include_str!("../../sql/sqlite/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/sqlite/0006_private_rooms.sql")),
+    ("0007_actions", include_str!("../../sql/sqlite/0007_actions.sql")),
 ];
 
 pub struct SqliteStore {
@@ -98,6 +99,7 @@ impl SqliteStore {
                     content: r.get(5)?,
                     created_at_ms: r.get(6)?,
                     seq: r.get(7)?,
+                    action: r.get(8)?,
                     rendered: Default::default(),
                 })
             })
@@ -121,7 +123,7 @@ fn dm_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<DmRecord> {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq FROM messages m JOIN rooms r ON r.id = m.room_id";
+    "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq, m.action FROM messages m JOIN rooms r ON r.id = m.room_id";
 
 fn failed(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -418,9 +420,9 @@ impl Store for SqliteStore {
                 .map_err(failed)?;
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq)
+                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq, action)
                      VALUES (?1, ?2, ?3, ?4, ?5,
-                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE room_id = ?1))
+                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE room_id = ?1), ?6)
                      RETURNING id, seq",
                 )
                 .map_err(failed)?;
@@ -439,7 +441,7 @@ impl Store for SqliteStore {
                     }
                 }
                 let (id, seq) = insert
-                    .query_row(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms], |r| {
+                    .query_row(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms, m.action], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(failed)?;

@@ -42,6 +42,10 @@ enum Endpoint {
     Disconnect,
     Command,
     Message,
+    /// `POST /api/presence`: online or away.
+    Presence,
+    /// `POST /api/typing`: the session is typing in its room.
+    Typing,
     /// `GET /api/messages/:room`, the SSE stream.
     Stream(String),
     /// `GET /api/ws`, the WebSocket.
@@ -105,6 +109,8 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/dms/{nick}/history", verbs: Verbs::Read, endpoint: |mut p| Endpoint::DmHistory(p.remove(0)) },
     Route { path: "/api/command", verbs: Verbs::Write, endpoint: |_| Endpoint::Command },
     Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
+    Route { path: "/api/presence", verbs: Verbs::Write, endpoint: |_| Endpoint::Presence },
+    Route { path: "/api/typing", verbs: Verbs::Write, endpoint: |_| Endpoint::Typing },
     Route { path: "/api/messages/{room}", verbs: Verbs::Stream, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
     Route { path: "/api/ws", verbs: Verbs::Stream, endpoint: |_| Endpoint::WebSocket },
     Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
@@ -203,6 +209,8 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
         Endpoint::DmHistory(nick) => dm_history(&nick, query, &from, ctx)?,
         Endpoint::Command => command(read_json_requiring(request, max, session_field)?, &from, ctx)?,
         Endpoint::Message => message(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Presence => presence(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Typing => typing(read_json_or_empty(request, max)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
         Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
@@ -282,6 +290,32 @@ struct MessageBody {
     /// The client's own id for the message (a UUID): a retry with the same
     /// id is answered with the first message and posts nothing new.
     client_msg_id: Option<String>,
+    /// An action (`/me`): shown as `[room] * nick content`.
+    #[serde(default)]
+    action: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceBody {
+    session_id: Option<String>,
+    /// `online` or `away`.
+    status: String,
+    /// The away message.
+    message: Option<String>,
+}
+
+impl JsonBody for PresenceBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("status", true), ("message", false)];
+}
+
+/// The command a presence body asks for.
+fn presence_command(body: PresenceBody) -> Result<Command, Refusal> {
+    match body.status.trim() {
+        "online" => Ok(Command::Back),
+        "away" => Ok(Command::Away(body.message.filter(|m| !m.trim().is_empty()))),
+        _ => Err(Refusal::bad("'status' must be \"online\" or \"away\".")),
+    }
 }
 
 impl JsonBody for MessageBody {
@@ -295,7 +329,7 @@ pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> 
 }
 
 /// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
-pub(super) const BODIES: &[&str] = &["/api/connect", "/api/disconnect", "/api/command", "/api/message"];
+pub(super) const BODIES: &[&str] = &["/api/connect", "/api/disconnect", "/api/command", "/api/message", "/api/presence"];
 
 /// Decodes `body` as the JSON body of `BODIES[endpoint]`, through the same
 /// checks as a request, then the same first steps its handler takes on the
@@ -323,6 +357,13 @@ pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
                 normalize_room(room)?;
             }
             crate::names::clean_message(&body.content, 2000)?;
+        }
+        Some("/api/presence") => {
+            let body: PresenceBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
+            if let Command::Away(Some(message)) = presence_command(body)? {
+                crate::names::clean_message(&message, 200)?;
+            }
         }
         _ => return Err(Refusal::new(404, "no such endpoint")),
     }
@@ -677,13 +718,32 @@ fn command(body: CommandBody, from: &Caller, ctx: &HttpContext) -> Handled {
 fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     let client_msg_id = client_msg_id(body.client_msg_id.as_deref()).map_err(Refusal::bad)?;
-    let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
-    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply })? {
+    let (session, text, room, action) = (SessionRef::Token(token), body.content, body.room, body.action.unwrap_or(false));
+    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, action, reply })? {
         Reply::Sent { id, room, created_at_ms } => {
             Ok(Answer::data(json!({ "id": id, "room": room, "createdAt": rfc3339(created_at_ms) })))
         }
         _ => Err(Refusal::new(500, "unexpected answer from the router.")),
     }
+}
+
+/// `POST /api/presence {"status":"online"|"away","message"?}`: the user's
+/// status, as `/back` and `/away [message]`.
+fn presence(body: PresenceBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let (session, command) = (SessionRef::Token(token), presence_command(body)?);
+    ctx.router.call(|reply| RouterMsg::Command { session, command, reply })?;
+    Ok(Answer::success())
+}
+
+/// `POST /api/typing {"sessionId"?}`: the session is typing in its current
+/// room. Always a success for a session in a room; passed on to the room's
+/// other members at most once per `TYPING_INTERVAL_MS`.
+fn typing(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let session = SessionRef::Token(token);
+    ctx.router.call(|reply| RouterMsg::Typing { session, reply })?;
+    Ok(Answer::success())
 }
 
 /// The session a read request names, if any and valid: it sees the private
@@ -707,10 +767,15 @@ fn rooms(viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     Ok(Answer::data(json!({ "rooms": rooms })))
 }
 
-/// `GET /api/rooms/:room/members`: the nicknames in a room, sorted.
+/// `GET /api/rooms/:room/members`: the members of a room with their
+/// status, sorted by nickname.
 fn members(room: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let name = normalize_room(room)?;
     let members = ctx.router.members_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|m| json!({ "nickname": m.nickname, "status": m.status.as_str(), "message": m.message }))
+        .collect();
     Ok(Answer::data(json!({ "room": name, "members": members })))
 }
 
@@ -761,6 +826,7 @@ fn history(room: &str, query: &str, viewer: Option<SessionRef>, ctx: &HttpContex
                 "content": m.content,
                 "createdAt": rfc3339(m.created_at_ms),
                 "nickname": m.nickname,
+                "action": m.action,
             })
         })
         .collect();
