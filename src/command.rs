@@ -137,16 +137,6 @@ const COMMANDS: &[CommandSpec] = &[
         },
     },
     CommandSpec {
-        name: "dm",
-        usage: "/dm <user> <message>",
-        summary: "send a private message to an online user",
-        parse: |args| {
-            let (to, text) = args.split_once(char::is_whitespace)?;
-            let text = text.trim();
-            (!text.is_empty()).then(|| Command::Dm { to: to.to_string(), text: text.to_string() })
-        },
-    },
-    CommandSpec {
         name: "me",
         usage: "/me <action>",
         summary: "say what you do: [room] * you <action>",
@@ -163,7 +153,7 @@ const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "msg",
         usage: "/msg <user> <message>",
-        summary: "same as /dm",
+        summary: "send a private message (the IRC name of dm)",
         parse: |args| {
             let (to, text) = args.split_once(char::is_whitespace)?;
             let text = text.trim();
@@ -172,6 +162,16 @@ const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec { name: "part", usage: "/part", summary: "same as /leave", parse: |a| a.is_empty().then_some(Command::Leave) },
     CommandSpec { name: "who", usage: "/who", summary: "same as /list", parse: |a| a.is_empty().then_some(Command::List) },
+    CommandSpec {
+        name: "dm",
+        usage: "/dm <user> <message>",
+        summary: "send a private message to an online user",
+        parse: |args| {
+            let (to, text) = args.split_once(char::is_whitespace)?;
+            let text = text.trim();
+            (!text.is_empty()).then(|| Command::Dm { to: to.to_string(), text: text.to_string() })
+        },
+    },
 ];
 
 /// A room name as IRC users write it: `#general` is `general`.
