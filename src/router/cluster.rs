@@ -430,7 +430,14 @@ impl RouterState {
             }
             BusEvent::Presence { member, .. } => {
                 let before = self.known_status(&member.nick);
-                self.adopt_status(&member.nick, member.status, &member.message);
+                // Only a change of status on that instance (not a room move,
+                // nor a login there, which took the account's status) is
+                // adopted by the account's sessions here.
+                let key = name_key(&member.nick);
+                let changed = self.remote[&from].members.get(&key).is_some_and(|old| (old.status, &old.message) != (member.status, &member.message));
+                if changed {
+                    self.adopt_status(&member.nick, member.status, &member.message);
+                }
                 let (nick, room) = (member.nick.clone(), member.room.clone());
                 if let Some(remote) = self.remote.get_mut(&from) {
                     remote.members.insert(name_key(&member.nick), member);

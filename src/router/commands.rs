@@ -739,6 +739,12 @@ impl RouterState {
         let Some(room) = self.rooms.get_mut(&message.room) else { return };
         room.remember(message.clone(), self.settings.history_size);
         let name = message.room.clone();
-        self.deliver_to_room(&name, &Event::Message(message), None);
+        // Typing signals waiting in the room ride along with the message.
+        let typing = self.take_typing(&name);
+        if typing.is_empty() {
+            self.deliver_to_room(&name, &Event::Message(message), None);
+        } else {
+            self.deliver_with_typing(&name, typing, Some(&Event::Message(message)));
+        }
     }
 }

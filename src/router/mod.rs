@@ -845,6 +845,7 @@ impl RouterState {
     /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
         self.fill_gaps(now);
+        self.flush_typing(now);
         self.warm_overdue(now);
         self.step_replays();
         if now.duration_since(self.last_second) < Duration::from_secs(1) {

@@ -18,10 +18,18 @@
 //! once per protocol) for the room's other members here, and one small bus
 //! event on the room's channel, which only instances with a member in the
 //! room hear. Clients drop a typing indicator 5 s after the last signal.
+//!
+//! Typing must stay cheap next to the room's messages: a signal waits in
+//! its room (one per user) and goes out with the room's next message, in
+//! the same pass over the members, so it reaches each client in the same
+//! writer wake-up and socket write as that message instead of costing a
+//! wake-up and a write of its own; in a quiet room it goes out at the next
+//! tick once it has waited [`TYPING_HOLD`].
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Reply, RouterState};
 use crate::bus::BusEvent;
@@ -53,6 +61,13 @@ impl MemberStatus {
 
 /// A user's service-wide presence: status and away message; `None` offline.
 type Known = Option<(Status, Option<String>)>;
+
+/// How long a typing signal may wait for a message of its room to ride
+/// along with before it goes out by itself (at the router's next tick).
+pub const TYPING_HOLD: Duration = Duration::from_millis(50);
+
+/// Typing signals waiting in a room, each with the typer's sessions here.
+type PendingTyping = Vec<(Arc<Typing>, Vec<SessionId>)>;
 
 impl RouterState {
     /// `/away [message]` and `/back` (and `POST /api/presence`): sets the
@@ -195,7 +210,7 @@ impl RouterState {
             bus.to_room(&room, &BusEvent::Typing { from: self.instance.clone(), room: room.clone(), user: user.clone() });
         }
         let typer = self.sessions_of(id);
-        self.deliver_typing(room, user, &typer);
+        self.queue_typing(room, user, typer);
         Ok(Reply::Done)
     }
 
@@ -205,25 +220,73 @@ impl RouterState {
             Some(id) => self.sessions_of(*id),
             None => Vec::new(),
         };
-        self.deliver_typing(room, user, &typer);
+        self.queue_typing(room, user, typer);
     }
 
-    /// One shared `typing` event to a room's members here but the typer's
-    /// own sessions, on event streams only.
-    fn deliver_typing(&mut self, room: String, user: String, typer: &[SessionId]) {
-        let Some(members) = self.rooms.get(&room).map(|r| &r.members) else { return };
-        let event = Event::Typing(Arc::new(Typing { room, user, rendered: Default::default() }));
-        let mut slow = Vec::new();
-        for id in members {
-            if typer.contains(id) {
-                continue;
+    /// Puts a typing signal in its room until the next message or tick
+    /// (one per user: a second one in the meantime says nothing new).
+    fn queue_typing(&mut self, room: String, user: String, typer: Vec<SessionId>) {
+        let Some(state) = self.rooms.get_mut(&room) else { return };
+        if state.members.is_empty() || state.typing.iter().any(|(t, _)| t.user == user) {
+            return;
+        }
+        state.typing_since.get_or_insert_with(Instant::now);
+        state.typing.push((Arc::new(Typing { room, user, rendered: Default::default() }), typer));
+    }
+
+    /// The typing signals waiting in a room, taken out.
+    pub(super) fn take_typing(&mut self, room: &str) -> PendingTyping {
+        match self.rooms.get_mut(room) {
+            Some(state) if !state.typing.is_empty() => {
+                state.typing_since = None;
+                std::mem::take(&mut state.typing)
             }
-            if let Some(session) = self.sessions.get(id) {
-                if session.protocol != Protocol::Tcp && session.deliver(event.clone()).is_err() {
-                    slow.push(*id);
+            _ => Vec::new(),
+        }
+    }
+
+    /// At the tick: typing signals that waited `TYPING_HOLD` for a message
+    /// go out by themselves.
+    pub(super) fn flush_typing(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .rooms
+            .values()
+            .filter(|r| r.typing_since.is_some_and(|since| now.duration_since(since) >= TYPING_HOLD))
+            .map(|r| r.name.clone())
+            .collect();
+        for room in due {
+            let typing = self.take_typing(&room);
+            self.deliver_with_typing(&room, typing, None);
+        }
+    }
+
+    /// One pass over a room's members: the waiting typing signals (to event
+    /// streams, never to the typer's own sessions), then `message` (to
+    /// everyone), so both reach a client in one writer wake-up.
+    pub(super) fn deliver_with_typing(&mut self, room: &str, typing: PendingTyping, message: Option<&Event>) {
+        let Some(members) = self.rooms.get(room).map(|r| &r.members) else { return };
+        let typing: Vec<(Event, Vec<SessionId>)> = typing.into_iter().map(|(t, typer)| (Event::Typing(t), typer)).collect();
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        for id in members {
+            let Some(session) = self.sessions.get(id) else { continue };
+            let mut ok = true;
+            if session.protocol != Protocol::Tcp {
+                for (event, typer) in &typing {
+                    if ok && !typer.contains(id) {
+                        ok = session.deliver(event.clone()).is_ok();
+                    }
                 }
             }
+            if let Some(message) = message.filter(|_| ok) {
+                ok = session.deliver(message.clone()).is_ok();
+                delivered += u64::from(ok);
+            }
+            if !ok {
+                slow.push(*id);
+            }
         }
+        self.metrics.deliveries.fetch_add(delivered, Relaxed);
         if !slow.is_empty() {
             self.drop_slow(slow);
         }

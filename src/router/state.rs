@@ -97,6 +97,11 @@ pub struct Room {
     pub held_notices: VecDeque<(i64, Arc<Notice>)>,
     /// Whether this instance hears the room's channel (see `cluster.rs`).
     pub sub: RoomSub,
+    /// Typing signals waiting to go out with the room's next message (or
+    /// at the next tick), each with the typer's own sessions here, and
+    /// since when the oldest has waited (see `presence.rs`).
+    pub typing: Vec<(Arc<crate::event::Typing>, Vec<SessionId>)>,
+    pub typing_since: Option<Instant>,
 }
 
 /// Whether an instance listens to a room's bus channel. Without a bus every
@@ -127,6 +132,8 @@ impl Room {
             fetching: false,
             held_notices: VecDeque::new(),
             sub: RoomSub::Warm,
+            typing: Vec::new(),
+            typing_since: None,
         }
     }
 
