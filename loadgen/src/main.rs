@@ -136,6 +136,21 @@ fn rss_kib(pids: &[u32]) -> Option<u64> {
     Some(sum)
 }
 
+/// Summed CPU time (user + system, in clock ticks of 1/100 s) the given
+/// processes have used, from /proc/PID/stat.
+fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    let mut sum = 0;
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (which may hold spaces) in parentheses.
+        let rest = &text[text.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line.
+        sum += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
 /// A short per-run tag (4 base-36 chars) so nicknames of back-to-back runs
 /// do not collide with HTTP sessions the server still holds.
 fn run_tag() -> String {
@@ -352,6 +367,7 @@ fn run(args: &Args) -> Result<i32, String> {
                     ctx.tracker.receivers = receivers;
                     ctx.sending = true;
                     send_start = Instant::now();
+                    ctx.stats.cpu_before_ticks = cpu_ticks(&args.server_pids);
                     // Typers: SSE receivers get a connection of their own
                     // for their POSTs; WebSocket receivers send frames on
                     // theirs. Their signals are spread evenly over the interval.
@@ -441,6 +457,7 @@ fn run(args: &Args) -> Result<i32, String> {
     ctx.stats.run_ns = end.duration_since(send_start).as_nanos() as u64;
     if !args.server_pids.is_empty() {
         ctx.stats.rss_after_kib = rss_kib(&args.server_pids);
+        ctx.stats.cpu_after_ticks = cpu_ticks(&args.server_pids);
     }
 
     // ---- report ----

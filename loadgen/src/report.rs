@@ -175,6 +175,9 @@ pub struct Stats {
     pub failures: Log,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// The servers' CPU time (1/100 s ticks) when sending started and at the end.
+    pub cpu_before_ticks: Option<u64>,
+    pub cpu_after_ticks: Option<u64>,
     pub cleanup_ok: u64,
     pub cleanup_failed: u64,
     /// Typing signals sent (`--typers`), answered with success, refused.
@@ -334,6 +337,12 @@ impl Report<'_> {
                     self.connections()
                 ),
             );
+            if let (Some(before), Some(after)) = (s.cpu_before_ticks, s.cpu_after_ticks) {
+                line(
+                    "server CPU",
+                    format!("{:.2} s (user + system) from the start of sending to the end", (after - before) as f64 / 100.0),
+                );
+            }
         }
         let seen = &s.seen;
         line(
