@@ -574,6 +574,17 @@ fn presence_typing_and_actions_reach_members_on_every_instance(redis: Redis) {
     let [one, two, three] = [&cluster.servers[0], &cluster.servers[1], &cluster.servers[2]];
     let mut alice = one.login("alice");
     alice.create("general");
+    // The instances have heard of the room and of each other's users
+    // before the others log in.
+    let mut probes: Vec<Client> = [two, three].iter().map(|server| server.login(&format!("probe{}", server.tcp.port()))).collect();
+    for probe in &mut probes {
+        eventually(probe, "/rooms", |l| l == "Rooms (1):");
+        probe.line();
+    }
+    for probe in &mut probes {
+        eventually(probe, "/list", |l| l.starts_with("Online users (3): alice, probe"));
+    }
+    drop(probes);
     let bob = connect(two.http.unwrap(), "bob");
     let mut sse = Sse::open(two.http.unwrap(), "general", &bob);
     sse.wait_for("connected");
@@ -584,6 +595,7 @@ fn presence_typing_and_actions_reach_members_on_every_instance(redis: Redis) {
     dan.wait_for(|l| l == "---");
     // Everyone is seen everywhere before the checks start.
     eventually(&mut alice, "/list", |l| l == "Users in general (4): alice, bob, carol, dan");
+    eventually(&mut dan, "/list", |l| l == "Users in general (4): alice, bob, carol, dan");
 
     // An action from instance 1.
     alice.send("/me waves");

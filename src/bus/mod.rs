@@ -18,8 +18,9 @@
 //!   heard only by instances with a local member in the room (the router
 //!   subscribes on a room's first local join and unsubscribes on its last
 //!   leave, reading from the store what it missed meanwhile);
-//! - `p:instance:<id>`: what only one instance must see (DMs to its users,
-//!   the presence snapshot answering its hello);
+//! - `p:instance:<id>`: what only one instance must see (DMs to its users;
+//!   the presence snapshot answering a hello goes on `p:events` instead, in
+//!   order with the sender's presence changes);
 //! - `p:nick:<lower-case nickname>`: who holds a nickname, `SET NX` with a
 //!   TTL the owner keeps refreshing, so an instance that dies frees its
 //!   nicknames by itself.
@@ -92,10 +93,10 @@ pub enum BusEvent {
     /// A user of `from` went offline (or renamed: `Gone` the old name).
     Gone { from: String, nick: String },
     /// Everyone on `from`, replacing what was known of it: sent when `from`
-    /// (re)joins the bus, and to one instance answering its hello.
+    /// (re)joins the bus, and when another instance says hello.
     Snapshot { from: String, members: Vec<Member> },
-    /// `from` has just (re)joined the bus: send it a snapshot (on its own
-    /// channel).
+    /// `from` has just (re)joined the bus: everyone answers with a snapshot
+    /// (on the service channel, in order with their presence changes).
     Hello { from: String },
     /// `from` is alive.
     Heartbeat { from: String },

@@ -465,9 +465,12 @@ impl RouterState {
             }
             BusEvent::Typing { room, user, .. } => self.remote_typing(room, user),
             BusEvent::Hello { .. } => {
-                if let Some(bus) = &self.bus {
-                    bus.send_to(&from, &self.snapshot());
-                }
+                // On the service channel, not the newcomer's own: in order
+                // with this instance's presence changes, so a snapshot taken
+                // before a change can never land after it (on a Redis
+                // Cluster the two channels live on different nodes) and
+                // overwrite it. Only when an instance joins, never per change.
+                self.broadcast(self.snapshot());
             }
             BusEvent::Heartbeat { .. } => {}
             BusEvent::Notice { room, after_seq, text, at_ms, .. } => self.remote_notice(room, after_seq, text, at_ms),
