@@ -47,6 +47,12 @@ pub enum Command {
     Delete,
     /// `/search <words>`: the current room's messages with every word.
     Search(String),
+    /// `/me <action>`: an action message in the current room.
+    Me(String),
+    /// `/away [message]`
+    Away(Option<String>),
+    /// `/back`
+    Back,
 }
 
 /// One line of user input.
@@ -85,8 +91,8 @@ const COMMANDS: &[CommandSpec] = &[
         usage: "/create <room> [private]",
         summary: "create a room and join it (private: invite-only, registered users)",
         parse: |args| match args.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [name] => Some(Command::Create(name.to_string())),
-            [name, kind] if kind.eq_ignore_ascii_case("private") => Some(Command::CreatePrivate(name.to_string())),
+            [name] => Some(Command::Create(irc_room(name))),
+            [name, kind] if kind.eq_ignore_ascii_case("private") => Some(Command::CreatePrivate(irc_room(name))),
             _ => None,
         },
     },
@@ -105,8 +111,8 @@ const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "join",
         usage: "/join <room>",
-        summary: "join a room and see its recent messages",
-        parse: |args| one_arg(args).map(Command::Join),
+        summary: "join a room and see its recent messages (#room works too)",
+        parse: |args| one_arg(args).map(|name| Command::Join(irc_room(&name))),
     },
     CommandSpec { name: "rooms", usage: "/rooms", summary: "every room with its member count", parse: |a| a.is_empty().then_some(Command::Rooms) },
     CommandSpec { name: "leave", usage: "/leave", summary: "leave the current room", parse: |a| a.is_empty().then_some(Command::Leave) },
@@ -155,6 +161,32 @@ const COMMANDS: &[CommandSpec] = &[
         parse: |args| (!args.is_empty()).then(|| Command::Search(args.to_string())),
     },
     CommandSpec {
+        name: "me",
+        usage: "/me <action>",
+        summary: "say what you do: [room] * you <action>",
+        parse: |args| (!args.is_empty()).then(|| Command::Me(args.to_string())),
+    },
+    CommandSpec {
+        name: "away",
+        usage: "/away [message]",
+        summary: "mark yourself away, with an optional message",
+        parse: |args| Some(Command::Away((!args.is_empty()).then(|| args.to_string()))),
+    },
+    CommandSpec { name: "back", usage: "/back", summary: "mark yourself back (online)", parse: |a| a.is_empty().then_some(Command::Back) },
+    // IRC habits: the same commands under the names IRC users type.
+    CommandSpec {
+        name: "msg",
+        usage: "/msg <user> <message>",
+        summary: "send a private message (the IRC name of dm)",
+        parse: |args| {
+            let (to, text) = args.split_once(char::is_whitespace)?;
+            let text = text.trim();
+            (!text.is_empty()).then(|| Command::Dm { to: to.to_string(), text: text.to_string() })
+        },
+    },
+    CommandSpec { name: "part", usage: "/part", summary: "same as /leave", parse: |a| a.is_empty().then_some(Command::Leave) },
+    CommandSpec { name: "who", usage: "/who", summary: "same as /list", parse: |a| a.is_empty().then_some(Command::List) },
+    CommandSpec {
         name: "dm",
         usage: "/dm <user> <message>",
         summary: "send a private message to an online user",
@@ -165,6 +197,11 @@ const COMMANDS: &[CommandSpec] = &[
         },
     },
 ];
+
+/// A room name as IRC users write it: `#general` is `general`.
+fn irc_room(name: &str) -> String {
+    name.strip_prefix('#').filter(|rest| !rest.is_empty()).unwrap_or(name).to_string()
+}
 
 fn one_arg(args: &str) -> Option<String> {
     (!args.is_empty() && !args.contains(char::is_whitespace)).then(|| args.to_string())
@@ -237,6 +274,24 @@ mod tests {
         assert_eq!(cmd("/delete"), Command::Delete);
         assert_eq!(parse_input("/edit"), Err(ChatError::Usage("/edit <new text>")));
         assert_eq!(parse_input("/delete it"), Err(ChatError::Usage("/delete")));
+        assert_eq!(cmd("/me waves  hello"), Command::Me("waves  hello".into()));
+        assert_eq!(cmd("/away"), Command::Away(None));
+        assert_eq!(cmd("/away out for lunch"), Command::Away(Some("out for lunch".into())));
+        assert_eq!(cmd("/back"), Command::Back);
+    }
+
+    #[test]
+    fn irc_aliases_are_the_same_commands() {
+        assert_eq!(cmd("/msg bob hi there"), cmd("/dm bob hi there"));
+        assert_eq!(cmd("/part"), Command::Leave);
+        assert_eq!(cmd("/who"), Command::List);
+        assert_eq!(cmd("/join #general"), Command::Join("general".into()));
+        assert_eq!(cmd("/create #general"), Command::Create("general".into()));
+        assert_eq!(cmd("/create #secret private"), Command::CreatePrivate("secret".into()));
+        assert_eq!(cmd("/join #"), Command::Join("#".into()));
+        assert_eq!(parse_input("/msg bob"), Err(ChatError::Usage("/msg <user> <message>")));
+        assert_eq!(parse_input("/me"), Err(ChatError::Usage("/me <action>")));
+        assert_eq!(parse_input("/back now"), Err(ChatError::Usage("/back")));
     }
 
     #[test]

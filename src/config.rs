@@ -98,6 +98,11 @@ pub struct Limits {
     /// Web origins (`scheme://host[:port]`, lower case) besides the server's
     /// own whose pages may open a WebSocket (`ALLOWED_ORIGINS`).
     pub allowed_origins: Vec<String>,
+    /// Longest away message (`/away <message>`) in characters.
+    pub max_away_chars: usize,
+    /// Typing signals of one session closer together than this are answered
+    /// but not passed on (`TYPING_INTERVAL_MS`).
+    pub typing_interval: Duration,
 }
 
 impl Limits {
@@ -179,6 +184,8 @@ impl Config {
             login_attempts: env.number("LOGIN_ATTEMPTS", 5, 0, 1_000_000)?,
             session_ttl: Duration::from_secs(env.number::<u64>("SESSION_TTL_DAYS", 30, 1, 3650)? * 86_400),
             allowed_origins: env.origins("ALLOWED_ORIGINS")?,
+            max_away_chars: env.number("MAX_AWAY_CHARS", 200, 1, 10_000)?,
+            typing_interval: Duration::from_millis(env.number("TYPING_INTERVAL_MS", 2000, 0, 3_600_000)?),
         };
         let database_url = env.optional("DATABASE_URL");
         let redis_url = env.optional("REDIS_URL");

@@ -91,16 +91,24 @@ pub struct ChatMessage {
     /// row keeps its place in the room's sequence (the order gate reads it).
     #[serde(default)]
     pub deleted: bool,
+    /// An action (`/me waves`), shown as `[room] * nick waves`.
+    #[serde(default)]
+    pub action: bool,
     #[serde(skip)]
     pub rendered: Rendered,
 }
 
 impl ChatMessage {
-    /// The text form every user sees: `[room] nick: text`, or
-    /// `[room] nick (edited): text` once edited.
+    /// The text form every user sees: `[room] nick: text`,
+    /// `[room] nick (edited): text` once edited, or `[room] * nick text`
+    /// for an action.
     pub fn line(&self) -> String {
         let edited = if self.edited_at_ms.is_some() { " (edited)" } else { "" };
-        format!("[{}] {}{edited}: {}", self.room, self.nickname, self.content)
+        if self.action {
+            format!("[{}] * {}{edited} {}", self.room, self.nickname, self.content)
+        } else {
+            format!("[{}] {}{edited}: {}", self.room, self.nickname, self.content)
+        }
     }
 
     /// A new copy of this message with `change` applied (the ring buffer
@@ -121,6 +129,7 @@ impl ChatMessage {
             created_at_ms: self.created_at_ms,
             edited_at_ms,
             deleted,
+            action: self.action,
             rendered: Default::default(),
         }
     }
@@ -163,6 +172,45 @@ impl MessageChange {
             None => format!("[system] {} deleted a message", self.by),
         }
     }
+}
+
+/// A user's presence: online, away, or gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Online,
+    Away,
+    Offline,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// A user's presence changed (event `presence`; never shown on TCP).
+#[derive(Debug)]
+pub struct Presence {
+    pub user: String,
+    pub status: Status,
+    /// The away message, if any.
+    pub message: Option<String>,
+    pub rendered: Rendered,
+}
+
+/// Someone is typing in a room (event `typing`; never shown on TCP, never
+/// stored). One is shared by every recipient of a room's fan-out.
+#[derive(Debug)]
+pub struct Typing {
+    pub room: String,
+    pub user: String,
+    pub rendered: Rendered,
 }
 
 /// A `[system]` line: joins, leaves, nick changes, disconnects.
@@ -248,6 +296,10 @@ pub enum Event {
     Ack(Arc<Ack>),
     /// The answer to a client's keep-alive ping (WebSocket), with its payload.
     Pong(Arc<[u8]>),
+    /// A user's presence changed (SSE and WebSocket only).
+    Presence(Arc<Presence>),
+    /// A user is typing in the room (SSE and WebSocket only).
+    Typing(Arc<Typing>),
 }
 
 /// The outcome of one client request, for transports that answer requests
@@ -282,6 +334,8 @@ impl Event {
                     Err(error) => error.len(),
                 },
                 Event::Pong(payload) => payload.len(),
+                Event::Presence(p) => p.user.len() + p.message.as_ref().map_or(0, String::len),
+                Event::Typing(t) => t.room.len() + t.user.len(),
             }
     }
 }

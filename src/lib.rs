@@ -8,7 +8,8 @@
 //! - [`server`]: wires the threads together; start and graceful shutdown.
 //! - [`router`]: the router thread, sole owner of chat state (sessions,
 //!   nicknames, rooms, memberships, per-room ring buffers and logs of recent
-//!   edits and deletions, stream replays, the view of other instances).
+//!   edits and deletions, stream replays, presence and typing signals, the
+//!   view of other instances).
 //! - [`event`]: what the router delivers to sessions, through each
 //!   session's [`event::Sink`].
 //! - [`command`]: slash-command parsing and the `/help` table.

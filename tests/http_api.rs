@@ -92,7 +92,10 @@ fn every_endpoint_answers_with_its_json_shape() {
     assert!(rooms[0]["createdAt"].is_string());
 
     let r = get(&server, "/api/rooms/General/members");
-    assert_eq!(r.json(), json!({ "success": true, "data": { "room": "general", "members": ["alice"] } }));
+    assert_eq!(
+        r.json(),
+        json!({ "success": true, "data": { "room": "general", "members": [{ "nickname": "alice", "status": "online", "message": null }] } })
+    );
 
     let r = get(&server, "/api/rooms/general/history");
     let messages = &r.json()["data"]["messages"];

@@ -15,17 +15,22 @@ fn write_back(command: &Command) -> Option<String> {
         Command::Nick(name) => format!("/nick {name}"),
         Command::List => "/list".into(),
         Command::Quit => "/quit".into(),
-        Command::Create(room) => format!("/create {room}"),
-        Command::Join(room) => format!("/join {room}"),
+        // Written the IRC way (`#room`), which parses to the same room.
+        Command::Create(room) => format!("/create #{room}"),
+        Command::Join(room) => format!("/join #{room}"),
         Command::Rooms => "/rooms".into(),
         Command::Leave => "/leave".into(),
         Command::Dm { to, text } => format!("/dm {to} {text}"),
-        Command::CreatePrivate(room) => format!("/create {room} private"),
+        Command::CreatePrivate(room) => format!("/create #{room} private"),
         Command::Invite(nick) => format!("/invite {nick}"),
         Command::Kick(nick) => format!("/kick {nick}"),
         Command::Edit(text) => format!("/edit {text}"),
         Command::Delete => "/delete".into(),
         Command::Search(words) => format!("/search {words}"),
+        Command::Me(text) => format!("/me {text}"),
+        Command::Away(None) => "/away".into(),
+        Command::Away(Some(message)) => format!("/away {message}"),
+        Command::Back => "/back".into(),
         Command::Register(_) | Command::Password { .. } | Command::Login { .. } => return None,
     })
 }
@@ -50,6 +55,9 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!text.is_empty() && text.trim() == text, "{text:?}");
                 }
                 Command::Edit(text) => assert!(!text.is_empty() && text.trim() == text, "{text:?}"),
+                Command::Me(text) | Command::Away(Some(text)) => {
+                    assert!(!text.is_empty() && text.trim() == text, "{text:?}");
+                }
                 _ => {}
             }
             if let Some(again) = write_back(&command) {

@@ -38,6 +38,11 @@ pub struct Args {
     pub drain: Duration,
     pub setup_timeout: Duration,
     pub cleanup: bool,
+    /// Receivers (SSE first, then WebSocket) that send typing signals
+    /// during the run.
+    pub typers: usize,
+    /// How often each typer signals.
+    pub typing_every: Duration,
 }
 
 impl Default for Args {
@@ -61,6 +66,8 @@ impl Default for Args {
             drain: Duration::from_secs(2),
             setup_timeout: Duration::from_secs(60),
             cleanup: true,
+            typers: 0,
+            typing_every: Duration::from_secs(1),
         }
     }
 }
@@ -89,6 +96,12 @@ Load:
   --duration SECS         sending time (default 10)
   --drain SECS            wait for late deliveries after sending (default 2)
   --connect-rate N        max new connections per second in setup (default 2000)
+  --typers N              N of the SSE receivers (then WebSocket receivers)
+                          send typing signals all through the run: SSE ones
+                          POST /api/typing on a connection of their own, WS
+                          ones send {\"type\":\"typing\"} frames (the server
+                          passes on one per 2 s per session)
+  --typing-every SECS     how often each typer signals (default 1)
   --setup-timeout SECS    give up waiting for clients to join (default 60)
 Servers:
   --targets LIST          comma-separated host:tcpport:httpport triples
@@ -185,6 +198,13 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Parsed, String> {
             }
             "--duration" => a.duration = secs(&flag, &val(&mut it)?)?,
             "--drain" => a.drain = secs(&flag, &val(&mut it)?)?,
+            "--typers" => a.typers = num(&flag, &val(&mut it)?)?,
+            "--typing-every" => {
+                a.typing_every = secs(&flag, &val(&mut it)?)?;
+                if a.typing_every.is_zero() {
+                    return Err("--typing-every must be > 0".into());
+                }
+            }
             "--setup-timeout" => a.setup_timeout = secs(&flag, &val(&mut it)?)?,
             "--room" => {
                 a.room = val(&mut it)?;
@@ -232,6 +252,9 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Parsed, String> {
     }
     if a.senders == 0 {
         return Err("--senders must be at least 1".into());
+    }
+    if a.typers > a.sse + a.ws {
+        return Err("--typers cannot be more than the SSE and WebSocket receivers".into());
     }
     Ok(Parsed::Run(Box::new(a)))
 }
@@ -322,5 +345,9 @@ mod tests {
         assert!(p(&["--tcp", "0"]).is_err());
         assert!(p(&["--senders", "0"]).is_err());
         assert!(p(&["--duration", "-1"]).is_err());
+        assert!(p(&["--sse", "2", "--typers", "3"]).is_err());
+        assert!(p(&["--sse", "2", "--typers", "1", "--typing-every", "0"]).is_err());
+        let Parsed::Run(a) = p(&["--sse", "2", "--ws", "1", "--typers", "3", "--typing-every", "0.5"]).unwrap() else { panic!() };
+        assert_eq!((a.typers, a.typing_every), (3, Duration::from_millis(500)));
     }
 }

@@ -35,6 +35,9 @@ pub enum Role {
     WsSender,
     /// A one-request connection (POST /api/disconnect during cleanup).
     Oneshot,
+    /// POSTs /api/typing for an SSE receiver's session, on a kept-alive
+    /// connection of its own (`--typers`).
+    Typer,
 }
 
 impl Role {
@@ -42,7 +45,7 @@ impl Role {
         matches!(self, Role::TcpRecv | Role::SseRecv | Role::WsRecv)
     }
     pub fn is_http(self) -> bool {
-        matches!(self, Role::SseRecv | Role::HttpSender | Role::Oneshot | Role::WsRecv | Role::WsSender)
+        matches!(self, Role::SseRecv | Role::HttpSender | Role::Oneshot | Role::WsRecv | Role::WsSender | Role::Typer)
     }
     /// Ends up on an open stream (SSE or WebSocket), which joins the room.
     fn streams(self) -> bool {
@@ -74,6 +77,7 @@ pub enum Req {
     Stream,
     Message { sent_ns: u64 },
     Disconnect,
+    Typing,
 }
 
 /// Shared state the connection handlers update.
@@ -184,6 +188,7 @@ impl Conn {
             Role::WsRecv => "ws",
             Role::TcpSender | Role::HttpSender | Role::WsSender => "sender",
             Role::Oneshot => "cleanup",
+            Role::Typer => "typer",
         };
         let what = if !self.connected {
             "still connecting".to_string()
@@ -220,7 +225,7 @@ fn role_stats(stats: &mut Stats, role: Role) -> Option<&mut crate::report::RoleS
         Role::SseRecv => Some(&mut stats.sse),
         Role::WsRecv => Some(&mut stats.ws),
         Role::TcpSender | Role::HttpSender | Role::WsSender => Some(&mut stats.senders),
-        Role::Oneshot => None,
+        Role::Oneshot | Role::Typer => None,
     }
 }
 
@@ -238,6 +243,12 @@ pub fn start(c: &mut Conn, ctx: &mut Ctx) {
             let body = format!("{{\"nickname\":\"{}\"}}", c.nick);
             let r = http_request(ctx, c.target, "POST", "/api/connect", Some(&body), false);
             send_request(c, ctx, Req::Connect, r);
+        }
+        Role::Typer => {
+            // Made for a joined receiver once the run starts: ready at once,
+            // connecting with its first signal.
+            c.phase = Phase::Ready;
+            c.joined = true;
         }
         Role::Oneshot => {
             c.phase = Phase::Http;
@@ -317,6 +328,7 @@ pub fn fail(c: &mut Conn, ctx: &mut Ctx, why: &str) {
         Role::WsRecv => "ws",
         Role::TcpSender | Role::HttpSender | Role::WsSender => "sender",
         Role::Oneshot => "cleanup",
+        Role::Typer => "typer",
     };
     let when = if was_joined { "disconnected" } else { "failed" };
     ctx.stats.failures.record(&format!("{kind} {when}: {why}"));
@@ -502,6 +514,30 @@ pub fn send_message(c: &mut Conn, ctx: &mut Ctx) {
             } else {
                 http_send(c, ctx);
             }
+        }
+        _ => {}
+    }
+}
+
+/// A typer's turn to signal typing: a POST on its own connection (skipped
+/// while the last one is unanswered), or a frame on a WebSocket receiver.
+pub fn send_typing(c: &mut Conn, ctx: &mut Ctx) {
+    if !c.alive() {
+        return;
+    }
+    match c.role {
+        Role::Typer if c.req.is_none() => {
+            ctx.stats.typing_sent += 1;
+            let body = format!("{{\"sessionId\":\"{}\"}}", c.session);
+            let r = http_request(ctx, c.target, "POST", "/api/typing", Some(&body), false);
+            send_request(c, ctx, Req::Typing, r);
+        }
+        Role::WsRecv if c.phase == Phase::Ready => {
+            let Some(ws) = c.ws.as_mut() else { return };
+            ctx.stats.typing_sent += 1;
+            let _ = ws.socket.send(tungstenite::Message::text("{\"type\":\"typing\"}"));
+            let out = std::mem::take(&mut ws.socket.get_mut().output);
+            queue(c, ctx, &out);
         }
         _ => {}
     }
@@ -863,6 +899,14 @@ fn on_response(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, req: Req) {
                 http_send(c, ctx);
             }
         }
+        Req::Typing => {
+            if status == 200 {
+                ctx.stats.typing_ok += 1;
+            } else {
+                ctx.stats.typing_failed += 1;
+                ctx.stats.errors.record(&status_error(c, "POST /api/typing"));
+            }
+        }
         Req::Disconnect => {
             if status == 200 {
                 ctx.stats.cleanup_ok += 1;
@@ -915,6 +959,7 @@ fn sse_body(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, now_ns: u64) {
             }
             b"system" => seen.system += 1,
             b"dm" => seen.dm += 1,
+            b"typing" => seen.typing += 1,
             b"error" => {
                 seen.errors += 1;
                 ctx.stats.errors.record(&format!("SSE error event: {}", String::from_utf8_lossy(&ev.data)));
@@ -1065,6 +1110,7 @@ fn ws_frame(c: &mut Conn, ctx: &mut Ctx, frame: &[u8], now_ns: u64) {
         }
         b"system" => seen.system += 1,
         b"dm" => seen.dm += 1,
+        b"typing" => seen.typing += 1,
         _ => seen.sse_other += 1,
     }
 }

@@ -136,6 +136,21 @@ fn rss_kib(pids: &[u32]) -> Option<u64> {
     Some(sum)
 }
 
+/// Summed CPU time (user + system, in clock ticks of 1/100 s) the given
+/// processes have used, from /proc/PID/stat.
+fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    let mut sum = 0;
+    for pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (which may hold spaces) in parentheses.
+        let rest = &text[text.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line.
+        sum += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
 /// A short per-run tag (4 base-36 chars) so nicknames of back-to-back runs
 /// do not collide with HTTP sessions the server still holds.
 fn run_tag() -> String {
@@ -172,7 +187,7 @@ fn run(args: &Args) -> Result<i32, String> {
         addrs.push((resolve(t.tcp_port)?, resolve(t.http_port)?, format!("{host}:{}", t.http_port)));
     }
 
-    let total_clients = args.tcp + args.sse + args.ws + args.senders;
+    let total_clients = args.tcp + args.sse + args.ws + args.senders + args.typers;
     if let Some(limit) = nofile {
         if (total_clients as u64) + 64 > limit {
             eprintln!("loadgen: warning: {total_clients} clients but the open-files limit is {limit}");
@@ -281,6 +296,8 @@ fn run(args: &Args) -> Result<i32, String> {
     let mut next_msg = 0u64;
     let mut drain_deadline = start;
     let mut last_progress = start;
+    // `--typers`: (connection that signals, when it next does).
+    let mut typers: Vec<(usize, Instant)> = Vec::new();
 
     loop {
         let now = Instant::now();
@@ -350,6 +367,32 @@ fn run(args: &Args) -> Result<i32, String> {
                     ctx.tracker.receivers = receivers;
                     ctx.sending = true;
                     send_start = Instant::now();
+                    ctx.stats.cpu_before_ticks = cpu_ticks(&args.server_pids);
+                    // Typers: SSE receivers get a connection of their own
+                    // for their POSTs; WebSocket receivers send frames on
+                    // theirs. Their signals are spread evenly over the interval.
+                    let chosen: Vec<usize> = conns
+                        .iter()
+                        .filter(|c| c.joined && c.alive() && matches!(c.role, Role::SseRecv))
+                        .chain(conns.iter().filter(|c| c.joined && c.alive() && matches!(c.role, Role::WsRecv)))
+                        .map(|c| c.id)
+                        .take(args.typers)
+                        .collect();
+                    let spacing = args.typing_every.as_secs_f64() / chosen.len().max(1) as f64;
+                    for (i, id) in chosen.into_iter().enumerate() {
+                        let signaller = if conns[id].role == Role::SseRecv {
+                            let typer = conns.len();
+                            let (target, session) = (conns[id].target, conns[id].session.clone());
+                            let mut c = Conn::new(typer, Role::Typer, i, target, String::new());
+                            c.session = session;
+                            client::start(&mut c, &mut ctx);
+                            conns.push(c);
+                            typer
+                        } else {
+                            id
+                        };
+                        typers.push((signaller, send_start + Duration::from_secs_f64(spacing * i as f64)));
+                    }
                     if receivers == 0 || sender_ids.iter().all(|&id| !conns[id].joined) {
                         eprintln!("loadgen: no receiver or no sender joined; not sending");
                         break;
@@ -365,6 +408,13 @@ fn run(args: &Args) -> Result<i32, String> {
                     let s = (next_msg % args.senders as u64) as usize;
                     client::send_message(&mut conns[sender_ids[s]], &mut ctx);
                     next_msg += 1;
+                }
+                for (id, next) in typers.iter_mut() {
+                    if *next <= now {
+                        client::send_typing(&mut conns[*id], &mut ctx);
+                        *next += args.typing_every;
+                    }
+                    timeout = timeout.min(next.saturating_duration_since(now));
                 }
                 if next_msg >= total_msgs && elapsed >= args.duration.as_secs_f64() {
                     ctx.stats.send_window_ns = now.duration_since(send_start).as_nanos() as u64;
@@ -407,6 +457,7 @@ fn run(args: &Args) -> Result<i32, String> {
     ctx.stats.run_ns = end.duration_since(send_start).as_nanos() as u64;
     if !args.server_pids.is_empty() {
         ctx.stats.rss_after_kib = rss_kib(&args.server_pids);
+        ctx.stats.cpu_after_ticks = cpu_ticks(&args.server_pids);
     }
 
     // ---- report ----
@@ -428,7 +479,7 @@ fn run(args: &Args) -> Result<i32, String> {
     // ---- cleanup: close everything, end HTTP sessions ----
     let sessions: Vec<(usize, String)> = conns
         .iter()
-        .filter(|c| c.role.is_http() && !c.session.is_empty())
+        .filter(|c| c.role.is_http() && c.role != Role::Typer && !c.session.is_empty())
         .map(|c| (c.target, c.session.clone()))
         .collect();
     for c in conns.iter_mut() {

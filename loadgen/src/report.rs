@@ -147,6 +147,8 @@ pub struct Seen {
     pub sse_pings: u64,
     pub sse_other: u64,
     pub overlong: u64,
+    /// `typing` events received (SSE and WebSocket).
+    pub typing: u64,
 }
 
 #[derive(Debug, Default)]
@@ -173,8 +175,15 @@ pub struct Stats {
     pub failures: Log,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// The servers' CPU time (1/100 s ticks) when sending started and at the end.
+    pub cpu_before_ticks: Option<u64>,
+    pub cpu_after_ticks: Option<u64>,
     pub cleanup_ok: u64,
     pub cleanup_failed: u64,
+    /// Typing signals sent (`--typers`), answered with success, refused.
+    pub typing_sent: u64,
+    pub typing_ok: u64,
+    pub typing_failed: u64,
 }
 
 pub fn ms(ns: u64) -> f64 {
@@ -328,6 +337,12 @@ impl Report<'_> {
                     self.connections()
                 ),
             );
+            if let (Some(before), Some(after)) = (s.cpu_before_ticks, s.cpu_after_ticks) {
+                line(
+                    "server CPU",
+                    format!("{:.2} s (user + system) from the start of sending to the end", (after - before) as f64 / 100.0),
+                );
+            }
         }
         let seen = &s.seen;
         line(
@@ -346,6 +361,20 @@ impl Report<'_> {
                 seen.overlong
             ),
         );
+        if a.typers > 0 {
+            line(
+                "typing",
+                format!(
+                    "{} typers every {:.1} s: {} signals sent, {} answered ok, {} failed; {} typing events received",
+                    a.typers,
+                    a.typing_every.as_secs_f64(),
+                    s.typing_sent,
+                    s.typing_ok,
+                    s.typing_failed,
+                    seen.typing
+                ),
+            );
+        }
         if s.http_reconnects > 0 {
             line("HTTP reconnects", s.http_reconnects.to_string());
         }

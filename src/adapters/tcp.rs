@@ -258,7 +258,9 @@ fn chat(lines: &mut LineReader<ClientInput<'_>>, id: SessionId, ctx: &TcpContext
         let msg = match lines.next_line() {
             Ok(Some(LineEvent::Line(line))) if line.trim().is_empty() => continue,
             Ok(Some(LineEvent::Line(line))) => match parse_input(&line) {
-                Ok(Input::Message(text)) => RouterMsg::Say { session, text, room: None, client_msg_id: None, reply: reply() },
+                Ok(Input::Message(text)) => {
+                    RouterMsg::Say { session, text, room: None, client_msg_id: None, action: false, reply: reply() }
+                }
                 Ok(Input::Command(command)) => match account_command(&command, session, ctx, ip) {
                     Some(outcome) => RouterMsg::Answer { session: id, outcome },
                     None => RouterMsg::Command { session, command, reply: reply() },
@@ -318,6 +320,8 @@ pub fn render(event: &Event, out: &mut Vec<u8>) {
         }
         Event::Error(error) => out.extend_from_slice(format!("Error: {error}\n").as_bytes()),
         Event::Prompt(prompt) => out.extend_from_slice(prompt.as_bytes()),
-        Event::RoomChanged { .. } | Event::Ping | Event::Ack(_) | Event::Pong(_) => {}
+        // Netcat users see no presence or typing lines (the router does not
+        // even queue them for TCP sessions).
+        Event::RoomChanged { .. } | Event::Ping | Event::Ack(_) | Event::Pong(_) | Event::Presence(_) | Event::Typing(_) => {}
     }
 }

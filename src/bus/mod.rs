@@ -11,13 +11,16 @@
 //!
 //! Channels and keys, all under `REDIS_PREFIX` (`p`):
 //! - `p:events`: what every instance must see, small and sized to the
-//!   change (rooms created, presence changes, heartbeats, hellos);
-//! - `p:room:<room>`: one room's committed messages, edits, deletions and `[system]` lines,
+//!   change (rooms created, presence changes with the user's status,
+//!   heartbeats, hellos);
+//! - `p:room:<room>`: one room's committed messages, edits, deletions,
+//!   `[system]` lines and typing signals,
 //!   heard only by instances with a local member in the room (the router
 //!   subscribes on a room's first local join and unsubscribes on its last
 //!   leave, reading from the store what it missed meanwhile);
-//! - `p:instance:<id>`: what only one instance must see (DMs to its users,
-//!   the presence snapshot answering its hello);
+//! - `p:instance:<id>`: what only one instance must see (DMs to its users;
+//!   the presence snapshot answering a hello goes on `p:events` instead, in
+//!   order with the sender's presence changes);
 //! - `p:nick:<lower-case nickname>`: who holds a nickname, `SET NX` with a
 //!   TTL the owner keeps refreshing, so an instance that dies frees its
 //!   nicknames by itself.
@@ -63,11 +66,17 @@ impl Names {
     }
 }
 
-/// One user of an instance, for presence.
+/// One user of an instance, for presence: where it is and its status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
     pub nick: String,
     pub room: Option<String>,
+    /// Online or away (an instance that sends none means online).
+    #[serde(default)]
+    pub status: crate::event::Status,
+    /// The away message, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What instances tell each other. Every event names its sender; an
@@ -84,10 +93,10 @@ pub enum BusEvent {
     /// A user of `from` went offline (or renamed: `Gone` the old name).
     Gone { from: String, nick: String },
     /// Everyone on `from`, replacing what was known of it: sent when `from`
-    /// (re)joins the bus, and to one instance answering its hello.
+    /// (re)joins the bus, and when another instance says hello.
     Snapshot { from: String, members: Vec<Member> },
-    /// `from` has just (re)joined the bus: send it a snapshot (on its own
-    /// channel).
+    /// `from` has just (re)joined the bus: everyone answers with a snapshot
+    /// (on the service channel, in order with their presence changes).
     Hello { from: String },
     /// `from` is alive.
     Heartbeat { from: String },
@@ -102,6 +111,8 @@ pub enum BusEvent {
     /// channel: receivers deliver it after the room's message
     /// `change.after_seq`, like a notice.
     Changed { from: String, change: MessageChange },
+    /// `user` (on `from`) is typing in `room`: on the room's channel, not stored.
+    Typing { from: String, room: String, user: String },
 }
 
 impl BusEvent {
@@ -117,7 +128,8 @@ impl BusEvent {
             | BusEvent::Heartbeat { from }
             | BusEvent::Dm { from, .. }
             | BusEvent::Notice { from, .. }
-            | BusEvent::Changed { from, .. } => from,
+            | BusEvent::Changed { from, .. }
+            | BusEvent::Typing { from, .. } => from,
         }
     }
 }

@@ -347,6 +347,7 @@ mod tests {
             created_at_ms: 1_767_268_800_000,
             edited_at_ms: None,
             deleted: false,
+            action: true,
             rendered: Default::default(),
         };
         bus.broadcast_message("1", &message);
@@ -356,6 +357,7 @@ mod tests {
             BusEvent::Message { from, message: back } => {
                 assert_eq!(from, "1");
                 assert_eq!((back.id, back.seq, back.room.as_str(), back.content.as_str()), (7, 3, "general", "hi \"there\""));
+                assert!(back.action, "the action flag crosses instances");
             }
             other => panic!("{other:?}"),
         }

@@ -438,18 +438,48 @@ impl RouterState {
                 self.add_room(RoomRecord { id, name, created_at_ms })
             }
             BusEvent::Presence { member, .. } => {
-                remote.members.insert(name_key(&member.nick), member);
+                let before = self.known_status(&member.nick);
+                // Only a change of status on that instance (not a room move,
+                // nor a login there, which took the account's status) is
+                // adopted by the account's sessions here.
+                let key = name_key(&member.nick);
+                let changed = self.remote[&from].members.get(&key).is_some_and(|old| (old.status, &old.message) != (member.status, &member.message));
+                if changed {
+                    self.adopt_status(&member.nick, member.status, &member.message);
+                }
+                let (nick, room) = (member.nick.clone(), member.room.clone());
+                if let Some(remote) = self.remote.get_mut(&from) {
+                    remote.members.insert(name_key(&member.nick), member);
+                }
+                self.presence_changed(vec![(nick, before, room)]);
             }
             BusEvent::Gone { nick, .. } => {
-                remote.members.remove(&name_key(&nick));
+                let before = self.known_status(&nick);
+                let gone = self.remote.get_mut(&from).and_then(|r| r.members.remove(&name_key(&nick)));
+                self.presence_changed(vec![(nick, before, gone.and_then(|m| m.room))]);
             }
             BusEvent::Snapshot { members, .. } => {
-                remote.members = members.into_iter().map(|m| (name_key(&m.nick), m)).collect();
-            }
-            BusEvent::Hello { .. } => {
-                if let Some(bus) = &self.bus {
-                    bus.send_to(&from, &self.snapshot());
+                let fresh: HashMap<String, Member> = members.into_iter().map(|m| (name_key(&m.nick), m)).collect();
+                // Who may have changed: everyone in either list (a snapshot
+                // comes only when an instance joins the bus).
+                let mut changes: Vec<(String, Option<String>)> =
+                    remote.members.values().chain(fresh.values()).map(|m| (m.nick.clone(), m.room.clone())).collect();
+                changes.sort();
+                changes.dedup_by(|a, b| name_key(&a.0) == name_key(&b.0));
+                let before: Vec<_> = changes.into_iter().map(|(nick, room)| (self.known_status(&nick), nick, room)).collect();
+                if let Some(remote) = self.remote.get_mut(&from) {
+                    remote.members = fresh;
                 }
+                self.presence_changed(before.into_iter().map(|(known, nick, room)| (nick, known, room)).collect());
+            }
+            BusEvent::Typing { room, user, .. } => self.remote_typing(room, user),
+            BusEvent::Hello { .. } => {
+                // On the service channel, not the newcomer's own: in order
+                // with this instance's presence changes, so a snapshot taken
+                // before a change can never land after it (on a Redis
+                // Cluster the two channels live on different nodes) and
+                // overwrite it. Only when an instance joins, never per change.
+                self.broadcast(self.snapshot());
             }
             BusEvent::Heartbeat { .. } => {}
             BusEvent::Notice { room, after_seq, text, at_ms, .. } => self.remote_notice(room, after_seq, text, at_ms),
@@ -477,13 +507,23 @@ impl RouterState {
             self.last_heartbeat = now;
             self.broadcast(BusEvent::Heartbeat { from: self.instance.clone() });
         }
-        self.remote.retain(|instance, remote| {
-            let alive = now.duration_since(remote.last_heard) < PRESENCE_TIMEOUT;
-            if !alive {
+        let silent: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, remote)| now.duration_since(remote.last_heard) >= PRESENCE_TIMEOUT)
+            .map(|(instance, _)| instance.clone())
+            .collect();
+        for instance in silent {
+            let before: Vec<_> = self.remote[&instance]
+                .members
+                .values()
+                .map(|m| (m.nick.clone(), self.known_status(&m.nick), m.room.clone()))
+                .collect();
+            if let Some(remote) = self.remote.remove(&instance) {
                 log::warn!("instance {instance} is silent; its {} users are gone", remote.members.len());
             }
-            alive
-        });
+            self.presence_changed(before);
+        }
     }
 
     pub(super) fn broadcast(&self, event: BusEvent) {
@@ -497,7 +537,9 @@ impl RouterState {
         let members = self
             .sessions
             .values()
-            .filter_map(|s| Some(Member { nick: s.nickname.clone()?, room: s.room.clone() }))
+            .filter_map(|s| {
+                Some(Member { nick: s.nickname.clone()?, room: s.room.clone(), status: s.status, message: s.away_message.clone() })
+            })
             .collect();
         BusEvent::Snapshot { from: self.instance.clone(), members }
     }
@@ -506,7 +548,12 @@ impl RouterState {
     pub(super) fn announce_presence(&self, id: SessionId) {
         if let Some(session) = self.sessions.get(&id) {
             if let Some(nick) = &session.nickname {
-                let member = Member { nick: nick.clone(), room: session.room.clone() };
+                let member = Member {
+                    nick: nick.clone(),
+                    room: session.room.clone(),
+                    status: session.status,
+                    message: session.away_message.clone(),
+                };
                 self.broadcast(BusEvent::Presence { from: self.instance.clone(), member });
             }
         }

@@ -150,6 +150,7 @@ impl RouterState {
         session.opened = Instant::now();
         self.nicknames.entry(key).or_insert(id);
         self.account_sessions.entry(user_id).or_default().push(id);
+        self.inherit_status(id);
         self.announce_presence(id);
         log::info!("session {} logged in as {nickname}", id.0);
         let answer = match old {
@@ -385,6 +386,9 @@ impl RouterState {
             Command::Register(_) => Err(ChatError::Usage("/register <password>")),
             Command::Password { .. } => Err(ChatError::Usage("/password <old> <new>")),
             Command::Login { .. } => Err(ChatError::Usage("/login <nick> <password>")),
+            Command::Me(text) => return self.say(id, text, None, None, true, reply),
+            Command::Away(message) => self.set_status(id, crate::event::Status::Away, message),
+            Command::Back => self.set_status(id, crate::event::Status::Online, None),
         };
         self.respond_to(Some(id), reply, outcome);
     }
@@ -412,12 +416,13 @@ impl RouterState {
     fn list(&self, id: SessionId) -> String {
         match &self.sessions[&id].room {
             Some(room) => {
-                let members = self.room_members(room).unwrap_or_default();
-                format!("Users in {room} ({}): {}", members.len(), members.join(", "))
+                let members = self.member_statuses(room).unwrap_or_default();
+                let labels: Vec<String> = members.iter().map(|m| m.label()).collect();
+                format!("Users in {room} ({}): {}", labels.len(), labels.join(", "))
             }
             None => {
-                let nicks = self.online_users();
-                format!("Online users ({}): {}", nicks.len(), nicks.join(", "))
+                let users: Vec<String> = self.online_statuses().iter().map(|m| m.label()).collect();
+                format!("Online users ({}): {}", users.len(), users.join(", "))
             }
         }
     }
@@ -722,6 +727,7 @@ impl RouterState {
         text: String,
         room: Option<String>,
         client_msg_id: Option<Uuid>,
+        action: bool,
         reply: Responder,
     ) {
         // A retry of a message still being committed gets its answer.
@@ -738,6 +744,7 @@ impl RouterState {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
                 message.client_msg_id = client_msg_id;
+                message.action = action;
                 if let Some(client_id) = client_msg_id {
                     self.pending_client_ids.insert(client_id, ticket);
                 }
@@ -773,6 +780,7 @@ impl RouterState {
             content,
             created_at_ms: now_ms(),
             client_msg_id: None,
+            action: false,
         })
     }
 
@@ -822,6 +830,12 @@ impl RouterState {
             return;
         }
         let name = message.room.clone();
-        self.deliver_to_room(&name, &Event::Message(message), None);
+        // Typing signals waiting in the room ride along with the message.
+        let typing = self.take_typing(&name);
+        if typing.is_empty() {
+            self.deliver_to_room(&name, &Event::Message(message), None);
+        } else {
+            self.deliver_with_typing(&name, typing, Some(&Event::Message(message)));
+        }
     }
 }

@@ -214,6 +214,7 @@ mod tests {
             created_at_ms: 0,
             edited_at_ms: None,
             deleted,
+            action: false,
             rendered: Default::default(),
         })
     }

@@ -30,6 +30,7 @@
 mod cluster;
 mod commands;
 mod edits;
+mod presence;
 mod private;
 mod state;
 mod streams;
@@ -57,6 +58,8 @@ use crate::metrics::Metrics;
 use crate::store::{AppendResult, RoomRecord, StoreError, StoreHandle};
 
 use state::{RateLimiter, Room, RoomSub, Session};
+
+pub use presence::MemberStatus;
 
 /// How a request names its session: by id (TCP, in-process) or by the HTTP
 /// `sessionId` token.
@@ -117,12 +120,16 @@ pub enum RouterMsg {
     Command { session: SessionRef, command: Command, reply: Responder },
     /// A chat message for the current room (`room`, if given, must match
     /// it). With `client_msg_id`, a message already stored under that id
-    /// is answered again instead of posting a new one.
-    Say { session: SessionRef, text: String, room: Option<String>, client_msg_id: Option<Uuid>, reply: Responder },
+    /// is answered again instead of posting a new one. `action`: an action
+    /// (`/me`), shown as `[room] * nick text`.
+    Say { session: SessionRef, text: String, room: Option<String>, client_msg_id: Option<Uuid>, action: bool, reply: Responder },
     /// Edit (`content`) or delete (`None`) a message: by id, or the
     /// session's last one in its room (then answered with the text a TCP
     /// user sees). Answered once the change is committed.
     Change { session: SessionRef, id: Option<i64>, content: Option<String>, reply: Responder },
+    /// The session is typing in its current room (answered `Done`; passed
+    /// on at most once per `TYPING_INTERVAL_MS`).
+    Typing { session: SessionRef, reply: Responder },
     /// Attach an event stream to an HTTP session, joining `room` if needed
     /// (`None`: the session's current room, or none). With `after`, the
     /// stream starts with the room's messages after that id (read back from
@@ -198,9 +205,9 @@ pub enum Query {
     /// Every room here with its service-wide member count, sorted by name:
     /// the public ones, and the private ones `viewer` may enter.
     Rooms { viewer: Option<SessionRef>, reply: Sender<Vec<RoomSummary>> },
-    /// The nicknames in a room on every instance, sorted; `None` if the room
-    /// does not exist (or is private and not `viewer`'s).
-    Members { room: String, viewer: Option<SessionRef>, reply: Sender<Option<Vec<String>>> },
+    /// The members of a room on every instance with their status, sorted;
+    /// `None` if the room does not exist (or is private and not `viewer`'s).
+    Members { room: String, viewer: Option<SessionRef>, reply: Sender<Option<Vec<MemberStatus>>> },
     /// A room's store id and ring-buffer state; `None` if it does not exist
     /// (or is private and not `viewer`'s).
     Room { room: String, viewer: Option<SessionRef>, reply: Sender<Option<RoomInfo>> },
@@ -328,12 +335,12 @@ impl RouterHandle {
     }
 
     /// The members of `room` (a normalized name); `None` if there is no such room.
-    pub fn members(&self, room: &str) -> Result<Option<Vec<String>>, ChatError> {
+    pub fn members(&self, room: &str) -> Result<Option<Vec<MemberStatus>>, ChatError> {
         self.members_for(room, None)
     }
 
     /// The members of `room` as `viewer` may know them.
-    pub fn members_for(&self, room: &str, viewer: Option<SessionRef>) -> Result<Option<Vec<String>>, ChatError> {
+    pub fn members_for(&self, room: &str, viewer: Option<SessionRef>) -> Result<Option<Vec<MemberStatus>>, ChatError> {
         let room = room.to_string();
         self.ask(|reply| Query::Members { room, viewer, reply }, CALL_TIMEOUT).ok_or(ChatError::ShuttingDown)
     }
@@ -377,6 +384,10 @@ pub struct RouterSettings {
     pub replay_backlog: usize,
     /// How much one `/search` may ask for.
     pub search: crate::store::search::SearchLimits,
+    /// Longest away message in characters.
+    pub max_away_chars: usize,
+    /// A session's typing signals are passed on at most this often.
+    pub typing_interval: Duration,
 }
 
 impl RouterSettings {
@@ -393,6 +404,8 @@ impl RouterSettings {
             store_queue_max: config.limits.store_queue_max,
             replay_backlog: config.limits.sendq_bytes / 2,
             search: config.limits.search,
+            max_away_chars: config.limits.max_away_chars,
+            typing_interval: config.limits.typing_interval,
         }
     }
 }
@@ -606,10 +619,6 @@ impl Router {
     }
 }
 
-fn sort_nicks(nicks: &mut [String]) {
-    nicks.sort_by_key(|n| n.to_ascii_lowercase());
-}
-
 impl RouterState {
     /// Handles one request.
     fn handle(&mut self, msg: RouterMsg) {
@@ -644,8 +653,15 @@ impl RouterState {
                 Ok(id) => self.command(id, command, reply),
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
-            RouterMsg::Say { session, text, room, client_msg_id, reply } => match self.resolve(session) {
-                Ok(id) => self.say(id, text, room, client_msg_id, reply),
+            RouterMsg::Say { session, text, room, client_msg_id, action, reply } => match self.resolve(session) {
+                Ok(id) => self.say(id, text, room, client_msg_id, action, reply),
+                Err(e) => self.respond_to(None, reply, Err(e)),
+            },
+            RouterMsg::Typing { session, reply } => match self.resolve(session) {
+                Ok(id) => {
+                    let outcome = self.typing(id);
+                    self.respond_to(Some(id), reply, outcome)
+                }
                 Err(e) => self.respond_to(None, reply, Err(e)),
             },
             RouterMsg::Change { session, id, content, reply } => match self.resolve(session) {
@@ -681,6 +697,7 @@ impl RouterState {
             | RouterMsg::Command { session, .. }
             | RouterMsg::Say { session, .. }
             | RouterMsg::Change { session, .. }
+            | RouterMsg::Typing { session, .. }
             | RouterMsg::AttachStream { session, .. }
             | RouterMsg::Close { session } => *session,
             RouterMsg::Refuse { session, .. } | RouterMsg::DetachStream { session, .. } => SessionRef::Id(*session),
@@ -841,6 +858,7 @@ impl RouterState {
     /// Ends a session: leaves its room, frees its nickname, closes its sink.
     pub(crate) fn end_session(&mut self, id: SessionId, reason: CloseReason) {
         let named = self.sessions.get(&id).is_some_and(|s| s.nickname.is_some());
+        let was_in = self.sessions.get(&id).and_then(|s| s.room.clone());
         if named {
             self.leave_room(id, |nick, _| format!("{nick} disconnected"));
         }
@@ -853,6 +871,7 @@ impl RouterState {
                 self.announce_gone(nick);
             }
         }
+        let offline = session.nickname.clone().filter(|_| others.is_none());
         for nick in session.nickname.iter().chain(session.pending_nickname.iter()) {
             let key = crate::names::name_key(nick);
             if self.nicknames.get(&key) == Some(&id) {
@@ -869,11 +888,15 @@ impl RouterState {
         if let Some(sink) = session.sink {
             sink.close(reason);
         }
+        if let Some(nick) = offline {
+            self.went_offline(&nick, was_in);
+        }
     }
 
     /// Every tick: fill gaps; once a second: bus upkeep, expire idle HTTP sessions.
     fn tick(&mut self, now: Instant) {
         self.fill_gaps(now);
+        self.flush_typing(now);
         self.warm_overdue(now);
         self.step_replays();
         if now.duration_since(self.last_second) < Duration::from_secs(1) {
@@ -965,7 +988,7 @@ impl RouterState {
             }
             Query::Members { room, viewer, reply } => {
                 let viewer = viewer.and_then(|v| self.resolve(v).ok());
-                let members = if self.can_see(&room, viewer) { self.room_members(&room) } else { None };
+                let members = if self.can_see(&room, viewer) { self.member_statuses(&room) } else { None };
                 let _ = reply.send(members);
             }
             Query::Room { room, viewer, reply } => {
@@ -1005,28 +1028,6 @@ impl RouterState {
                 created_at_ms: r.created_at_ms,
             })
             .collect()
-    }
-
-    /// Nicknames in a room on every instance, sorted; `None` if the room
-    /// does not exist.
-    fn room_members(&self, room: &str) -> Option<Vec<String>> {
-        let local = self.rooms.get(room)?;
-        let mut nicks: Vec<String> =
-            local.members.iter().filter_map(|id| self.sessions.get(id)?.nickname.clone()).collect();
-        nicks.extend(self.remote_members(Some(room)).map(|m| m.nick.clone()));
-        sort_nicks(&mut nicks);
-        nicks.dedup();
-        Some(nicks)
-    }
-
-    /// Every online nickname on every instance, sorted.
-    fn online_users(&self) -> Vec<String> {
-        let mut nicks: Vec<String> = self.sessions.values().filter_map(|s| s.nickname.clone()).collect();
-        nicks.extend(self.remote_members(None).map(|m| m.nick.clone()));
-        sort_nicks(&mut nicks);
-        // An account logged in several times is one user.
-        nicks.dedup();
-        nicks
     }
 
 }

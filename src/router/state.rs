@@ -37,6 +37,12 @@ pub struct Session {
     /// welcome and that block (a stored DM that arrives meanwhile is in the
     /// block, so it is not sent live at all).
     pub held: Option<RefCell<Vec<Event>>>,
+    /// Online or away (shared by every session of an account).
+    pub status: crate::event::Status,
+    /// The away message, if any.
+    pub away_message: Option<String>,
+    /// When a typing signal of this session was last passed on.
+    pub last_typing: Option<Instant>,
 }
 
 impl Session {
@@ -55,6 +61,9 @@ impl Session {
             last_active: Instant::now(),
             opened: Instant::now(),
             held: None,
+            status: crate::event::Status::Online,
+            away_message: None,
+            last_typing: None,
         }
     }
 
@@ -118,6 +127,11 @@ pub struct Room {
     pub changes_from: i64,
     /// Whether this instance hears the room's channel (see `cluster.rs`).
     pub sub: RoomSub,
+    /// Typing signals waiting to go out with the room's next message (or
+    /// at the next tick), each with the typer's own sessions here, and
+    /// since when the oldest has waited (see `presence.rs`).
+    pub typing: Vec<(Arc<crate::event::Typing>, Vec<SessionId>)>,
+    pub typing_since: Option<Instant>,
 }
 
 /// Whether an instance listens to a room's bus channel. Without a bus every
@@ -151,6 +165,8 @@ impl Room {
             changes_released: 0,
             changes_from: 1,
             sub: RoomSub::Warm,
+            typing: Vec::new(),
+            typing_since: None,
         }
     }
 

@@ -109,7 +109,7 @@ impl Harness {
     }
 
     fn say(&self, session: &TestSession, text: &str) -> Outcome {
-        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, reply })
+        self.router.call(|reply| RouterMsg::Say { session: SessionRef::Id(session.id), text: text.into(), room: None, client_msg_id: None, action: false, reply })
     }
 }
 
@@ -167,7 +167,7 @@ fn a_session_whose_outbox_overflows_is_dropped_and_closed() {
         h.say(&sender, &format!("m{i}")).unwrap();
     }
     assert_eq!(*slow.sink.closed.lock().unwrap(), Some(CloseReason::TooSlow), "the slow session was not closed");
-    let members = h.router.members("room").unwrap().unwrap();
+    let members: Vec<String> = h.router.members("room").unwrap().unwrap().into_iter().map(|m| m.nickname).collect();
     assert_eq!(members, ["sender"]);
 }
 
@@ -334,6 +334,7 @@ fn a_notice_from_another_instance_waits_for_the_messages_it_follows() {
         created_at_ms: 0,
         edited_at_ms: None,
         deleted: false,
+        action: false,
         rendered: Default::default(),
     };
     bus(BusEvent::Message { from: "3".into(), message });
@@ -382,6 +383,7 @@ fn an_edit_from_another_instance_waits_for_its_message_and_replaces_the_ring_ent
         created_at_ms: 0,
         edited_at_ms: None,
         deleted: false,
+        action: false,
         rendered: Default::default(),
     };
     bus(BusEvent::Message { from: "3".into(), message });
@@ -431,6 +433,7 @@ fn a_gap_filled_from_the_store_keeps_a_deleted_message_in_place_and_shows_it_to_
         nickname: "carol".into(),
         content: content.into(),
         created_at_ms: 0,
+        action: false,
         client_msg_id: None,
     };
     let stored = other.insert_messages(&[new("two"), new("three")]).unwrap();

@@ -122,6 +122,7 @@ mod tests {
             created_at_ms: 1_767_268_845_000,
             edited_at_ms: None,
             deleted: false,
+            action: false,
             rendered: Default::default(),
         };
         assert_eq!(search_line(&m), "[general #123 2026-01-01 12:00] alice: text");

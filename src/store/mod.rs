@@ -117,6 +117,8 @@ pub struct NewMessage {
     /// The client's own id for the message (`clientMsgId`): if a message
     /// was stored under it before, that one stands and nothing is posted.
     pub client_msg_id: Option<uuid::Uuid>,
+    /// An action (`/me`), not plain text.
+    pub action: bool,
 }
 
 /// Where one message of a batch ended up.
@@ -149,6 +151,7 @@ impl NewMessage {
             created_at_ms: self.created_at_ms,
             edited_at_ms: None,
             deleted: false,
+            action: self.action,
             rendered: Default::default(),
         }
     }

@@ -83,6 +83,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_accounts", include_str!("../../sql/postgres/0004_accounts.sql")),
     ("0005_direct_messages", include_str!("../../sql/postgres/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/postgres/0006_private_rooms.sql")),
+    ("0007_actions", include_str!("../../sql/postgres/0007_actions.sql")),
     ("0008_edits", include_str!("../../sql/postgres/0008_edits.sql")),
     ("0009_read_markers_search", include_str!("../../sql/postgres/0009_read_markers_search.sql")),
 ];
@@ -281,13 +282,13 @@ const SQL_INSERT_MESSAGES: &str = concat!(
          SELECT room_id, (SELECT max(m.seq) FROM messages m WHERE m.room_id = rooms.room_id) AS seq
          FROM (SELECT DISTINCT room_id FROM unnest($1::bigint[]) AS r(room_id)) AS rooms
      )
-     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq)
+     INSERT INTO messages (id, room_id, user_id, nickname, content, created_at, seq, action)
      SELECT n.id, t.room_id, t.user_id, t.nickname, t.content, ",
     ms_to_ts!("t.created_at"),
     ",
-            COALESCE(l.seq, 0) + row_number() OVER (PARTITION BY t.room_id ORDER BY t.ord)
-     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
-          WITH ORDINALITY AS t(room_id, user_id, nickname, content, created_at, ord)
+            COALESCE(l.seq, 0) + row_number() OVER (PARTITION BY t.room_id ORDER BY t.ord), t.action
+     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::boolean[])
+          WITH ORDINALITY AS t(room_id, user_id, nickname, content, created_at, action, ord)
      JOIN numbered n ON n.ord = t.ord
      LEFT JOIN last_seq l ON l.room_id = t.room_id
      RETURNING id, seq"
@@ -301,7 +302,7 @@ macro_rules! message_columns {
             ts_to_ms!("m.created_at"),
             " AS created_at_ms, m.seq, ",
             ts_to_ms!("m.edited_at"),
-            " AS edited_at_ms, m.deleted_at IS NOT NULL AS deleted"
+            " AS edited_at_ms, m.deleted_at IS NOT NULL AS deleted, m.action"
         )
     };
 }
@@ -791,6 +792,7 @@ fn message_from(row: &Row) -> Result<ChatMessage, postgres::Error> {
         seq: row.try_get(7)?,
         edited_at_ms: row.try_get(8)?,
         deleted: row.try_get(9)?,
+        action: row.try_get(10)?,
         rendered: Default::default(),
     })
 }
@@ -1063,7 +1065,8 @@ impl Store for PostgresStore {
                 let nicknames: Vec<&str> = fresh.iter().map(|m| m.nickname.as_str()).collect();
                 let contents: Vec<&str> = fresh.iter().map(|m| m.content.as_str()).collect();
                 let times: Vec<i64> = fresh.iter().map(|m| m.created_at_ms).collect();
-                let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times])?;
+                let actions: Vec<bool> = fresh.iter().map(|m| m.action).collect();
+                let rows = tx.query(&insert, &[&room_ids, &user_ids, &nicknames, &contents, &times, &actions])?;
                 ids = rows
                     .iter()
                     .map(|row| Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?)))
@@ -1391,6 +1394,7 @@ mod tests {
             content: content.into(),
             created_at_ms: at,
             client_msg_id: None,
+            action: false,
         }
     }
 

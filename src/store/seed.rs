@@ -98,6 +98,7 @@ pub fn seed_unread(store: &mut dyn Store, plan: &SeedPlan) -> Result<String, Sto
             content,
             created_at_ms: at + n as i64,
             client_msg_id: None,
+            action: false,
         });
         if batch.len() == BATCH || n + 1 == plan.messages {
             store.insert_messages(&batch)?;

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_accounts", include_str!("../../sql/sqlite/0004_accounts.sql")),
     ("0005_direct_messages", include_str!("../../sql/sqlite/0005_direct_messages.sql")),
     ("0006_private_rooms", include_str!("../../sql/sqlite/0006_private_rooms.sql")),
+    ("0007_actions", include_str!("../../sql/sqlite/0007_actions.sql")),
     ("0008_edits", include_str!("../../sql/sqlite/0008_edits.sql")),
     ("0009_read_markers_search", include_str!("../../sql/sqlite/0009_read_markers_search.sql")),
 ];
@@ -105,6 +106,7 @@ impl SqliteStore {
                     seq: r.get(7)?,
                     edited_at_ms: r.get(8)?,
                     deleted: r.get::<_, Option<i64>>(9)?.is_some(),
+                    action: r.get(10)?,
                     rendered: Default::default(),
                 })
             })
@@ -155,8 +157,8 @@ fn dm_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<DmRecord> {
     })
 }
 
-const MESSAGE_COLUMNS: &str = "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq, m.edited_at, m.deleted_at
-     FROM messages m JOIN rooms r ON r.id = m.room_id";
+const MESSAGE_COLUMNS: &str = "m.id, m.room_id, r.name, m.user_id, m.nickname, m.content, m.created_at, m.seq, m.edited_at, m.deleted_at,
+     m.action FROM messages m JOIN rooms r ON r.id = m.room_id";
 
 /// The message an edit or delete is about, with what decides who may
 /// change it: `?2` is the user asking (for the private-room check).
@@ -471,9 +473,9 @@ impl Store for SqliteStore {
                 .map_err(failed)?;
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq)
+                    "INSERT INTO messages (room_id, user_id, nickname, content, created_at, seq, action)
                      VALUES (?1, ?2, ?3, ?4, ?5,
-                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE room_id = ?1))
+                             (SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE room_id = ?1), ?6)
                      RETURNING id, seq",
                 )
                 .map_err(failed)?;
@@ -492,7 +494,7 @@ impl Store for SqliteStore {
                     }
                 }
                 let (id, seq) = insert
-                    .query_row(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms], |r| {
+                    .query_row(params![m.room_id, m.user_id, m.nickname, m.content, m.created_at_ms, m.action], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .map_err(failed)?;

@@ -42,6 +42,10 @@ enum Endpoint {
     Disconnect,
     Command,
     Message,
+    /// `POST /api/presence`: online or away.
+    Presence,
+    /// `POST /api/typing`: the session is typing in its room.
+    Typing,
     /// `GET /api/messages/:room`, the SSE stream.
     Stream(String),
     /// `GET /api/ws`, the WebSocket.
@@ -115,6 +119,8 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/message", verbs: Verbs::Write, endpoint: |_| Endpoint::Message },
     // GET: the room's stream; PATCH and DELETE: the message with that id.
     Route { path: "/api/messages/{room}", verbs: Verbs::StreamOrChange, endpoint: |mut p| Endpoint::Stream(p.remove(0)) },
+    Route { path: "/api/presence", verbs: Verbs::Write, endpoint: |_| Endpoint::Presence },
+    Route { path: "/api/typing", verbs: Verbs::Write, endpoint: |_| Endpoint::Typing },
     Route { path: "/api/ws", verbs: Verbs::Stream, endpoint: |_| Endpoint::WebSocket },
     Route { path: "/api/rooms", verbs: Verbs::Read, endpoint: |_| Endpoint::Rooms },
     Route { path: "/api/rooms/{room}/members", verbs: Verbs::Read, endpoint: |mut p| Endpoint::Members(p.remove(0)) },
@@ -223,6 +229,8 @@ fn route(request: &mut Request, ctx: &HttpContext) -> Result<Routed, Refusal> {
             let body = if bodiless { SessionBody::default() } else { read_json(request, max)? };
             delete_message(&id, query, body, &from, ctx)?
         }
+        Endpoint::Presence => presence(read_json_requiring(request, max, session_field)?, &from, ctx)?,
+        Endpoint::Typing => typing(read_json_or_empty(request, max)?, &from, ctx)?,
         Endpoint::Stream(room) => return Ok(Routed::Stream(room)),
         Endpoint::WebSocket => return Ok(Routed::WebSocket),
         Endpoint::Rooms => rooms(viewer(query, &from, ctx), ctx)?,
@@ -304,6 +312,32 @@ struct MessageBody {
     /// The client's own id for the message (a UUID): a retry with the same
     /// id is answered with the first message and posts nothing new.
     client_msg_id: Option<String>,
+    /// An action (`/me`): shown as `[room] * nick content`.
+    #[serde(default)]
+    action: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceBody {
+    session_id: Option<String>,
+    /// `online` or `away`.
+    status: String,
+    /// The away message.
+    message: Option<String>,
+}
+
+impl JsonBody for PresenceBody {
+    const FIELDS: &'static [(&'static str, bool)] = &[("sessionId", false), ("status", true), ("message", false)];
+}
+
+/// The command a presence body asks for.
+fn presence_command(body: PresenceBody) -> Result<Command, Refusal> {
+    match body.status.trim() {
+        "online" => Ok(Command::Back),
+        "away" => Ok(Command::Away(body.message.filter(|m| !m.trim().is_empty()))),
+        _ => Err(Refusal::bad("'status' must be \"online\" or \"away\".")),
+    }
 }
 
 impl JsonBody for MessageBody {
@@ -318,7 +352,7 @@ pub(super) fn client_msg_id(text: Option<&str>) -> Result<Option<Uuid>, String> 
 
 /// The JSON bodies the API accepts, by endpoint, for the fuzz targets.
 pub(super) const BODIES: &[&str] =
-    &["/api/connect", "/api/disconnect", "/api/command", "/api/message", "PATCH /api/messages/:id"];
+    &["/api/connect", "/api/disconnect", "/api/command", "/api/message", "PATCH /api/messages/:id", "/api/presence"];
 
 /// Decodes `body` as the JSON body of `BODIES[endpoint]`, through the same
 /// checks as a request, then the same first steps its handler takes on the
@@ -351,6 +385,13 @@ pub(super) fn decode_body(endpoint: usize, body: &[u8]) -> Result<(), Refusal> {
             let body: EditBody = parse_json_requiring(body, Some("sessionId"))?;
             session_token(body.session_id.as_deref().unwrap_or_default())?;
             crate::names::clean_message(&body.content, 2000)?;
+        }
+        Some("/api/presence") => {
+            let body: PresenceBody = parse_json_requiring(body, Some("sessionId"))?;
+            session_token(body.session_id.as_deref().unwrap_or_default())?;
+            if let Command::Away(Some(message)) = presence_command(body)? {
+                crate::names::clean_message(&message, 200)?;
+            }
         }
         _ => return Err(Refusal::new(404, "no such endpoint")),
     }
@@ -705,8 +746,8 @@ fn command(body: CommandBody, from: &Caller, ctx: &HttpContext) -> Handled {
 fn message(body: MessageBody, from: &Caller, ctx: &HttpContext) -> Handled {
     let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
     let client_msg_id = client_msg_id(body.client_msg_id.as_deref()).map_err(Refusal::bad)?;
-    let (session, text, room) = (SessionRef::Token(token), body.content, body.room);
-    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply })? {
+    let (session, text, room, action) = (SessionRef::Token(token), body.content, body.room, body.action.unwrap_or(false));
+    match ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, action, reply })? {
         Reply::Sent { id, room, created_at_ms } => {
             Ok(Answer::data(json!({ "id": id, "room": room, "createdAt": rfc3339(created_at_ms) })))
         }
@@ -759,6 +800,25 @@ fn delete_message(id: &str, query: &str, body: SessionBody, from: &Caller, ctx: 
         Reply::Changed { .. } => Ok(Answer::success()),
         _ => Err(Refusal::new(500, "unexpected answer from the router.")),
     }
+}
+
+/// `POST /api/presence {"status":"online"|"away","message"?}`: the user's
+/// status, as `/back` and `/away [message]`.
+fn presence(body: PresenceBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let (session, command) = (SessionRef::Token(token), presence_command(body)?);
+    ctx.router.call(|reply| RouterMsg::Command { session, command, reply })?;
+    Ok(Answer::success())
+}
+
+/// `POST /api/typing {"sessionId"?}`: the session is typing in its current
+/// room. Always a success for a session in a room; passed on to the room's
+/// other members at most once per `TYPING_INTERVAL_MS`.
+fn typing(body: SessionBody, from: &Caller, ctx: &HttpContext) -> Handled {
+    let token = resolve_session(body.session_id.as_deref(), from, ctx)?;
+    let session = SessionRef::Token(token);
+    ctx.router.call(|reply| RouterMsg::Typing { session, reply })?;
+    Ok(Answer::success())
 }
 
 /// The session a read request names, if any and valid: it sees the private
@@ -885,13 +945,19 @@ fn history_item(m: &crate::event::ChatMessage) -> Value {
         "createdAt": rfc3339(m.created_at_ms),
         "nickname": m.nickname,
         "editedAt": m.edited_at_ms.map(rfc3339),
+        "action": m.action,
     })
 }
 
-/// `GET /api/rooms/:room/members`: the nicknames in a room, sorted.
+/// `GET /api/rooms/:room/members`: the members of a room with their
+/// status, sorted by nickname.
 fn members(room: &str, viewer: Option<SessionRef>, ctx: &HttpContext) -> Handled {
     let name = normalize_room(room)?;
     let members = ctx.router.members_for(&name, viewer)?.ok_or(ChatError::NoSuchRoom(name.clone()))?;
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|m| json!({ "nickname": m.nickname, "status": m.status.as_str(), "message": m.message }))
+        .collect();
     Ok(Answer::data(json!({ "room": name, "members": members })))
 }
 

@@ -218,6 +218,14 @@ pub(crate) fn render(event: &Event, out: &mut Vec<u8>) {
             }
         }
         Event::Ping => out.extend_from_slice(b": ping\n\n"),
+        Event::Presence(presence) => out.extend_from_slice(presence.rendered.get_or_render(Wire::Sse, || {
+            let data = json!({ "user": presence.user, "status": presence.status.as_str(), "message": presence.message });
+            format!("event: presence\ndata: {data}\n\n").into_bytes()
+        })),
+        Event::Typing(typing) => out.extend_from_slice(typing.rendered.get_or_render(Wire::Sse, || {
+            let data = json!({ "room": typing.room, "user": typing.user });
+            format!("event: typing\ndata: {data}\n\n").into_bytes()
+        })),
         // Command replies and refusals go back in the HTTP answers.
         Event::Reply(_) | Event::Error(_) | Event::Prompt(_) | Event::Ack(_) | Event::Pong(_) => {}
     }
@@ -243,6 +251,7 @@ fn render_message(message: &ChatMessage, out: &mut Vec<u8>) {
             "user": message.nickname,
             "content": message.content,
             "timestamp": rfc3339(message.created_at_ms),
+            "action": message.action,
         });
         if let Some(at) = message.edited_at_ms {
             data["editedAt"] = json!(rfc3339(at));

@@ -273,18 +273,21 @@ impl Connection<'_> {
             Some("command") => self.command(&fields),
             Some("join") => self.join(&fields),
             Some("read") => self.read(&fields),
-            Some(kind @ "typing") => Err(format!("'{kind}' frames are not supported yet.")),
+            Some("typing") => self.typing(),
             Some(other) => Err(format!(
-                "unknown frame type '{}'; use message, command or join.",
+                "unknown frame type '{}'; use message, command, join, typing or read.",
                 crate::names::clean_text(other)
             )),
-            None => Err("a frame must have a \"type\" (message, command or join).".to_string()),
+            None => Err("a frame must have a \"type\" (message, command, join, typing or read).".to_string()),
         };
         match outcome {
             // A message without `ref` is acknowledged by its own echo.
             Ok(None) => {}
-            // Nor is a message, or a read marker, sent without `ref` answered.
-            Ok(Some(_)) if reference.is_none() && matches!(fields.get("type").and_then(Value::as_str), Some("message" | "read")) => {}
+            // Nor is a message, a read marker or a typing signal sent
+            // without `ref` answered.
+            Ok(Some(_))
+                if reference.is_none()
+                    && matches!(fields.get("type").and_then(Value::as_str), Some("message" | "read" | "typing")) => {}
             Ok(Some(answer)) => self.answer(Ack { reference, outcome: Ok(answer) }),
             Err(error) => self.answer(Ack { reference, outcome: Err(error) }),
         }
@@ -311,7 +314,12 @@ impl Connection<'_> {
             Some(Value::String(id)) => super::routes::client_msg_id(Some(id))?,
             Some(_) => return Err("clientMsgId must be a UUID.".into()),
         };
-        match self.ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, reply }) {
+        let action = match fields.get("action").filter(|v| !v.is_null()) {
+            None => false,
+            Some(Value::Bool(action)) => *action,
+            Some(_) => return Err("action must be true or false.".into()),
+        };
+        match self.ctx.router.call(|reply| RouterMsg::Say { session, text, room, client_msg_id, action, reply }) {
             Ok(Reply::Sent { id, room, created_at_ms }) => Ok(Some(object(json!({
                 "id": id,
                 "room": room,
@@ -334,6 +342,16 @@ impl Connection<'_> {
         match self.ctx.router.call(|reply| RouterMsg::Command { session, command, reply }) {
             Ok(Reply::Text(text) | Reply::Shown(text)) => Ok(Some(object(json!({ "message": text })))),
             Ok(_) => Ok(Some(object(json!({ "message": "" })))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `{"type":"typing"}`: the session is typing in its room (passed on at
+    /// most once per `TYPING_INTERVAL_MS`; acknowledged only with a `ref`).
+    fn typing(&mut self) -> Result<Option<Map<String, Value>>, String> {
+        let session = SessionRef::Token(self.token);
+        match self.ctx.router.call(|reply| RouterMsg::Typing { session, reply }) {
+            Ok(_) => Ok(Some(Map::new())),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -446,6 +464,17 @@ impl Encoder for WsEncoder {
             Event::Error(error) => out.extend_from_slice(&text_frame(&json!({ "type": "error", "error": error.to_string() }))),
             Event::Ping => format(Frame::ping(Vec::new()), out),
             Event::Pong(payload) => format(Frame::pong(payload.to_vec()), out),
+            Event::Presence(presence) => out.extend_from_slice(presence.rendered.get_or_render(Wire::WebSocket, || {
+                text_frame(&json!({
+                    "type": "presence",
+                    "user": presence.user,
+                    "status": presence.status.as_str(),
+                    "message": presence.message,
+                }))
+            })),
+            Event::Typing(typing) => out.extend_from_slice(typing.rendered.get_or_render(Wire::WebSocket, || {
+                text_frame(&json!({ "type": "typing", "room": typing.room, "user": typing.user }))
+            })),
             Event::Prompt(_) => {}
         }
     }
@@ -483,6 +512,7 @@ fn render_message(message: &ChatMessage, out: &mut Vec<u8>) {
             "user": message.nickname,
             "content": message.content,
             "timestamp": rfc3339(message.created_at_ms),
+            "action": message.action,
         });
         if let Some(at) = message.edited_at_ms {
             data["editedAt"] = json!(rfc3339(at));
