@@ -1149,27 +1149,40 @@ function renderDms() {
   });
   const counts = dmUnreadCounts();
   const list = $('dm-list');
+  // Updated in place (like the room list), so that a click is never lost to a re-render.
+  const existing = new Map([...list.children].map((li) => [li.dataset.with.toLowerCase(), li]));
   const items = [...byKey.values()]
     .sort((a, b) => String(b.lastAt || '').localeCompare(String(a.lastAt || '')))
     .map((c) => {
-      const unread = counts.get(c.with.toLowerCase()) || 0;
-      const li = el('li', 'room dm-conversation');
+      const key = c.with.toLowerCase();
+      const unread = counts.get(key) || 0;
+      let li = existing.get(key);
+      if (li) {
+        existing.delete(key);
+      } else {
+        li = el('li', 'room dm-conversation');
+        const button = el('button', 'room-btn');
+        button.type = 'button';
+        const label = el('span', 'room-label');
+        label.append(el('span', 'room-name'));
+        button.append(label, el('span', 'badge unread'));
+        li.append(button);
+      }
       li.dataset.with = c.with;
+      li.querySelector('.room-name').textContent = c.with;
       li.classList.toggle('unread', unread > 0);
       li.classList.toggle('has-unread', unread > 0);
-      li.classList.toggle('active', !!state.dmWith && state.dmWith.toLowerCase() === c.with.toLowerCase());
-      const button = el('button', 'room-btn');
-      button.type = 'button';
-      const label = el('span', 'room-label');
-      label.append(el('span', 'room-name', c.with));
-      const badge = el('span', 'badge unread', unread ? badgeText(unread) : '');
+      li.classList.toggle('active', !!state.dmWith && state.dmWith.toLowerCase() === key);
+      const badge = li.querySelector('.badge');
+      badge.textContent = unread ? badgeText(unread) : '';
       badge.hidden = !unread;
-      button.append(label, badge);
-      button.title = unread ? `${c.with}: ${unread} unread` : `Direct messages with ${c.with}`;
-      li.append(button);
+      li.querySelector('.room-btn').title = unread ? `${c.with}: ${unread} unread` : `Direct messages with ${c.with}`;
       return li;
     });
-  list.replaceChildren(...items);
+  existing.forEach((li) => li.remove());
+  items.forEach((li, index) => {
+    if (list.children[index] !== li) list.insertBefore(li, list.children[index] || null);
+  });
   const any = items.length > 0;
   list.hidden = !any;
   $('dm-title').hidden = !any;
