@@ -373,10 +373,11 @@ fn input_value(browser: &Browser) -> Value {
 /// Resizes the window so that the page itself (the viewport) is `width` × `height`.
 fn set_viewport(browser: &Browser, width: u32, height: u32) {
     browser.set_window_size(width, height);
-    let chrome = browser.execute("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];", vec![]);
-    let extra: (u32, u32) = serde_json::from_value(chrome).unwrap_or((0, 0));
-    if extra != (0, 0) {
-        browser.set_window_size(width + extra.0, height + extra.1);
+    // Headless Chromium keeps the width but takes its window frame off the height.
+    let frame = browser.execute("return Math.max(0, window.outerHeight - window.innerHeight);", vec![]);
+    let frame = frame.as_u64().unwrap_or(0) as u32;
+    if frame > 0 {
+        browser.set_window_size(width, height + frame);
     }
 }
 
