@@ -115,20 +115,7 @@ impl Ws {
 }
 
 fn http(server: &TestServer, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let mut stream = TcpStream::connect(server.http.unwrap()).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let body = body.to_string();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    common::http_json(server.http.unwrap(), method, path, Some(body))
 }
 
 fn connect(server: &TestServer, nick: &str) -> String {

@@ -403,6 +403,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// One JSON request over a fresh connection (`Connection: close`): the
+/// status and the body as JSON (`Null` if it is not JSON).
+pub fn http_json(addr: SocketAddr, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
 /// A Redis Cluster of this test's own (three masters, one replica each, a
 /// short node timeout so a replica takes over within seconds), for tests
 /// that kill or stop nodes. Its processes end with it.
