@@ -1,6 +1,7 @@
 //! One client connection (TCP line protocol or HTTP/SSE) as a state machine
-//! driven by edge-triggered mio readiness: reads until `WouldBlock`, writes
-//! from a per-connection outgoing buffer until it is empty or `WouldBlock`.
+//! driven by edge-triggered mio readiness: reads until the socket is drained
+//! (a short read or `WouldBlock`), writes from a per-connection outgoing
+//! buffer until it is empty or `WouldBlock`.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -558,8 +559,10 @@ fn message_failed(ctx: &mut Ctx, why: &str) {
 
 // -------------------------------------------------------------- reading --
 
-/// Handles a readiness event for `c`.
-pub fn on_event(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
+/// Handles a readiness event for `c`; `peer_closed`: the event says the
+/// peer has shut its side (or the socket failed), so the socket is read to
+/// its end whatever the length of the reads.
+pub fn on_event(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, peer_closed: bool) {
     if c.sock.is_none() {
         return;
     }
@@ -590,10 +593,10 @@ pub fn on_event(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
         }
     }
     flush(c, ctx);
-    read_all(c, ctx, s);
+    read_all(c, ctx, s, peer_closed);
 }
 
-fn read_all(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
+fn read_all(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch, peer_closed: bool) {
     if s.rbuf.len() < 64 * 1024 {
         s.rbuf.resize(64 * 1024, 0);
     }
@@ -614,7 +617,19 @@ fn read_all(c: &mut Conn, ctx: &mut Ctx, s: &mut Scratch) {
                 } else {
                     tcp_data(c, ctx, s, &data[..n], now_ns);
                 }
+                let drained = n < data.len();
                 s.rbuf = data;
+                // A read shorter than the buffer emptied the socket's
+                // receive queue; anything arriving later raises a new
+                // edge-triggered event (Linux epoll wakes on every arrival,
+                // tokio relies on the same). Skipping the read that would
+                // only say `WouldBlock` halves the generator's read calls,
+                // and the generator shares the cores with the server. A
+                // close that came with this data raises no new event, so
+                // then the socket is read on to its end.
+                if drained && !peer_closed {
+                    return;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

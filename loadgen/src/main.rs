@@ -449,7 +449,7 @@ fn run(args: &Args) -> Result<i32, String> {
         for ev in events.iter() {
             let id = ev.token().0;
             if id < conns.len() {
-                client::on_event(&mut conns[id], &mut ctx, &mut scratch);
+                client::on_event(&mut conns[id], &mut ctx, &mut scratch, ev.is_read_closed() || ev.is_error());
             }
         }
     }
@@ -515,7 +515,7 @@ fn run(args: &Args) -> Result<i32, String> {
             for ev in events.iter() {
                 let id = ev.token().0;
                 if id < conns.len() {
-                    client::on_event(&mut conns[id], &mut ctx, &mut scratch);
+                    client::on_event(&mut conns[id], &mut ctx, &mut scratch, ev.is_read_closed() || ev.is_error());
                 }
             }
         }

@@ -413,7 +413,7 @@ impl Report<'_> {
                 "\"deliveries_per_s\":{:.1},",
                 "\"latency_ms\":{{\"p50\":{:.3},\"p90\":{:.3},\"p99\":{:.3},\"max\":{:.3},\"mean\":{:.3}}},",
                 "\"ack_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"max\":{:.3}}},",
-                "\"rss_before_kib\":{},\"rss_after_kib\":{},\"kib_per_connection\":{},",
+                "\"rss_before_kib\":{},\"rss_after_kib\":{},\"kib_per_connection\":{},\"server_cpu_s\":{},",
                 "\"lines\":{{\"room\":{},\"history\":{},\"system\":{},\"dm\":{},\"error\":{},\"other\":{},\"sse_message\":{},\"sse_ping\":{},\"sse_other\":{},\"overlong\":{}}},",
                 "\"http_reconnects\":{},\"errors\":{},\"failures\":{}}}"
             ),
@@ -452,6 +452,10 @@ impl Report<'_> {
             opt(s.rss_before_kib),
             opt(s.rss_after_kib),
             self.kib_per_conn().map_or("null".into(), |v| format!("{v:.1}")),
+            match (s.cpu_before_ticks, s.cpu_after_ticks) {
+                (Some(before), Some(after)) => format!("{:.2}", (after - before) as f64 / 100.0),
+                _ => "null".into(),
+            },
             s.seen.room_lines,
             s.seen.history_lines,
             s.seen.system,
