@@ -231,6 +231,29 @@ fn idle_keep_alive_connections_are_closed() {
     assert!(idle >= Duration::from_millis(500) && idle < Duration::from_secs(5), "closed after {idle:?}");
 }
 
+/// An open HTTP connection costs the server one descriptor: its read and
+/// write halves share the socket. (They held a duplicate each, so 10,000
+/// idle keep-alive connections, within `MAX_CONNECTIONS`, would have
+/// needed 20,000 descriptors, the most a process may open.)
+#[test]
+fn an_idle_keep_alive_connection_costs_one_descriptor() {
+    let server = server_with(&[("HTTP_IDLE_SECS", "60")]);
+    let before = descriptors(&server);
+    let open: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut stream = dial(&server);
+            stream.write_all(b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut first = [0u8; 12];
+            stream.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            stream
+        })
+        .collect();
+    let now = descriptors(&server);
+    // Two per connection would be 30 over.
+    assert!(now <= before + open.len() + 3, "{now} descriptors for {} connections (from {before})", open.len());
+}
+
 #[test]
 fn every_http_connection_counts_against_max_connections() {
     let server = server_with(&[("MAX_CONNECTIONS", "5"), ("HTTP_READ_TIMEOUT_SECS", "30")]);

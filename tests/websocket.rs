@@ -527,6 +527,85 @@ fn an_open_websocket_costs_one_thread() {
     }
 }
 
+/// A WebSocket costs the server one descriptor, as an event stream does:
+/// the upgraded connection's reader shares the socket with its writer
+/// instead of holding a duplicate (two per WebSocket would have put 10,000
+/// WebSockets over the 20,000 descriptors a process may open).
+#[test]
+fn an_open_websocket_costs_one_descriptor() {
+    let server = unlimited(Store::Sqlite);
+    let descriptors = || std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap().count();
+    let sessions: Vec<String> = (0..20).map(|i| connect(&server, &format!("user{i}"))).collect();
+    let before = descriptors();
+    let sockets: Vec<Ws> = sessions
+        .iter()
+        .map(|session| {
+            let mut ws = Ws::open(&server, session);
+            ws.expect("connected");
+            ws
+        })
+        .collect();
+    // Slack for the connections `connect` used, which close as their
+    // threads notice; two descriptors per WebSocket would be 20 over.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while descriptors() > before + sockets.len() + 5 {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors for {} WebSockets (from {before})",
+            descriptors(),
+            sockets.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Frames a client sends in the same packet as its upgrade request are
+/// read, not lost with the buffer that read the request head.
+#[test]
+fn frames_sent_right_behind_the_upgrade_request_are_read() {
+    let server = unlimited(Store::Sqlite);
+    let session = connect(&server, "early");
+    command(&server, &session, "/create general");
+    let addr = server.http.unwrap();
+
+    // The frames are made by tungstenite's client side (masked, as a
+    // client must), written into memory first.
+    let mut framer = WebSocket::from_raw_socket(std::io::Cursor::new(Vec::new()), tungstenite::protocol::Role::Client, None);
+    for (n, content) in ["first", "second"].iter().enumerate() {
+        let frame = json!({ "type": "message", "content": content, "ref": n });
+        framer.send(Message::text(frame.to_string())).unwrap();
+    }
+    let frames = framer.get_ref().get_ref().clone();
+    let mut packet = format!(
+        "GET /api/ws?sessionId={session} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    packet.extend_from_slice(&frames);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(&packet).unwrap();
+
+    // The 101 head, byte by byte so that no frame is read past it.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = Ws { socket: WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None) };
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        let frame = ws.next();
+        if frame["type"] == "ack" {
+            acked.push(frame["ref"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(acked, vec![0, 1]);
+    assert_eq!(history_contents(&server, "general"), vec!["first", "second"]);
+}
+
 /// Private rooms (issue 11) hold over a WebSocket too: someone else's
 /// private room cannot be attached to, as if it did not exist.
 #[test]

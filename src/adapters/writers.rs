@@ -234,6 +234,7 @@ impl Writers {
                 write_timeout,
                 batch: Vec::new(),
                 encoded: Vec::new(),
+                wire: Vec::new(),
             };
             crate::vital::spawn(&format!("writer-{i}"), None, move || worker.run())?;
             workers.push(shared);
@@ -380,9 +381,11 @@ struct Worker {
     shared: Arc<Shared>,
     conns: HashMap<Token, Arc<Outbox>>,
     write_timeout: Duration,
-    /// Reused buffers: the events taken from a queue, and their bytes.
+    /// Reused buffers: the events taken from a queue, their bytes, and
+    /// those bytes framed for the wire.
     batch: Vec<Event>,
     encoded: Vec<u8>,
+    wire: Vec<u8>,
 }
 
 impl Worker {
@@ -450,14 +453,22 @@ impl Worker {
             } else {
                 self.batch.extend(state.events.drain(..));
             }
+            if state.events.capacity() > 64 {
+                // A burst's queue is not kept for an idle client.
+                state.events = VecDeque::new();
+            }
             state.queued_bytes = 0;
             let closing = state.closing;
             let last_words = closing.filter(|_| !state.said_last_words);
             state.said_last_words |= closing.is_some();
-            let mut unsent = std::mem::take(&mut state.unsent);
+            // Bytes a full socket left over go first; with none (the usual
+            // case) the batch is framed in the writer's own buffer, so an
+            // idle client holds no send buffer at all.
+            let mut leftover = std::mem::take(&mut state.unsent);
             drop(state);
 
             // Encode and send without holding the lock the router delivers under.
+            let mut wire = if leftover.is_empty() { std::mem::take(&mut self.wire) } else { leftover };
             {
                 let mut encoder = outbox.encoder.lock().unwrap();
                 self.encoded.clear();
@@ -468,22 +479,33 @@ impl Worker {
                     encoder.last_words(reason, &mut self.encoded);
                 }
                 if !self.encoded.is_empty() || last_words.is_some() {
-                    encoder.frame(&self.encoded, last_words.is_some(), &mut unsent);
+                    encoder.frame(&self.encoded, last_words.is_some(), &mut wire);
                 }
             }
             if self.encoded.capacity() > 256 * 1024 {
                 self.encoded = Vec::new();
             }
-            let sent = conn.send(&unsent);
+            let sent = conn.send(&wire);
+            let all_sent = matches!(sent, Ok(n) if n == wire.len());
+            // What the socket did not take stays with the client; the
+            // writer's buffer goes back to the writer.
+            match sent {
+                Ok(n) if !all_sent => {
+                    leftover = wire[n..].to_vec();
+                    wire.clear();
+                }
+                _ => {
+                    leftover = Vec::new();
+                    wire.clear();
+                }
+            }
+            if wire.capacity() <= 256 * 1024 && wire.capacity() >= self.wire.capacity() {
+                self.wire = wire;
+            }
 
             let mut state = outbox.state.lock().unwrap();
             match sent {
-                Ok(n) if n == unsent.len() => {
-                    unsent.clear();
-                    if unsent.capacity() > 16 * 1024 {
-                        unsent = Vec::new();
-                    }
-                    state.unsent = unsent;
+                Ok(_) if all_sent => {
                     if !state.events.is_empty() || state.closing != closing {
                         continue; // more arrived while the lock was free
                     }
@@ -493,9 +515,8 @@ impl Worker {
                     }
                     return;
                 }
-                Ok(n) => {
-                    unsent.drain(..n);
-                    state.unsent = unsent;
+                Ok(_) => {
+                    state.unsent = leftover;
                     state.blocked_since = Some(Instant::now());
                     return;
                 }

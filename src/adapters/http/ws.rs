@@ -5,9 +5,11 @@
 //! - the writer pool sends the session's events through [`WsEncoder`], one
 //!   JSON text frame per event (framed by `tungstenite`), and the answers to
 //!   the client's own frames ([`Event::Ack`]) in order with them;
-//! - one thread per connection (`ws`, `CLIENT_STACK_KB` stack) reads the
-//!   client's frames with `tungstenite` and turns them into the router
-//!   requests every other adapter uses (`Say`, `Command`, `AttachStream`).
+//! - the handshake (checks, attaching the stream, the 101 answer) runs on
+//!   the HTTP worker; then one thread per connection (`ws`,
+//!   `CLIENT_STACK_KB` stack) reads the client's frames with `tungstenite`
+//!   and turns them into the router requests every other adapter uses
+//!   (`Say`, `Command`, `AttachStream`).
 //!   It also keeps the connection honest: a ping every `SSE_PING_SECS`, and
 //!   a client silent for three intervals is closed.
 //!
@@ -63,7 +65,27 @@ pub fn open(request: Request, ctx: &HttpContext) {
         Ok(wanted) => wanted,
         Err(refusal) => return send(request, refusal.into(), ctx),
     };
-    super::spawn_connection("ws", request, ctx, move |request, ctx| serve(request, wanted, ctx));
+    // The connection's thread starts first, so that a refusal (503) can
+    // still be answered here. The handshake (attaching the stream, the 101
+    // answer) then runs on this worker: the connection's thread only reads
+    // frames, and holds none of the handshake's leftovers in its memory
+    // for the connection's whole life.
+    let (tx, rx) = crossbeam_channel::bounded::<Upgraded>(1);
+    let thread_ctx = ctx.clone();
+    let spawned = std::thread::Builder::new().name("ws".into()).stack_size(ctx.limits.client_stack_bytes).spawn(
+        move || {
+            if let Ok(upgraded) = rx.recv() {
+                live(upgraded, &thread_ctx);
+            }
+        },
+    );
+    if let Err(e) = spawned {
+        log::error!("cannot start a ws thread: {e}");
+        return send(request, Refusal::from(crate::error::ChatError::ServerFull).into(), ctx);
+    }
+    if let Some(upgraded) = handshake(request, wanted, ctx) {
+        let _ = tx.send(upgraded);
+    }
 }
 
 fn check(request: &Request, ctx: &HttpContext) -> Result<WsRequest, Refusal> {
@@ -129,16 +151,30 @@ fn parse_event_id(value: &Value) -> Result<i64, String> {
     id.filter(|id| *id >= 0).ok_or_else(|| "lastEventId must be a message id (a whole number).".to_string())
 }
 
-/// The life of one connection, on its own thread.
-fn serve(request: Request, wanted: WsRequest, ctx: &HttpContext) {
+/// A connection that has been answered 101 and attached to its session.
+struct Upgraded {
+    socket: WebSocket<WsInput>,
+    outbox: Arc<Outbox>,
+    sink: Arc<dyn Sink>,
+    session: crate::event::SessionId,
+    token: Uuid,
+}
+
+/// Attaches the stream to its session and answers 101 (on the worker), or
+/// answers the refusal.
+fn handshake(request: Request, wanted: WsRequest, ctx: &HttpContext) -> Option<Upgraded> {
     let (Some(fd), Some(deadline)) = (request.raw_fd(), request.read_deadline()) else {
-        return send(request, Refusal::new(500, "this connection cannot carry a WebSocket.").into(), ctx);
+        send(request, Refusal::new(500, "this connection cannot carry a WebSocket.").into(), ctx);
+        return None;
     };
     let outbox = ctx.writers.outbox(Box::<WsEncoder>::default(), ctx.limits.queue_limits());
     let sink: Arc<dyn Sink> = outbox.clone();
     let session = match super::attach_stream(ctx, wanted.token, wanted.room, sink.clone(), wanted.after) {
         Ok(session) => session,
-        Err(e) => return send(request, Refusal::from(e).into(), ctx),
+        Err(e) => {
+            send(request, Refusal::from(e).into(), ctx);
+            return None;
+        }
     };
     ctx.stats.record(101);
     let accept = tungstenite::handshake::derive_accept_key(wanted.key.as_bytes());
@@ -159,7 +195,13 @@ fn serve(request: Request, wanted: WsRequest, ctx: &HttpContext) {
         .max_frame_size(Some(ctx.limits.max_body_bytes))
         .max_message_size(Some(ctx.limits.max_body_bytes));
     let socket = WebSocket::from_raw_socket(WsInput { stream, deadline }, Role::Server, Some(config));
-    let mut connection = Connection { socket, outbox: outbox.clone(), sink: sink.clone(), token: wanted.token, ctx };
+    Some(Upgraded { socket, outbox, sink, session, token: wanted.token })
+}
+
+/// The life of one connection, on its own thread.
+fn live(upgraded: Upgraded, ctx: &HttpContext) {
+    let Upgraded { socket, outbox, sink, session, token } = upgraded;
+    let mut connection = Connection { socket, outbox: outbox.clone(), sink: sink.clone(), token, ctx };
     let reason = connection.run();
     sink.close(reason);
     outbox.wait_finished(CLOSE_GRACE);

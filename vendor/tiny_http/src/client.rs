@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
-use crate::limits::{ConnState, DeadlineReader, Limits};
+use crate::limits::{ConnState, DeadlineReader, Limits, UpgradedReader};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -218,6 +218,15 @@ impl ClientConnection {
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
+
+        // Patched for baby-discord: an upgrade is the last request on its
+        // connection; its reader keeps only the socket and the bytes read
+        // past the head (see `limits::UpgradedReader`).
+        let upgrade = headers.iter().any(|h| {
+            h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
+        });
+        let data_source: Box<dyn Read + Send + 'static> =
+            if upgrade { UpgradedReader::detach(data_source) } else { Box::new(data_source) };
 
         // patched for baby-discord: a body small enough to preload must
         // arrive within the read timeout too, counted from the end of the head

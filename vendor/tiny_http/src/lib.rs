@@ -465,7 +465,8 @@ fn refuse_connection(sock: Connection) {
     const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
         Content-Type: application/json\r\nContent-Length: 73\r\nConnection: close\r\n\r\n\
         {\"success\":false,\"error\":\"server full: too many connections; try again.\"}";
-    let Connection::Tcp(mut stream) = sock else { return };
+    let Connection::Tcp(stream) = sock else { return };
+    let mut stream = &*stream;
     if stream.set_read_timeout(Some(Duration::from_millis(10))).is_err() {
         return;
     }

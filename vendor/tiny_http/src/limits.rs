@@ -161,6 +161,53 @@ impl Read for DeadlineReader {
     }
 }
 
+/// The read side of an upgraded connection (patched for baby-discord).
+///
+/// An upgrade is the last request on its connection, so its reads need
+/// none of the machinery that hands the socket from one request to the
+/// next: the bytes already buffered past the request head are kept, and
+/// the head's 1 KiB buffer and the hand-over channel are released (~2.5 KiB
+/// per WebSocket). Reads go to the socket under the connection's deadline,
+/// as before.
+pub(crate) struct UpgradedReader {
+    buffered: Vec<u8>,
+    pos: usize,
+    inner: DeadlineReader,
+}
+
+impl UpgradedReader {
+    /// Replaces `source`, the upgrade request's reader (the one that read
+    /// its head); `source` is kept as it is if it does not hold the socket.
+    pub(crate) fn detach(
+        mut source: crate::util::SequentialReader<io::BufReader<DeadlineReader>>,
+    ) -> Box<dyn Read + Send + 'static> {
+        match source.take_reader() {
+            Some(reader) => Box::new(UpgradedReader {
+                buffered: reader.buffer().to_vec(),
+                pos: 0,
+                inner: reader.into_inner(),
+            }),
+            None => Box::new(source),
+        }
+    }
+}
+
+impl Read for UpgradedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.buffered.len() {
+            let n = buf.len().min(self.buffered.len() - self.pos);
+            buf[..n].copy_from_slice(&self.buffered[self.pos..self.pos + n]);
+            self.pos += n;
+            if self.pos == self.buffered.len() {
+                self.buffered = Vec::new();
+                self.pos = 0;
+            }
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// A request body that, when dropped unfinished, reads away at most
 /// [`DRAIN_LIMIT`] more bytes within [`DRAIN_WAIT`], and otherwise
 /// abandons the connection.

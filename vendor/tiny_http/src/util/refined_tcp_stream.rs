@@ -60,7 +60,7 @@ impl Stream {
     pub(crate) fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
         match self {
             Stream::Http(Connection::Tcp(tcp_stream)) => {
-                Some(std::os::unix::io::AsRawFd::as_raw_fd(tcp_stream))
+                Some(std::os::unix::io::AsRawFd::as_raw_fd(&**tcp_stream))
             }
             #[allow(unreachable_patterns)]
             _ => None,

@@ -110,6 +110,21 @@ impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// Patched for baby-discord: takes the reader out if this request holds
+    /// it (see `limits::UpgradedReader`); nothing is handed on to a next
+    /// request then, as none can follow an upgrade.
+    pub(crate) fn take_reader(&mut self) -> Option<R> {
+        match mem::replace(&mut self.inner, SequentialReaderInner::Empty) {
+            SequentialReaderInner::MyTurn(reader) => Some(reader),
+            other => {
+                self.inner = other;
+                None
+            }
+        }
+    }
+}
+
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let mut reader = match self.inner {
