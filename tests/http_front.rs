@@ -133,10 +133,16 @@ fn slow_bodies_hold_no_worker_and_end_in_408() {
     let server = server_with(&[("HTTP_READ_TIMEOUT_SECS", "2"), ("HTTP_WORKERS", "4")]);
     // Many more slow uploads than workers, each declaring 60 KB and
     // sending one byte at a time.
+    // Half of them also say `Connection: upgrade`, which once made the
+    // body a raw socket for the handler to read, slowly, on a worker.
     let mut slow: Vec<TcpStream> = (0..20)
-        .map(|_| {
+        .map(|i| {
             let mut s = dial(&server);
-            s.write_all(b"POST /api/connect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{").unwrap();
+            let upgrade = if i % 2 == 0 { "Connection: upgrade\r\nUpgrade: websocket\r\n" } else { "" };
+            let head = format!(
+                "POST /api/connect HTTP/1.1\r\nHost: t\r\n{upgrade}Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+            );
+            s.write_all(head.as_bytes()).unwrap();
             s
         })
         .collect();

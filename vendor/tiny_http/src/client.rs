@@ -222,11 +222,11 @@ impl ClientConnection {
         // Patched for baby-discord: an upgrade is the last request on its
         // connection; its reader keeps only the socket and the bytes read
         // past the head (see `limits::UpgradedReader`).
-        let upgrade = headers.iter().any(|h| {
-            h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
-        });
-        let data_source: Box<dyn Read + Send + 'static> =
-            if upgrade { UpgradedReader::detach(data_source) } else { Box::new(data_source) };
+        let data_source: Box<dyn Read + Send + 'static> = if crate::request::is_upgrade(&headers) {
+            UpgradedReader::detach(data_source)
+        } else {
+            Box::new(data_source)
+        };
 
         // patched for baby-discord: a body small enough to preload must
         // arrive within the read timeout too, counted from the end of the head

@@ -190,17 +190,8 @@ where
         }
     };
 
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
+    // true if the client sent a `Connection: upgrade` header (and no body)
+    let connection_upgrade = is_upgrade(&headers);
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
@@ -286,6 +277,25 @@ where
         raw_fd: None,
         connection,
     })
+}
+
+/// Whether a request hands its connection over (`Connection: upgrade`).
+///
+/// Patched for baby-discord: only a request without a body does. One that
+/// declares a body is read like any other request, its body preloaded by
+/// the connection's thread under the read deadline; upstream handed such a
+/// body to the handler as the raw socket, so a client dripping it held a
+/// worker for as long as the deadline allowed.
+pub(crate) fn is_upgrade(headers: &[Header]) -> bool {
+    let says_upgrade = headers
+        .iter()
+        .find(|h| h.field.equiv("Connection"))
+        .is_some_and(|h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
+    let has_body = headers.iter().any(|h| {
+        h.field.equiv("Transfer-Encoding")
+            || (h.field.equiv("Content-Length") && h.value.as_str().trim().parse::<u64>() != Ok(0))
+    });
+    says_upgrade && !has_body
 }
 
 /// Tells a client that sent `Expect: 100-continue` to send its body
