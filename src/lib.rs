@@ -39,7 +39,7 @@
 //! | `redis-publisher`, `redis-subscriber` (vital) | 1 each, with `REDIS_URL` | default | the publisher: one Redis connection (a cluster connection on `redis+cluster://`) and the nickname claims this instance holds; the subscriber: one connection to a single Redis, or one to each cluster master (sharded room channels, `src/bus/sharded.rs`), and the rooms this instance listens to |
 //! | `tcp-accept` | 1 | default | the TCP listener |
 //! | `tcp-client` | 1 per TCP client | `CLIENT_STACK_KB` (64 KiB) | reading its client's socket, the nickname prompt |
-//! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time |
+//! | `http-worker` | `HTTP_WORKERS` (16) | 256 KiB | one HTTP request at a time (a WebSocket's handshake included: checks, attach, the 101) |
 //! | `sse` | 1 per SSE stream | `CLIENT_STACK_KB` (64 KiB) | its stream's life: attach, `: ping`, detach |
 //! | `hasher-0` | 1 | 256 KiB | hashing and checking passwords (Argon2id, ~30 ms and 19 MiB each) |
 //! | `ws` | 1 per WebSocket | `CLIENT_STACK_KB` (64 KiB) | reading its client's frames into router requests, pings, detach |

@@ -17,6 +17,7 @@ for_each_redis!(
 
 use std::time::{Duration, Instant};
 
+use common::tcp::eventually;
 use common::{Client, Cluster, Redis};
 
 /// Room messages only (joins and other notices interleave freely).
@@ -29,20 +30,6 @@ fn room_lines(client: &mut Client, room: &str, count: usize) -> Vec<String> {
 /// error (the room not known here yet).
 fn join(client: &mut Client, room: &str) -> Vec<String> {
     client.ask(&format!("/join {room}"), |l| l == "---" || l.starts_with("Error: "))
-}
-
-/// Polls `/list`-style output until `pred` holds or the deadline passes.
-fn eventually(client: &mut Client, command: &str, deadline: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let started = Instant::now();
-    loop {
-        client.send(command);
-        let line = client.line();
-        if pred(&line) {
-            return line;
-        }
-        assert!(started.elapsed() < deadline, "still {line:?} after {deadline:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn users_on_three_instances_chat_in_one_room(redis: Redis) {

@@ -9,10 +9,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::tcp::eventually;
+use common::ws::Ws;
 use common::{Client, Cluster, Redis, Store, TestServer, PATIENCE};
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::{Message, WebSocket};
 
 for_each_redis!(presence_typing_and_actions_reach_members_on_every_instance);
 
@@ -127,26 +127,12 @@ impl Sse {
     }
 }
 
-/// A WebSocket client.
-struct Ws {
-    socket: WebSocket<TcpStream>,
-}
-
 impl Ws {
-    fn open(addr: SocketAddr, query: &str) -> Ws {
-        let request = format!("ws://{addr}/api/ws?{query}").into_client_request().unwrap();
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        let (socket, response) = tungstenite::client(request, stream).expect("upgraded");
-        assert_eq!(response.status(), 101);
-        Ws { socket }
-    }
-
     /// Opens a WebSocket joined to `room`, retrying while the room is not known there yet.
     fn joined(addr: SocketAddr, room: &str, session: &str) -> Ws {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let mut ws = Ws::open(addr, &format!("sessionId={session}"));
+            let mut ws = Ws::connect(addr, &format!("sessionId={session}"));
             ws.expect("connected");
             let answer = ws.call(json!({ "type": "join", "room": room }), "join");
             if answer["type"] == "ack" {
@@ -155,69 +141,6 @@ impl Ws {
             assert!(Instant::now() < deadline, "cannot join {room}: {answer}");
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn send(&mut self, frame: Value) {
-        self.socket.send(Message::text(frame.to_string())).unwrap();
-    }
-
-    fn next(&mut self) -> Value {
-        loop {
-            match self.socket.read().expect("a frame in time") {
-                Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-                Message::Close(frame) => panic!("closed: {frame:?}"),
-                _ => continue,
-            }
-        }
-    }
-
-    fn expect(&mut self, kind: &str) -> Value {
-        let frame = self.next();
-        assert_eq!(frame["type"], kind, "expected a {kind} frame: {frame}");
-        frame
-    }
-
-    fn wait_for(&mut self, kind: &str) -> Value {
-        loop {
-            let frame = self.next();
-            if frame["type"] == kind {
-                return frame;
-            }
-        }
-    }
-
-    fn next_not_system(&mut self) -> Value {
-        loop {
-            let frame = self.next();
-            if frame["type"] != "system" {
-                return frame;
-            }
-        }
-    }
-
-    fn call(&mut self, mut frame: Value, reference: &str) -> Value {
-        frame["ref"] = json!(reference);
-        self.send(frame);
-        loop {
-            let answer = self.next();
-            if answer["ref"] == reference {
-                return answer;
-            }
-        }
-    }
-}
-
-/// Polls a TCP command until its one-line answer satisfies `pred`.
-fn eventually(client: &mut Client, command: &str, pred: impl Fn(&str) -> bool) -> String {
-    let started = Instant::now();
-    loop {
-        client.send(command);
-        let line = client.line();
-        if pred(&line) {
-            return line;
-        }
-        assert!(started.elapsed() < PATIENCE, "still {line:?}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -461,7 +384,7 @@ fn presence_events_reach_room_members_and_the_users_other_sessions() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut own = Ws::open(addr, &format!("sessionId={second}"));
+    let mut own = Ws::connect(addr, &format!("sessionId={second}"));
     own.expect("connected");
     assert_eq!(command(addr, &first, "/away"), "You are marked as away.");
     assert_eq!(own.wait_for("presence"), json!({ "type": "presence", "user": "erin", "status": "away", "message": null }));
@@ -565,11 +488,11 @@ fn presence_typing_and_actions_reach_members_on_every_instance(redis: Redis) {
     // before the others log in.
     let mut probes: Vec<Client> = [two, three].iter().map(|server| server.login(&format!("probe{}", server.tcp.port()))).collect();
     for probe in &mut probes {
-        eventually(probe, "/rooms", |l| l == "Rooms (1):");
+        eventually(probe, "/rooms", PATIENCE, |l| l == "Rooms (1):");
         probe.line();
     }
     for probe in &mut probes {
-        eventually(probe, "/list", |l| l.starts_with("Online users (3): alice, probe"));
+        eventually(probe, "/list", PATIENCE, |l| l.starts_with("Online users (3): alice, probe"));
     }
     drop(probes);
     let bob = connect(two.http.unwrap(), "bob");
@@ -578,11 +501,11 @@ fn presence_typing_and_actions_reach_members_on_every_instance(redis: Redis) {
     let carol = connect(three.http.unwrap(), "carol");
     let mut ws = Ws::joined(three.http.unwrap(), "general", &carol);
     let mut dan = three.login("dan");
-    eventually(&mut dan, "/join general", |l| l == "Joined room: general");
+    eventually(&mut dan, "/join general", PATIENCE, |l| l == "Joined room: general");
     dan.wait_for(|l| l == "---");
     // Everyone is seen everywhere before the checks start.
-    eventually(&mut alice, "/list", |l| l == "Users in general (4): alice, bob, carol, dan");
-    eventually(&mut dan, "/list", |l| l == "Users in general (4): alice, bob, carol, dan");
+    eventually(&mut alice, "/list", PATIENCE, |l| l == "Users in general (4): alice, bob, carol, dan");
+    eventually(&mut dan, "/list", PATIENCE, |l| l == "Users in general (4): alice, bob, carol, dan");
 
     // An action from instance 1.
     alice.send("/me waves");
@@ -607,8 +530,8 @@ fn presence_typing_and_actions_reach_members_on_every_instance(redis: Redis) {
     // Presence from instance 2 reaches instance 3 (WebSocket) and every /list.
     post_ok(two.http.unwrap(), "/api/presence", json!({ "sessionId": bob, "status": "away", "message": "lunch" }));
     assert_eq!(ws_presence(&mut ws, "bob"), json!({ "type": "presence", "user": "bob", "status": "away", "message": "lunch" }));
-    eventually(&mut dan, "/list", |l| l == "Users in general (4): alice, bob (away: lunch), carol, dan");
-    eventually(&mut alice, "/who", |l| l == "Users in general (4): alice, bob (away: lunch), carol, dan");
+    eventually(&mut dan, "/list", PATIENCE, |l| l == "Users in general (4): alice, bob (away: lunch), carol, dan");
+    eventually(&mut alice, "/who", PATIENCE, |l| l == "Users in general (4): alice, bob (away: lunch), carol, dan");
     let listed = members(three.http.unwrap(), "general");
     assert_eq!(listed[1], json!({ "nickname": "bob", "status": "away", "message": "lunch" }));
     // Away from instance 1 (TCP) reaches the SSE client on instance 2.
@@ -617,10 +540,10 @@ fn presence_typing_and_actions_reach_members_on_every_instance(redis: Redis) {
     assert_eq!(sse_presence(&mut sse, "alice"), json!({ "user": "alice", "status": "away", "message": null }));
     alice.send("/leave");
     alice.wait_for(|l| l == "Left room: general");
-    eventually(&mut dan, "/list", |l| l == "Users in general (3): bob (away: lunch), carol, dan");
+    eventually(&mut dan, "/list", PATIENCE, |l| l == "Users in general (3): bob (away: lunch), carol, dan");
     dan.send("/leave");
     dan.wait_for(|l| l == "Left room: general");
-    eventually(&mut dan, "/list", |l| l == "Online users (4): alice (away), bob (away: lunch), carol, dan");
+    eventually(&mut dan, "/list", PATIENCE, |l| l == "Online users (4): alice (away), bob (away: lunch), carol, dan");
 
     // Bob leaves for good: offline on instance 3.
     post_ok(two.http.unwrap(), "/api/disconnect", json!({ "sessionId": bob }));

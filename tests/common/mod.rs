@@ -10,6 +10,7 @@
 pub mod proxy;
 pub mod tcp;
 pub mod webdriver;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -163,3 +163,18 @@ impl Client {
         }
     }
 }
+
+/// Polls a command with a one-line answer (`/list`, `/rooms`, …) until the
+/// answer satisfies `pred`; panics after `within`.
+pub fn eventually(client: &mut Client, command: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        client.send(command);
+        let line = client.line();
+        if pred(&line) {
+            return line;
+        }
+        assert!(started.elapsed() < within, "still {line:?} after {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
