@@ -464,7 +464,7 @@ impl Worker {
             // Bytes a full socket left over go first; with none (the usual
             // case) the batch is framed in the writer's own buffer, so an
             // idle client holds no send buffer at all.
-            let mut leftover = std::mem::take(&mut state.unsent);
+            let leftover = std::mem::take(&mut state.unsent);
             drop(state);
 
             // Encode and send without holding the lock the router delivers under.
@@ -486,26 +486,20 @@ impl Worker {
                 self.encoded = Vec::new();
             }
             let sent = conn.send(&wire);
-            let all_sent = matches!(sent, Ok(n) if n == wire.len());
             // What the socket did not take stays with the client; the
             // writer's buffer goes back to the writer.
-            match sent {
-                Ok(n) if !all_sent => {
-                    leftover = wire[n..].to_vec();
-                    wire.clear();
-                }
-                _ => {
-                    leftover = Vec::new();
-                    wire.clear();
-                }
-            }
+            let unsent = match sent {
+                Ok(n) if n < wire.len() => wire[n..].to_vec(),
+                _ => Vec::new(),
+            };
+            wire.clear();
             if wire.capacity() <= 256 * 1024 && wire.capacity() >= self.wire.capacity() {
                 self.wire = wire;
             }
 
             let mut state = outbox.state.lock().unwrap();
             match sent {
-                Ok(_) if all_sent => {
+                Ok(_) if unsent.is_empty() => {
                     if !state.events.is_empty() || state.closing != closing {
                         continue; // more arrived while the lock was free
                     }
@@ -516,7 +510,7 @@ impl Worker {
                     return;
                 }
                 Ok(_) => {
-                    state.unsent = leftover;
+                    state.unsent = unsent;
                     state.blocked_since = Some(Instant::now());
                     return;
                 }
